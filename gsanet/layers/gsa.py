@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GlobalSelfAttention", "resize_rel_pos"]
+__all__ = ["AxialRelPosAttention", "GlobalSelfAttention", "relative_to_absolute", "resize_rel_pos", "skew"]
 
 _DEFAULT_MAX_SIZE = 64
 
@@ -76,6 +76,88 @@ def relative_to_absolute(table: torch.Tensor, center: int, size: int) -> torch.T
     table = table[max(-lo, 0) : table.shape[0] - max(-hi, 0)]  # (2S-1, C), offset d at row S-1+d
     windows = table.unfold(0, size, 1)  # (S, C, S): windows[s, :, j] = table[s + j]
     return windows.flip(0).permute(0, 2, 1)  # (S, S, C): [a, a'] = table[S-1-a + a']
+
+
+def skew(rel: torch.Tensor, size: int) -> torch.Tensor:
+    """Relative to absolute positions as a strided view (no index, no copy).
+
+    Args:
+        rel: ``(..., S, 2S-1)`` contiguous in its last two dims; ``rel[..., x, S-1+d]`` belongs to offset ``d``.
+        size: S.
+
+    Returns:
+        ``(..., S, S)`` view: ``out[..., x, x'] = rel[..., x, x' - x + S - 1]``, at flat offset ``x(2S-2) + x' + S-1``.
+    """
+    st = rel.stride()
+    return rel.as_strided((*rel.shape[:-1], size), (*st[:-2], st[-2] - 1, 1), rel.storage_offset() + size - 1)
+
+
+_CHUNK_ELEMENTS = {"cpu": 1 << 20}  # per device type: logits elements per chunk (CPU: ~4 MB, cache-sized)
+_DEFAULT_CHUNK_ELEMENTS = 1 << 28
+
+
+def _chunk_items(device: torch.device, items: int, per_item: int) -> int:
+    target = _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS)
+    return max(1, min(items, target // per_item))
+
+
+class AxialRelPosAttention(torch.autograd.Function):
+    """One axial positional layer without softmax: ``out[x] = sum_x' (q_x . r_(x'-x)) v_x'``.
+
+    Fast path of ``GlobalSelfAttention``. Per (image, head) item, the relative logits are one product against the
+    ``2S-1`` embedding rows, turned absolute by a strided view (``skew``) and applied to the values. Items are
+    processed in cache-sized chunks, and the backward pass recomputes the ``(L, S, S)`` weights of each chunk
+    instead of storing them: memory stays O(N * dk) per head, and every product is a contiguous batched GEMM.
+    Queries, values and outputs are channel-major (``dk x S``, ``dv x S``): with only 8-64 channels per head, the
+    products are several times faster with the small dimension as the GEMM's M than as its N.
+
+    Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, L, dv, S)``, ``rows (h, dk, 2S-1)``; output ``(B, h, L, dv, S)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        B, h, dk, L, S = q.shape
+        dv, n = v.shape[3], 2 * S - 1
+        qf = q.reshape(B * h, dk, L * S).contiguous()  # one copy: strided batches would make bmm copy per matrix
+        vf = v.reshape(B * h, L, dv, S).contiguous()
+        rf = rows.expand(B, h, dk, n).reshape(B * h, dk, n)  # each item's head rows
+        chunk = _chunk_items(q.device, B * h, L * S * n)
+        out = q.new_empty(B * h, L, dv, S)
+        rel = q.new_empty(chunk, L * S, n)
+        weights = q.new_empty(chunk, L, S, S)
+        for i in range(0, B * h, chunk):
+            sl, m = slice(i, i + chunk), min(chunk, B * h - i)
+            torch.matmul(qf[sl].transpose(1, 2), rf[sl], out=rel[:m])  # (m, L*S, 2S-1) relative logits
+            weights[:m].copy_(skew(rel[:m].view(m, L, S, n), S))  # (m, L, S, S) absolute: [x, x']
+            torch.matmul(vf[sl], weights[:m].transpose(-1, -2), out=out[sl])  # (m, L, dv, S)
+        ctx.save_for_backward(qf, vf, rf)
+        ctx.shape = (B, h, dk, L, S, dv)
+        return out.view(B, h, L, dv, S)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        qf, vf, rf = ctx.saved_tensors
+        B, h, dk, L, S, dv = ctx.shape
+        n = 2 * S - 1
+        grad = grad.reshape(B * h, L, dv, S).contiguous()
+        chunk = _chunk_items(qf.device, B * h, L * S * n)
+        grad_q, grad_v, grad_r = torch.empty_like(qf), torch.empty_like(vf), torch.empty_like(rf)
+        rel = qf.new_empty(chunk, L * S, n)
+        weights = qf.new_empty(chunk, L, S, S)
+        grad_w = qf.new_empty(chunk, L, S, S)
+        grad_rel = qf.new_zeros(chunk, L * S, n)  # entries off the skew stay zero for every chunk
+        for i in range(0, B * h, chunk):
+            sl, m = slice(i, i + chunk), min(chunk, B * h - i)
+            torch.matmul(qf[sl].transpose(1, 2), rf[sl], out=rel[:m])  # recompute the chunk's weights
+            weights[:m].copy_(skew(rel[:m].view(m, L, S, n), S))
+            torch.matmul(grad[sl], weights[:m], out=grad_v[sl])  # (m, L, dv, S)
+            torch.matmul(grad[sl].transpose(-1, -2), vf[sl], out=grad_w[:m])  # (m, L, S, S)
+            skew(grad_rel[:m].view(m, L, S, n), S).copy_(grad_w[:m])
+            torch.matmul(rf[sl], grad_rel[:m].transpose(1, 2), out=grad_q[sl])  # (m, dk, L*S)
+            torch.matmul(qf[sl], grad_rel[:m], out=grad_r[sl])  # (m, dk, 2S-1)
+        grad_rows = grad_r.view(B, h, dk, n).sum(0)
+        return grad_q.view(B, h, dk, L, S), grad_v.view(B, h, L, dv, S), grad_rows
 
 
 class GlobalSelfAttention(nn.Module):
@@ -229,63 +311,83 @@ class GlobalSelfAttention(nn.Module):
             context = torch.matmul(k.softmax(dim=-1), v.transpose(-1, -2))  # (B, h, dk, dv): rho(K^T) V
             return torch.matmul(context.transpose(-1, -2), q)  # (B, h, dv, N)
 
-    def _axis_weights(self, q: torch.Tensor, table: torch.Tensor | None, size: int, axis: int) -> torch.Tensor:
-        """Positional weights along one axis.
+    def _span_rows(self, table: torch.Tensor, size: int) -> torch.Tensor:
+        """The ``2S-1`` embedding rows of offsets ``-(S-1) .. S-1``, zero for offsets outside the span."""
+        center = self._center(table)
+        lo = (size - 1) - center  # rows to add (>0) or drop (<0) below offset -(S-1)
+        hi = (size - 1) - (table.shape[0] - 1 - center)
+        table = F.pad(table, (0, 0, max(lo, 0), max(hi, 0)))
+        return table[max(-lo, 0) : table.shape[0] - max(-hi, 0)]  # (2S-1, h*dk)
+
+    def _span_mask(self, size: int, device: torch.device) -> torch.Tensor:
+        """``(S, S)`` boolean: ``[a, a']`` is True when ``a'`` lies in the span of ``a``."""
+        half = (size - 1) if self.pos_span is None else (self.pos_span - 1) // 2
+        pos = torch.arange(size, device=device)
+        return (pos[None, :] - pos[:, None]).abs() <= half
+
+    def _axis_logits(self, q: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Positional logits along the last spatial axis, relative offsets turned absolute without an index.
 
         Args:
-            q: queries ``(B, h, dk, H, W)``.
-            table: relative embeddings ``(n_rel, heads * dk)`` or None (uniform averaging).
-            size: length of the attended axis.
-            axis: 0 for columns (attend along H), 1 for rows (attend along W).
+            q: queries ``(B, h, L, S, dk)``, attending along the S axis (L is the other axis).
+            table: relative embeddings ``(n_rel, h * dk)``.
 
         Returns:
-            ``(B, h, H, W, size)`` weights of each pixel over the positions of its column (or row).
+            ``(B, h, L, S, S)`` logits ``q_x . r_(x'-x)``, zero for offsets outside the span (a strided view).
         """
-        B, h, dk, H, W = q.shape
-        half = (size - 1) if self.pos_span is None else (self.pos_span - 1) // 2
-        pos = torch.arange(size, device=q.device)
-        inside = (pos[None, :] - pos[:, None]).abs() <= half  # (S, S): [a, a'] a' within the span of a
-        if table is None:
-            w = inside.to(q.dtype) / inside.sum(dim=1, keepdim=True).to(q.dtype)  # uniform over the span
-            w = w[:, None, :] if axis == 0 else w[None, :, :]  # (H, 1, S) or (1, W, S)
-            return w.expand(H, W, size)[None, None].expand(B, h, H, W, size)
-        logits = self._axis_logits(q, table, size, axis)  # (B, h, H, W, S): q_ab . r_(a'-a), zero off the span
-        if self.pos_softmax:
-            mask = inside[:, None, :] if axis == 0 else inside[None, :, :]
-            return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        return logits
+        B, h, L, S, dk = q.shape
+        rel = torch.matmul(q.reshape(B, h, L * S, dk), self._head_rows(table, S, q.dtype))  # (B, h, L*S, 2S-1)
+        return skew(rel.view(B, h, L, S, 2 * S - 1), S)
 
-    def _axis_logits(self, q: torch.Tensor, table: torch.Tensor, size: int, axis: int) -> torch.Tensor:
-        h, dk = q.shape[1], q.shape[2]
-        rel = relative_to_absolute(table, self._center(table), size).to(q.dtype).view(size, size, h, dk)
-        if axis == 0:
-            return torch.einsum("bhcxy,xzhc->bhxyz", q, rel)  # (B, h, H, W, H)
-        return torch.einsum("bhcxy,yzhc->bhxyz", q, rel)  # (B, h, H, W, W)
+    def _head_rows(self, table: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+        """``(h, dk, 2S-1)``: each head's slice of the span's embedding rows."""
+        rows = self._span_rows(table, size).to(dtype)  # (2S-1, h*dk)
+        return rows.view(2 * size - 1, self.heads, -1).permute(1, 2, 0)
+
+    def _axis_pass(self, q: torch.Tensor, values: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
+        """One axial positional layer along the last spatial axis.
+
+        Args:
+            q: queries ``(B, h, dk, L, S)``, attending along S (L is the other axis).
+            values: ``(B, h, L, dv, S)``.
+            table: relative embeddings, or None for uniform averaging over the span.
+
+        Returns:
+            ``(B, h, L, dv, S)``: ``out[:, x] = sum_x' w[x, x'] values[:, x']``.
+        """
+        S = q.shape[-1]
+        inside = self._span_mask(S, q.device)
+        if table is None:
+            weights = inside.to(values.dtype)
+            weights = weights / weights.sum(dim=1, keepdim=True)  # (S, S) uniform over the span
+            return torch.matmul(values, weights.t())
+        if not self.pos_softmax:
+            return AxialRelPosAttention.apply(q, values, self._head_rows(table, S, q.dtype))
+        logits = self._axis_logits(q.transpose(2, 4).transpose(2, 3), table)  # (B, h, L, S, S)
+        weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=-1)
+        return torch.matmul(values, weights.transpose(-1, -2))
 
     def _positional_axial(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, h, dv, H, W = v.shape
-        w_col = self._axis_weights(q, self.rel_col, H, axis=0)  # (B, h, H, W, H)
-        out = torch.einsum("bhxyz,bhdzy->bhdxy", w_col, v)  # (B, h, dv, H, W): column-only attention
-        out = self.norm(out.reshape(B, h * dv, H, W)).view(B, h, dv, H, W)  # Z = BN(F_col)
-        w_row = self._axis_weights(q, self.rel_row, W, axis=1)  # (B, h, H, W, W)
-        return torch.einsum("bhxyz,bhdxz->bhdxy", w_row, out)  # row-only attention on Z
+        # column-only layer: each column (fixed w) attends along H
+        out = self._axis_pass(q.transpose(-1, -2), v.permute(0, 1, 4, 2, 3), self.rel_col)  # (B, h, W, dv, H)
+        out = out.permute(0, 1, 3, 4, 2).reshape(B, h * dv, H, W)
+        z = self.norm(out).view(B, h, dv, H, W)  # Z = BN(F_col)
+        # row-only layer on Z with the same queries: each row (fixed h) attends along W
+        out = self._axis_pass(q, z.transpose(2, 3), self.rel_row)  # (B, h, H, dv, W)
+        return out.transpose(2, 3)  # (B, h, dv, H, W)
 
     def _positional_2d(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Non-axial ablation: one pass over the 2-D span, dense ``(N, N)`` weights per head."""
         B, h, dv, H, W = v.shape
         if self.rel_pos:
-            logits = (
-                self._axis_logits(q, self.rel_col, H, 0)[..., :, None]
-                + self._axis_logits(q, self.rel_row, W, 1)[..., None, :]
-            )  # (B, h, H, W, H, W)
+            col = self._axis_logits(q.permute(0, 1, 4, 3, 2), self.rel_col).transpose(2, 3)  # (B, h, H, W, H)
+            row = self._axis_logits(q.permute(0, 1, 3, 4, 2), self.rel_row)  # (B, h, H, W, W)
+            logits = (col[..., :, None] + row[..., None, :]).reshape(B, h, H * W, H * W)
         else:
-            logits = q.new_zeros(B, h, H, W, H, W)
-        half_h = (H - 1) if self.pos_span is None else (self.pos_span - 1) // 2
-        half_w = (W - 1) if self.pos_span is None else (self.pos_span - 1) // 2
-        ph, pw = torch.arange(H, device=q.device), torch.arange(W, device=q.device)
-        in_h = (ph[None, :] - ph[:, None]).abs() <= half_h
-        in_w = (pw[None, :] - pw[:, None]).abs() <= half_w
-        mask = (in_h[:, None, :, None] & in_w[None, :, None, :]).reshape(H * W, H * W)
-        logits = logits.reshape(B, h, H * W, H * W)
+            logits = q.new_zeros(B, h, H * W, H * W)
+        mask = self._span_mask(H, q.device)[:, None, :, None] & self._span_mask(W, q.device)[None, :, None, :]
+        mask = mask.reshape(H * W, H * W)
         if self.pos_softmax or not self.rel_pos:
             weights = logits.masked_fill(~mask, float("-inf")).softmax(dim=-1)
         else:
