@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SHIPPED", "WEIGHTS_DIR", "ShippedWeights", "shipped_overlay", "shipped_path"]
+__all__ = [
+    "SHIPPED",
+    "WEIGHTS_DIR",
+    "ShippedWeights",
+    "evaluate_shipped",
+    "export_weights",
+    "shipped_overlay",
+    "shipped_path",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 """Where the shipped ``.safetensors`` files live (installed as package data)."""
@@ -50,7 +58,7 @@ class ShippedWeights:
         std: Per-channel normalisation std.
         test_top1: Top-1 accuracy (%) on the full test set, as measured after training.
         test_top5: Top-5 accuracy (%) on the full test set.
-        test_top1_first2000: Top-1 (%) on the first 2,000 test images (the fast check of ``tests/test_pretrained.py``).
+        test_top1_first1000: Top-1 (%) on the first 1,000 test images (the fast check of ``tests/test_pretrained.py``).
         params: Parameters.
         pool_size: Size of the last feature map at ``input_size``.
         label_names: Class names, in classifier order.
@@ -69,7 +77,7 @@ class ShippedWeights:
     std: tuple[float, ...]
     test_top1: float
     test_top5: float
-    test_top1_first2000: float
+    test_top1_first1000: float
     params: int
     pool_size: tuple[int, int]
     label_names: tuple[str, ...]
@@ -89,8 +97,36 @@ _NOTES = (
     "(no selection on the test set); test = the 10,000-image Fashion-MNIST test split, inputs (x/255 - mean) / std"
 )
 
-SHIPPED: dict[str, ShippedWeights] = {}
-"""Shipped weights by model name (filled in below from the measured runs)."""
+_TRAIN = (
+    "gsanet train --config configs/experiment_fmnist.yaml --model {model} --seed 0 --data fashion-mnist "
+    "--output runs/experiments/fashion-mnist --name {model}-s0 --no-progress"
+)
+
+
+def _fmnist(model: str, **kwargs: Any) -> ShippedWeights:
+    return ShippedWeights(
+        model=model,
+        file=f"{model}_fmnist.safetensors",
+        dataset="fashion-mnist",
+        num_classes=10,
+        in_chans=1,
+        input_size=(1, 28, 28),
+        mean=_FMNIST_MEAN,
+        std=_FMNIST_STD,
+        pool_size=(4, 4),
+        label_names=_FMNIST_CLASSES,
+        command=_TRAIN.format(model=model),
+        notes=_NOTES,
+        **kwargs,
+    )
+
+
+SHIPPED: dict[str, ShippedWeights] = {
+    "gsa_resnet26_tiny": _fmnist(
+        "gsa_resnet26_tiny", test_top1=79.89, test_top5=99.51, test_top1_first1000=81.4, params=550_394
+    ),
+}
+"""Shipped weights by model name; accuracies measured on the exported files (``evaluate_shipped``)."""
 
 
 def shipped_path(model_name: str) -> Path | None:
@@ -125,3 +161,66 @@ def shipped_overlay(model_name: str) -> dict[str, Any] | None:
         "license": "apache-2.0",
         "notes": (f"gsanet shipped weights: test top-1 {entry.test_top1:.2f}% on {entry.dataset}",),
     }
+
+
+def export_weights(checkpoint: str | Path, dest: str | Path, *, model_name: str | None = None) -> Path:
+    """Write the model weights of a ``gsanet train`` checkpoint as a plain ``state_dict`` safetensors file.
+
+    Args:
+        checkpoint: A gsanet checkpoint (``.safetensors``) or run directory (its ``checkpoints/last.safetensors``).
+        dest: The weight file to write (e.g. ``gsanet/weights/<model>_fmnist.safetensors``).
+        model_name: Expected model name (checked against the checkpoint's).
+
+    Raises:
+        ValueError: The checkpoint holds another model.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from gsanet.train.checkpoint import load_checkpoint
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.safetensors"
+    ckpt = load_checkpoint(path, with_state=False)
+    if model_name is not None and ckpt.meta["model"] != model_name:
+        raise ValueError(f"{path} holds {ckpt.meta['model']}, not {model_name}")
+    state = {k: v.contiguous() for k, v in ckpt.model_state.items()}
+    meta = {
+        "model": ckpt.meta["model"],
+        "epoch": ckpt.meta.get("epoch"),
+        "run_id": ckpt.meta.get("run_id"),
+        "data": ckpt.meta.get("data", {}).get("name"),
+    }
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dest), metadata={"format": "pt", "gsanet_source": json.dumps(meta)})
+    return dest
+
+
+def evaluate_shipped(model: Any, limit: int | None = None, batch_size: int = 500, data_dir: str | None = None) -> float:
+    """Top-1 accuracy (%) of a Fashion-MNIST model on the first ``limit`` test images (all when None).
+
+    The inputs are prepared as ``gsanet train`` evaluates them: ``(x / 255 - mean) / std`` at 28x28, no crop.
+
+    Raises:
+        FileNotFoundError: The Fashion-MNIST idx files are not found.
+    """
+    import torch
+
+    from gsanet.train.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, _idx_file, find_fashion_mnist, read_idx
+
+    folder = find_fashion_mnist(data_dir)
+    if folder is None:
+        raise FileNotFoundError("Fashion-MNIST idx files not found (data/ or /usr/share/datasets/fashion-mnist)")
+    images = read_idx(_idx_file(folder, "t10k-images-idx3-ubyte"))[:limit]
+    labels = read_idx(_idx_file(folder, "t10k-labels-idx1-ubyte"))[:limit].long()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].unsqueeze(1).float() / 255.0
+            x = (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+            correct += int((model(x).argmax(-1) == labels[i : i + batch_size]).sum())
+    return 100.0 * correct / len(images)

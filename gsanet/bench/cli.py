@@ -1,0 +1,164 @@
+"""``gsanet bench``: speed and memory benchmarks; writes CSV + markdown (+ PNG) into ``--out`` and prints the tables.
+
+Usage::
+
+    gsanet bench {module,scaling,model,all,profile} [--device cpu|cuda] [--precision fp32|bf16] [--batch 8]
+                 [--repeats N] [--warmup N] [--out results/] [--quick] [--config bench.yaml] ...
+
+Files are named ``bench_<kind>_torch<version>_<device>_<precision>.{csv,md,png}``. Options come from the defaults,
+then ``--config`` (a YAML mapping of :class:`gsanet.bench.timing.BenchConfig` fields), then the explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .timing import BenchConfig, BenchTable, result_stem
+
+__all__ = ["KINDS", "build_parser", "main", "resolve_config"]
+
+_LOGGER = logging.getLogger(__name__)
+
+KINDS = ("module", "scaling", "model", "all", "profile")
+
+_FLAG_FIELDS = ("device", "precision", "batch", "repeats", "warmup", "quick", "seed", "mem_cap_gb", "time_budget_s")
+_FLAG_FIELDS += ("max_step_s", "threads", "out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gsanet bench`` argument parser; unset flags stay absent so ``--config`` values can fill them."""
+    p = argparse.ArgumentParser(
+        prog="gsanet bench",
+        description="Speed and memory of the GSA module and GSA networks against convolution and attention peers.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("kind", choices=KINDS, help="module | scaling | model | all (the three) | profile (one layer)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = torch.autocast bfloat16; default fp32")
+    p.add_argument("--batch", type=int, help="batch size (default 8; 2 with --quick)")
+    p.add_argument(
+        "--repeats", type=int, help="timed repeats (default: module 20, scaling 10, model 10; within --time-budget-s)"
+    )
+    p.add_argument("--warmup", type=int, help="untimed calls after the memory/FLOP pass (default 1; scaling 0)")
+    p.add_argument("--out", help="output directory (default results)")
+    p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: a smoke run")
+    p.add_argument("--seed", type=int, help="torch.manual_seed (default 0)")
+    p.add_argument(
+        "--mem-cap-gb", dest="mem_cap_gb", type=float, help="module, scaling: skip predicted peaks above (8)"
+    )
+    p.add_argument(
+        "--time-budget-s", dest="time_budget_s", type=float, help="stop repeating a measurement after this (60)"
+    )
+    p.add_argument(
+        "--max-step-s", dest="max_step_s", type=float, help="scaling: skip sizes where a step would take longer (400)"
+    )
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--config", type=Path, help="YAML file of options (flags override it)")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        help="module, scaling: layers among gsa conv3x3 gsa_pytorch nonlocal nonlocal_math halo botnet lambda",
+    )
+    p.add_argument("--shapes", nargs="+", help="module: HxWxC shapes (default ResNet-50 stages)")
+    p.add_argument("--sizes", nargs="+", type=int, help="scaling: square sizes (default 16 ... 128)")
+    p.add_argument("--models", nargs="+", help="model: timm names (the default list at its sizes; others at 224)")
+    p.add_argument("--layer", help="profile: the layer (default gsa)")
+    p.add_argument("--shape", help="profile: HxWxC (default 56x56x64)")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> BenchConfig:
+    """Defaults, then the ``--config`` YAML, then explicit flags; unknown keys and wrong types are errors."""
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None)
+    if config_path is not None:
+        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_path}: expected a mapping of options, got {type(loaded).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(BenchConfig)}
+        for key, value in loaded.items():
+            key = str(key).replace("-", "_")
+            if key not in fields:
+                raise ValueError(f"{config_path}: unknown option {key!r}; known: {', '.join(fields)}")
+            default = getattr(BenchConfig(), key)
+            expected = type(default) if default is not None else int
+            ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if value is not None and not ok:
+                raise ValueError(f"{config_path}: option {key!r} must be {expected.__name__}, got {value!r}")
+            values[key] = value
+    for key in _FLAG_FIELDS:
+        if hasattr(args, key):
+            values[key] = getattr(args, key)
+    return BenchConfig(**values)
+
+
+def _run(kind: str, cfg: BenchConfig, args: argparse.Namespace) -> BenchTable:
+    if kind == "module":
+        from .module import parse_shape, run_module_bench
+
+        shapes = [parse_shape(s) for s in args.shapes] if hasattr(args, "shapes") else None
+        return run_module_bench(cfg, shapes=shapes, layers=getattr(args, "layers", None))
+    if kind == "scaling":
+        from .scaling import run_scaling_bench
+
+        return run_scaling_bench(cfg, sizes=getattr(args, "sizes", None), layers=getattr(args, "layers", None))
+    from .model import MODELS, run_model_bench
+
+    models = None
+    if hasattr(args, "models"):
+        models = [m for name in args.models for m in ([m for m in MODELS if m[0] == name] or [(name, 224, "")])]
+    return run_model_bench(cfg, models=models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``gsanet bench``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except (ValueError, TypeError, OSError) as e:
+        parser.error(str(e))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    command = "gsanet bench " + " ".join(argv)
+
+    if args.kind == "profile":
+        from .module import parse_shape, profile_layer
+
+        layer, shape = getattr(args, "layer", "gsa"), parse_shape(getattr(args, "shape", "56x56x64"))
+        text = profile_layer(cfg, layer=layer, shape=shape)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = result_stem("profile", cfg.device, cfg.precision).replace("bench_profile", f"profile_{layer}")
+        path = out / f"{stem}_{'x'.join(map(str, shape))}.txt"
+        path.write_text(f"Command: {command}\n{text}\n")
+        print(text)
+        print(f"\nwrote {path}")
+        return 0
+
+    kinds = ["module", "scaling", "model"] if args.kind == "all" else [args.kind]
+    for kind in kinds:
+        start = time.perf_counter()
+        table = _run(kind, cfg, args)
+        paths = table.save(out, command)
+        print(table.markdown(command))
+        print(f"({kind}: {time.perf_counter() - start:.0f} s) wrote " + ", ".join(str(p) for p in paths) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

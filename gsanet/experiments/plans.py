@@ -1,0 +1,413 @@
+"""Declarative experiment plans: which models, with which arguments and seeds, ``gsanet experiment`` trains.
+
+A :class:`Plan` is a list of :class:`Variant` entries (a model name, its ``timm.create_model`` arguments, extra
+``gsanet train`` settings, a label, and for ablations the factor and setting it varies). Expanding a plan for a
+dataset and a list of seeds gives :class:`RunSpec` entries, each one ``gsanet train`` invocation with a fixed run
+directory ``<runs>/<data>/<variant>-s<seed>``. Two plans that contain the same variant (the GSA baseline appears in
+both the comparison and the ablations) share its runs.
+
+Everything about the recipe itself (epochs, training subset, optimiser, ...) lives in a ``gsanet train --config``
+YAML file (``configs/experiment_fmnist.yaml``, ``configs/experiment_cifar.yaml``), so a run of the experiment is
+exactly reproducible with the ``gsanet train`` command stored in its run directory.
+
+Choices recorded here (the paper has no experiment at this scale):
+    * the GSA network is ``gsa_resnet26_tiny`` (quarter width, 0.55M parameters), compared with
+      ``conv_resnet26_tiny``, its 3x3-convolution counterpart (same stem, depths, widths and recipe);
+    * timm's attention peers (``lambda_resnet26t``, ``botnet26t_256``, ``halonet26t``) are scaled to a comparable
+      parameter count with timm's own ``width_factor=0.25`` (ByobNet config overlay); their ImageNet stems and
+      stride-32 layout are kept, so on 28x28 inputs their attention stages see 2x2 and 1x1 maps and they cost far
+      fewer multiply-adds than the stride-8 tiny ResNets; the tables say so;
+    * ``botnet26t_256`` needs a fixed input size divisible by 32: its runs resize Fashion-MNIST to 32x32;
+      ``halonet26t`` cannot tile the 2x2/1x1 maps of its attention stages with its 8x8 blocks and is skipped;
+    * the 2-D (non-axial) positional attention ablation is dense ``O(N^2)`` per head: everywhere, at 28x28, it
+      trains at ~8 images/s on one CPU thread (7x slower than axial), beyond the budget, so the plan compares axial
+      and 2-D with GSA in stages 3-4 only (``gsa_resnet26_tiny_last2``), where the maps are 14x14 and smaller.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CIFAR_FOLDERS",
+    "DATASET_CONFIGS",
+    "PLANS",
+    "Plan",
+    "RunSpec",
+    "Variant",
+    "ablations_plan",
+    "compare_plan",
+    "data_slug",
+    "expand",
+    "format_kwarg",
+    "get_plan",
+]
+
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+"""torchvision's folder of each CIFAR dataset under ``--data-dir``: the experiment runs there when it is present."""
+
+DATASET_CONFIGS = {
+    "fashion-mnist": "configs/experiment_fmnist.yaml",
+    "cifar10": "configs/experiment_cifar.yaml",
+    "cifar100": "configs/experiment_cifar.yaml",
+}
+"""The ``gsanet train --config`` recipe of each dataset (relative to the repository root)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of an experiment table: a model, its arguments, and what it stands for.
+
+    Attributes:
+        key: Run name stem and table key, unique across all plans (the same key must mean the same run).
+        model: timm model name.
+        label: Row label of the tables.
+        model_kwargs: Extra ``timm.create_model`` arguments (``gsanet train --model-kwargs``).
+        train_args: Extra ``gsanet train`` settings for this variant only, e.g. ``{"img_size": 32}``.
+        factor: The ablation factor this row varies (``""`` outside the ablations).
+        setting: The factor's value in this row.
+        note: What the reader must know about the row (recorded in the tables).
+        skip_reason: When set, the variant is not trained and the tables give this reason.
+        cost: Training time relative to ``gsa_resnet26_tiny`` (measured on one CPU thread); the runner starts the
+            most expensive runs first so that parallel workers finish together.
+        seeds: The seeds of this variant, overriding the plan's default (``None``: the plan's).
+    """
+
+    key: str
+    model: str
+    label: str
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    train_args: Mapping[str, Any] = field(default_factory=dict)
+    factor: str = ""
+    setting: str = ""
+    note: str = ""
+    skip_reason: str | None = None
+    cost: float = 1.0
+    seeds: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key):
+            raise ValueError(f"variant key {self.key!r} must be a plain file name ([A-Za-z0-9_.-]+)")
+        reserved = {"model", "model_kwargs", "seed", "epochs", "output", "name", "data", "data_dir", "config"}
+        clash = reserved & set(self.train_args)
+        if clash:
+            raise ValueError(f"variant {self.key}: train_args cannot set {sorted(clash)}; the runner sets them")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A named list of variants and the seeds they run with by default.
+
+    Attributes:
+        name: ``compare`` or ``ablations``.
+        title: Title of the tables.
+        variants: The rows, in table order.
+        default_seeds: Seeds used when ``--seeds`` is not given.
+        baseline: Key of the row the others are compared with.
+    """
+
+    name: str
+    title: str
+    variants: tuple[Variant, ...]
+    default_seeds: tuple[int, ...]
+    baseline: str
+
+    def variant(self, key: str) -> Variant:
+        """The variant with this key."""
+        for v in self.variants:
+            if v.key == key:
+                return v
+        raise KeyError(f"plan {self.name} has no variant {key!r}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One ``gsanet train`` run of an experiment.
+
+    Attributes:
+        variant: What is trained.
+        seed: Its seed.
+        data: Dataset name (``fashion-mnist``, ``cifar10``, ``cifar100``).
+        runs: Parent directory of every experiment run (``--runs``).
+    """
+
+    variant: Variant
+    seed: int
+    data: str
+    runs: Path
+
+    @property
+    def name(self) -> str:
+        """Run directory name: ``<variant key>-s<seed>``."""
+        return f"{self.variant.key}-s{self.seed}"
+
+    @property
+    def output(self) -> Path:
+        """Parent of the run directory (``gsanet train --output``): one folder per dataset."""
+        return self.runs / data_slug(self.data)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory."""
+        return self.output / self.name
+
+    def expected_config(self, recipe: Mapping[str, Any], epochs: int | None) -> dict[str, Any]:
+        """The ``config.yaml`` values this run must have (recipe file values, variant settings, model, seed)."""
+        expected = dict(recipe)
+        expected.update(self.variant.train_args)
+        expected.update(model=self.variant.model, model_kwargs=_plain(self.variant.model_kwargs), seed=self.seed)
+        expected["data"] = self.data
+        if epochs is not None:
+            expected["epochs"] = epochs
+        return expected
+
+    def train_args(self, config: str | Path, *, epochs: int | None = None, data_dir: str | None = None) -> list[str]:
+        """The ``gsanet train`` arguments of this run (without the program name).
+
+        Args:
+            config: The recipe YAML (``--config``).
+            epochs: Override of the recipe's epochs.
+            data_dir: Override of the recipe's ``data_dir``.
+        """
+        args = ["--config", str(config), "--model", self.variant.model, "--seed", str(self.seed), "--data", self.data]
+        if data_dir is not None:
+            args += ["--data-dir", str(data_dir)]
+        if epochs is not None:
+            args += ["--epochs", str(epochs)]
+        for key, value in self.variant.train_args.items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + key.replace("_", "-"))
+            else:
+                args += [flag, "none" if value is None else str(value)]
+        if self.variant.model_kwargs:
+            args.append("--model-kwargs")
+            args += [f"{k}={format_kwarg(v)}" for k, v in self.variant.model_kwargs.items()]
+        args += ["--output", str(self.output), "--name", self.name, "--no-progress"]
+        return args
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively: the form a value takes after a YAML round trip."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def format_kwarg(value: Any) -> str:
+    """A ``--model-kwargs key=VALUE`` value in the YAML flow syntax ``gsanet train`` parses (``{pos_span: 3}``)."""
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, width=1 << 16).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text  # scalars end with a document marker
+
+
+def data_slug(data: str) -> str:
+    """Folder name of a dataset (an image-folder path becomes its last component)."""
+    return data if data in DATASET_CONFIGS else Path(data).name
+
+
+# ------------------------------------------------------------------------------------------------------- plans
+_GSA = Variant(
+    "gsa_resnet26_tiny",
+    "gsa_resnet26_tiny",
+    "GSA-ResNet-26 tiny (GSA in every bottleneck)",
+    factor="baseline",
+    setting="content + axial positional, global span, relative embeddings, no softmaxes, all stages",
+)
+_CONV = Variant(
+    "conv_resnet26_tiny",
+    "conv_resnet26_tiny",
+    "ResNet-26 tiny (3x3 conv)",
+    factor="stages",
+    setting="none (3x3 convolutions)",
+    cost=0.45,
+)
+_PEER_WIDTH = {"width_factor": 0.25}
+_PEER_NOTE = (
+    "timm ImageNet config at width_factor 0.25 (stem 16 ch); stride-32 layout kept: its attention stages see "
+    "{maps} maps on {size}x{size} inputs, hence far fewer MACs than the stride-8 tiny ResNets"
+)
+
+
+def compare_plan() -> Plan:
+    """GSA-ResNet-26 tiny against its convolutional ResNet and timm's attention peers, 3 seeds each."""
+    variants = (
+        _GSA,
+        _CONV,
+        Variant(
+            "lambda_resnet26t_w025",
+            "lambda_resnet26t",
+            "LambdaResNet-26t (timm), width 0.25",
+            model_kwargs=_PEER_WIDTH,
+            note=_PEER_NOTE.format(maps="2x2 and 1x1", size=28) + "; lambda layers with a 9x9 local position lambda",
+            cost=0.35,
+        ),
+        Variant(
+            "botnet26t_w025",
+            "botnet26t_256",
+            "BoTNet-26t (timm), width 0.25, 32x32",
+            model_kwargs=_PEER_WIDTH,
+            train_args={"img_size": 32},
+            note=_PEER_NOTE.format(maps="2x2 and 1x1", size=32)
+            + "; fixed input size: Fashion-MNIST resized to 32x32 (bilinear), so not the same input as the others",
+            cost=0.1,
+        ),
+        Variant(
+            "halonet26t_w025",
+            "halonet26t",
+            "HaloNet-26t (timm), width 0.25",
+            model_kwargs=_PEER_WIDTH,
+            skip_reason=(
+                "not run: halo attention tiles each map into block_size x block_size blocks (8 in halonet26t; timm "
+                "asserts H % block_size == 0); on 28x28 or 32x32 inputs its stride-32 attention stages see 2x2 and "
+                "1x1 maps (timm's min_input_size is 256x256)"
+            ),
+        ),
+    )
+    return Plan(
+        "compare",
+        "GSA-ResNet vs. convolutional ResNet vs. timm attention peers",
+        variants,
+        default_seeds=(0, 1, 2),
+        baseline="conv_resnet26_tiny",
+    )
+
+
+def _gsa(
+    key: str, label: str, factor: str, setting: str, cost: float, model: str = "gsa_resnet26_tiny", **kw: Any
+) -> Variant:
+    return Variant(key, model, label, factor=factor, setting=setting, cost=cost, **kw)
+
+
+def ablations_plan() -> Plan:
+    """The GSA module's design choices, one factor at a time against ``gsa_resnet26_tiny``; 1 seed by default."""
+    variants = (
+        _GSA,
+        _gsa("gsa_tiny_content", "content only", "layers", "content only", 0.55, model="gsa_resnet26_tiny_content"),
+        _gsa(
+            "gsa_tiny_positional", "positional only", "layers", "positional only", 0.85,
+            model="gsa_resnet26_tiny_positional",
+        ),
+        _gsa(
+            "gsa_tiny_span3", "span 3", "positional span", "window 3", 1.0,
+            model_kwargs={"gsa_kwargs": {"pos_span": 3}},
+        ),
+        _gsa(
+            "gsa_tiny_span7", "span 7", "positional span", "window 7", 1.05,
+            model_kwargs={"gsa_kwargs": {"pos_span": 7}},
+        ),
+        _gsa(
+            "gsa_tiny_norel", "no relative embeddings", "relative embeddings", "off (uniform average over the span)",
+            0.8, model_kwargs={"gsa_kwargs": {"rel_pos": False}},
+        ),
+        _gsa(
+            "gsa_tiny_possoftmax", "positional softmax", "positional softmax", "on", 1.65,
+            model_kwargs={"gsa_kwargs": {"pos_softmax": True}},
+        ),
+        _gsa(
+            "gsa_tiny_querysoftmax", "query softmax", "query softmax", "on", 1.0,
+            model_kwargs={"gsa_kwargs": {"query_softmax": True}},
+        ),
+        _gsa("gsa_tiny_last2", "GSA in stages 3-4", "stages", "stages 3-4", 0.7, model="gsa_resnet26_tiny_last2"),
+        _gsa("gsa_tiny_last1", "GSA in stage 4", "stages", "stage 4", 0.5, model="gsa_resnet26_tiny_last1"),
+        _CONV,
+        _gsa(
+            "gsa_tiny_last2_2d", "GSA in stages 3-4, 2-D positional", "axial vs 2-D (stages 3-4)", "2-D", 0.9,
+            model="gsa_resnet26_tiny_last2", model_kwargs={"gsa_kwargs": {"axial": False}},
+            note="one 2-D positional pass over the global span (dense N x N weights per head), no batch norm",
+        ),
+        _gsa(
+            "gsa_tiny_2d", "2-D positional everywhere", "axial vs 2-D (all stages)", "2-D", 7.0,
+            model_kwargs={"gsa_kwargs": {"axial": False}},
+            skip_reason=(
+                "not run: dense O(N^2) per head at 28x28 trains at ~8 images/s on one CPU thread (7x slower than "
+                "axial, ~80 min at this recipe); compared in stages 3-4 instead (gsa_tiny_last2_2d vs gsa_tiny_last2)"
+            ),
+        ),
+    )  # fmt: skip
+    return Plan(
+        "ablations",
+        "GSA ablations (gsa_resnet26_tiny, one factor at a time)",
+        variants,
+        default_seeds=(0,),
+        baseline="gsa_resnet26_tiny",
+    )
+
+
+ABLATION_FACTORS: dict[str, tuple[str, ...]] = {
+    "layers": ("gsa_tiny_content", "gsa_tiny_positional", "gsa_resnet26_tiny"),
+    "positional span": ("gsa_tiny_span3", "gsa_tiny_span7", "gsa_resnet26_tiny"),
+    "relative embeddings": ("gsa_tiny_norel", "gsa_resnet26_tiny"),
+    "axial vs 2-D (stages 3-4)": ("gsa_tiny_last2", "gsa_tiny_last2_2d"),
+    "axial vs 2-D (all stages)": ("gsa_resnet26_tiny", "gsa_tiny_2d"),
+    "positional softmax": ("gsa_resnet26_tiny", "gsa_tiny_possoftmax"),
+    "query softmax": ("gsa_resnet26_tiny", "gsa_tiny_querysoftmax"),
+    "stages": ("gsa_resnet26_tiny", "gsa_tiny_last2", "gsa_tiny_last1", "conv_resnet26_tiny"),
+}
+"""The ablation table's groups: for each factor, the variants that differ only in it (baseline setting included)."""
+
+BASELINE_SETTINGS = {
+    "layers": "content + positional",
+    "positional span": "global",
+    "relative embeddings": "on",
+    "axial vs 2-D (all stages)": "axial",
+    "positional softmax": "off (paper)",
+    "query softmax": "off (paper)",
+    "stages": "all (1-4)",
+}
+"""The baseline's setting in each factor group (the baseline row's own ``setting`` describes all of them)."""
+
+GROUP_SETTINGS = {("axial vs 2-D (stages 3-4)", "gsa_tiny_last2"): "axial"}
+"""Settings of rows that appear in a group other than their own factor's."""
+
+PLANS = {"compare": compare_plan, "ablations": ablations_plan}
+
+
+def get_plan(name: str) -> Plan:
+    """The plan called ``name`` (``compare`` or ``ablations``)."""
+    if name not in PLANS:
+        raise KeyError(f"unknown plan {name!r}; choose from {', '.join(PLANS)}")
+    return PLANS[name]()
+
+
+def expand(
+    plans: Sequence[Plan], data: Sequence[str], runs: str | Path, seeds: Sequence[int] | None = None
+) -> list[RunSpec]:
+    """The runs of ``plans`` on each dataset, without duplicates, skipped variants excluded, in plan order.
+
+    Args:
+        plans: The plans.
+        data: Dataset names.
+        runs: Parent directory of the run directories.
+        seeds: Seeds for every variant; ``None`` = each variant's or plan's default.
+
+    Raises:
+        ValueError: Two variants share a key but differ (the key must identify one run configuration).
+    """
+    runs = Path(runs)
+    seen: dict[str, Variant] = {}
+    specs: list[RunSpec] = []
+    for dataset in data:
+        for plan in plans:
+            for variant in plan.variants:
+                other = seen.setdefault(variant.key, variant)
+                if other != variant and (other.model, other.model_kwargs, other.train_args) != (
+                    variant.model,
+                    variant.model_kwargs,
+                    variant.train_args,
+                ):
+                    raise ValueError(f"variant key {variant.key!r} is used for two different runs")
+                if variant.skip_reason:
+                    continue
+                for seed in seeds if seeds is not None else (variant.seeds or plan.default_seeds):
+                    spec = RunSpec(variant, int(seed), dataset, runs)
+                    if all(s.run_dir != spec.run_dir for s in specs):
+                        specs.append(spec)
+    return specs

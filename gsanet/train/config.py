@@ -1,0 +1,359 @@
+"""Typed configs of the ``train`` and ``eval`` commands, their yaml/flag loading, and the errors they raise.
+
+Override order: dataclass defaults < a base (the config stored in a checkpoint, on resume) < ``--config file.yaml``
+< explicit command-line flags. Unknown keys and values of the wrong type are errors (:class:`ConfigError`), never
+silently ignored or coerced: YAML reads ``1e-3`` as a string, so the error message says to write ``1.0e-3``.
+
+Every error the commands expect (bad config, bad data, bad checkpoint, a diverging loss) is a :class:`TrainError`
+whose message names the problem and the fix; the command lines print it without a traceback and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "AMP_CHOICES",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EvalConfig",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainError",
+    "build_parser",
+    "config_to_dict",
+    "error_message",
+    "load_yaml",
+    "resolve_config",
+    "save_yaml",
+]
+
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsproptf", "lion")
+_SCHEDULERS = ("cosine", "poly", "none")
+
+C = TypeVar("C")
+
+
+class TrainError(Exception):
+    """An expected failure of ``gsanet train``/``gsanet eval``; the message names the problem and the fix."""
+
+
+class ConfigError(TrainError):
+    """A config file or flag is unknown, of the wrong type or out of range."""
+
+
+class DataError(TrainError):
+    """A dataset is missing, empty, unreadable or does not match the model."""
+
+
+class CheckpointError(TrainError):
+    """A checkpoint is missing, corrupt, belongs to another model, or would overwrite another run's file."""
+
+
+class NonFiniteLossError(TrainError):
+    """The training loss became NaN or infinite; no optimizer step was taken with it."""
+
+
+def error_message(error: BaseException) -> str:
+    """The error's own message, without the traceback a DataLoader worker process wraps around it."""
+    message = str(error)
+    marker = f"{type(error).__name__}: "
+    if "Original Traceback" in message and marker in message:
+        message = message.rsplit(marker, 1)[1].strip()
+    return message
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (``gsanet train``); defaults are ``configs/fashion_mnist.yaml``.
+
+    ``batch_size`` is per process (as in timm and the torchvision references): under ``torchrun`` the global batch is
+    ``batch_size * world_size``.
+    """
+
+    # model
+    model: str = _help("timm model name (``import gsanet`` registers the gsa_* models)", default="gsa_resnet26_tiny")
+    model_kwargs: dict[str, Any] = _help("extra keyword arguments of timm.create_model", default_factory=dict)
+    drop_rate: float = _help("dropout before the classifier", default=0.0)
+    drop_path_rate: float = _help("stochastic depth rate", default=0.0)
+    # data
+    data: str = _help("fashion-mnist, cifar10, cifar100, or a folder with train/ and val/", default="fashion-mnist")
+    data_dir: str = _help("where torchvision datasets are looked for and downloaded", default="data")
+    download: bool = _help("download fashion-mnist/cifar with torchvision when missing", default=True)
+    img_size: int | None = _help(
+        "input size; None = the dataset's (28, 32) or the model's (image folders)", default=None
+    )
+    train_subset: int | None = _help("train on a fixed random subset of this many images", default=None)
+    val_subset: int | None = _help("validate on a fixed random subset of this many images", default=None)
+    workers: int = _help("data loader worker processes per training process", default=0)
+    augment: bool = _help(
+        "random crop + flip (fashion-mnist, cifar) / timm's train transform (on in the cifar/imagenet recipes)",
+        default=False,
+    )
+    auto_augment: str | None = _help(
+        "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (not fashion-mnist)", default=None
+    )
+    reprob: float = _help("random erasing probability (not fashion-mnist)", default=0.0)
+    mixup: float = _help("mixup alpha (0 = off)", default=0.0)
+    cutmix: float = _help("cutmix alpha (0 = off)", default=0.0)
+    smoothing: float = _help("label smoothing", default=0.1)
+    # optimisation
+    epochs: int = _help("training epochs", default=2)
+    batch_size: int = _help("batch size per process", default=128)
+    opt: str = _help(f"optimizer for timm.optim.create_optimizer_v2: {', '.join(_OPTIMIZERS)}", default="adamw")
+    lr: float = _help("peak learning rate", default=5.0e-3)
+    weight_decay: float = _help("weight decay (not applied to norms and biases)", default=0.05)
+    momentum: float = _help("SGD momentum", default=0.9)
+    sched: str = _help(f"learning-rate schedule, per step: {', '.join(_SCHEDULERS)}", default="cosine")
+    warmup_epochs: float = _help("linear warm-up epochs (fractions allowed)", default=0.1)
+    warmup_lr: float = _help("learning rate at the start of warm-up", default=1.0e-5)
+    min_lr: float = _help("final learning rate of the schedule", default=1.0e-5)
+    clip_grad: float | None = _help("clip the gradient norm to this value", default=None)
+    model_ema: bool = _help("keep an EMA of the weights (timm ModelEmaV3); validate and select on it", default=False)
+    model_ema_decay: float = _help("EMA decay", default=0.9998)
+    # runtime
+    seed: int = _help("random seed (weights, sampling, augmentation)", default=0)
+    device: str = _help("auto (cuda if available, else cpu), cpu, cuda, cuda:N", default="auto")
+    amp: str = _help(
+        "autocast: auto (bf16 where the hardware has native bf16, else none), none, bf16, fp16 (CUDA, GradScaler)",
+        default="auto",
+    )
+    compile: bool = _help("torch.compile the model", default=False)
+    channels_last: bool = _help("channels-last memory format", default=False)
+    sync_bn: bool = _help("SyncBatchNorm across processes (CUDA only)", default=False)
+    output: str = _help("parent directory of run directories", default="runs")
+    name: str | None = _help("run directory name; default <model>-<data>-<timestamp>", default=None)
+    progress: bool = _help("show a progress bar", default=True)
+
+    def __post_init__(self) -> None:
+        _check_choice("amp", self.amp, AMP_CHOICES)
+        _check_choice("opt", self.opt, _OPTIMIZERS)
+        _check_choice("sched", self.sched, _SCHEDULERS)
+        for key in ("epochs", "batch_size"):
+            _check_min(key, getattr(self, key), 1)
+        _check_min("workers", self.workers, 0)
+        for key in ("train_subset", "val_subset", "img_size"):
+            if getattr(self, key) is not None:
+                _check_min(key, getattr(self, key), 1)
+        for key in (
+            "lr",
+            "warmup_epochs",
+            "weight_decay",
+            "drop_rate",
+            "drop_path_rate",
+            "reprob",
+            "mixup",
+            "cutmix",
+            "smoothing",
+        ):
+            _check_min(key, getattr(self, key), 0)
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ConfigError(f"mixup/cutmix need an even batch_size, got {self.batch_size}: use {self.batch_size + 1}")
+        if self.name is not None and (not self.name or Path(self.name).name != self.name):
+            raise ConfigError(f"name must be a plain directory name, got {self.name!r}: use --output for the parent")
+
+
+@dataclass
+class EvalConfig:
+    """Everything that defines an evaluation (``gsanet eval``); data defaults to the checkpoint's training data."""
+
+    checkpoint: str = _help("checkpoint file (.safetensors) or run directory (uses its best checkpoint)", default="")
+    data: str | None = _help("dataset; default: the one the checkpoint was trained on", default=None)
+    data_dir: str | None = _help("dataset root; default: the checkpoint's", default=None)
+    download: bool = _help("download fashion-mnist/cifar with torchvision when missing", default=True)
+    val_subset: int | None = _help("evaluate on a fixed random subset of this many images", default=None)
+    batch_size: int = _help("batch size", default=256)
+    workers: int = _help("data loader worker processes", default=0)
+    device: str = _help("auto (cuda if available, else cpu), cpu, cuda, cuda:N", default="auto")
+    amp: str = _help(
+        "autocast: auto (bf16 where the hardware has native bf16), none, bf16, fp16 (CUDA)", default="auto"
+    )
+    channels_last: bool = _help("channels-last memory format", default=False)
+    ema: bool = _help("use the EMA weights when the checkpoint has them", default=True)
+    output: str | None = _help(
+        "directory for the report and confusion matrix; default: next to the checkpoint", default=None
+    )
+    progress: bool = _help("show a progress bar", default=True)
+
+    def __post_init__(self) -> None:
+        _check_choice("amp", self.amp, AMP_CHOICES)
+        _check_min("batch_size", self.batch_size, 1)
+        _check_min("workers", self.workers, 0)
+        if self.val_subset is not None:
+            _check_min("val_subset", self.val_subset, 1)
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_min(key: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; anything else -> ``(tp, False)``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported config type {tp}")
+        return args[0], True
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    base, optional = _split_optional(tp)
+    name = "mapping" if typing.get_origin(base) is dict else base.__name__
+    return f"{name} or null" if optional else name
+
+
+def _check_value(key: str, value: Any, tp: Any, source: str) -> Any:
+    """Return ``value`` if it has type ``tp`` (an int is a valid float), else raise :class:`ConfigError`."""
+    base, optional = _split_optional(tp)
+    if value is None and optional:
+        return None
+    ok = False
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif base is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(base) is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if ok:
+        return value
+    hint = ""
+    if base is float and isinstance(value, str):
+        hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+    raise ConfigError(
+        f"{source}: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}{hint}; fix the value"
+    )
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain dict (field order), ready for yaml/json."""
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a yaml mapping; a missing file, a parse error or a non-mapping is a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}; check the path given to --config") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}; fix the syntax") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    """Write ``data`` as yaml (keys in insertion order)."""
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _validated(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are: {', '.join(types_)}")
+    return {key: _check_value(key, value, types_[key], source) for key, value in values.items()}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _optional_scalar(base: type) -> Any:
+    def parse(text: str) -> Any:
+        if text.lower() in ("none", "null"):
+            return None
+        return base(text)
+
+    parse.__name__ = base.__name__
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with ``--config`` and one flag per field of ``cls`` (absent flags stay absent)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False
+    )
+    parser.add_argument("--config", metavar="YAML", help="yaml file of config keys (explicit flags override it)")
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        base, optional = _split_optional(_field_types(cls)[f.name])
+        help_ = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)!r})"
+        if base is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
+        elif typing.get_origin(base) is dict:
+            parser.add_argument(_flag(f.name), dest=f.name, nargs="*", type=_key_value, metavar="KEY=VALUE", help=help_)
+        else:
+            parse = _optional_scalar(base) if optional else base
+            parser.add_argument(_flag(f.name), dest=f.name, type=parse, metavar=base.__name__.upper(), help=help_)
+    return parser
+
+
+def resolve_config(
+    cls: type[C],
+    explicit: dict[str, Any],
+    config_file: str | Path | None = None,
+    base: dict[str, Any] | None = None,
+) -> C:
+    """Merge defaults < ``base`` < ``config_file`` < ``explicit`` into a validated ``cls`` instance.
+
+    Args:
+        cls: The config dataclass.
+        explicit: Values of the flags given on the command line (``key=value`` lists already parsed).
+        config_file: Optional yaml file.
+        base: Optional starting values, e.g. the config stored in a checkpoint being resumed.
+
+    Raises:
+        ConfigError: An unknown key, a value of the wrong type or out of range.
+    """
+    values: dict[str, Any] = {}
+    if base:
+        values.update(_validated(cls, base, "checkpoint config"))
+    if config_file is not None:
+        values.update(_validated(cls, load_yaml(config_file), f"config file {config_file}"))
+    explicit = {k: dict(v) if isinstance(v, list) else v for k, v in explicit.items()}
+    values.update(_validated(cls, explicit, "command line"))
+    return cls(**values)

@@ -1,0 +1,185 @@
+"""Smoke tests of ``gsanet bench``: every benchmark runs at a tiny size with one repeat and writes its files.
+
+No timing is ever asserted: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gsanet.bench import cli
+from gsanet.bench.model import COLUMNS as MODEL_COLUMNS
+from gsanet.bench.model import run_model_bench
+from gsanet.bench.module import COLUMNS as MODULE_COLUMNS
+from gsanet.bench.module import parse_shape, profile_layer, run_module_bench
+from gsanet.bench.peers import LAYERS, build_layer, halo_block_size, sdpa_kernel
+from gsanet.bench.scaling import COLUMNS as SCALING_COLUMNS
+from gsanet.bench.scaling import FIT_COLUMNS, run_scaling_bench
+from gsanet.bench.timing import BenchConfig, MemoryTracker, count_flops, fit_power_law, result_stem
+
+
+def _cfg(tmp_path: Path, **kwargs) -> BenchConfig:
+    return BenchConfig(quick=True, repeats=1, warmup=0, batch=2, out=str(tmp_path), **kwargs)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_module_bench_writes_csv_and_markdown(tmp_path: Path) -> None:
+    table = run_module_bench(_cfg(tmp_path), shapes=[(8, 8, 16)])
+    paths = table.save(tmp_path)
+    stem = result_stem("module", "cpu", "fp32")
+    assert [p.name for p in paths] == [f"{stem}.csv", f"{stem}.md"]
+    columns, rows = _read_csv(paths[0])
+    assert columns == MODULE_COLUMNS
+    assert [r["layer"] for r in rows] == list(LAYERS)
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["shape"] == "8x8x16"
+        for key in ("fwd_bwd_ms", "fwd_bwd_min_ms", "fwd_ms", "peak_mem_mb", "ratio_vs_conv", "params", "macs"):
+            assert float(row[key]) > 0, (row["layer"], key)
+    by_layer = {r["layer"]: r for r in rows}
+    assert float(by_layer["conv3x3"]["ratio_vs_conv"]) == pytest.approx(1.0)
+    assert float(by_layer["conv3x3"]["macs"]) == 2 * 16 * 16 * 9 * 8 * 8  # batch 2, 16 -> 16 channels, 3x3, 8x8
+    assert by_layer["gsa"]["ratio_vs_gsa_pytorch"] and by_layer["gsa"]["mem_ratio_vs_gsa_pytorch"]
+    assert by_layer["conv3x3"]["ratio_vs_gsa_pytorch"] == ""
+    markdown = paths[1].read_text()
+    assert "| shape | layer | fwd_bwd_ms |" in markdown and "Peak memory:" in markdown
+
+
+def test_module_bench_records_skip_reasons(tmp_path: Path) -> None:
+    # 11x11 has no halo block size in 4..8; a tiny memory cap rules out the layers that store N x N attention.
+    table = run_module_bench(
+        _cfg(tmp_path, mem_cap_gb=1e-6), shapes=[(11, 11, 16)], layers=["conv3x3", "halo", "botnet", "nonlocal_math"]
+    )
+    status = {r["layer"]: r["status"] for r in table.rows}
+    assert status["conv3x3"] == "ok"
+    assert status["halo"].startswith("skipped:") and "not divisible" in status["halo"]
+    for name in ("botnet", "nonlocal_math"):
+        assert status[name].startswith("skipped: would need"), status[name]
+
+
+def test_scaling_bench_writes_csv_fit_and_plot(tmp_path: Path) -> None:
+    table = run_scaling_bench(_cfg(tmp_path), sizes=[4, 6, 8], channels=16)
+    paths = table.save(tmp_path)
+    stem = result_stem("scaling", "cpu", "fp32")
+    names = {p.name for p in paths}
+    assert names == {f"{stem}.csv", f"{stem}_fit.csv", f"{stem}.png", f"{stem}.md"}
+    assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    columns, rows = _read_csv(tmp_path / f"{stem}.csv")
+    assert columns == SCALING_COLUMNS
+    assert len(rows) == 3 * 3 and all(r["status"] == "ok" for r in rows)
+    assert {r["layer"] for r in rows} == {"gsa", "nonlocal", "nonlocal_math"}
+    fit_columns, fits = _read_csv(tmp_path / f"{stem}_fit.csv")
+    assert fit_columns == FIT_COLUMNS and len(fits) == 3
+    for fit in fits:
+        assert math.isfinite(float(fit["time_exponent"])) and math.isfinite(float(fit["mem_exponent"]))
+    assert "Growth exponents" in (tmp_path / f"{stem}.md").read_text()
+
+
+def test_scaling_bench_stops_at_memory_cap(tmp_path: Path) -> None:
+    table = run_scaling_bench(_cfg(tmp_path, mem_cap_gb=2e-3), sizes=[4, 8, 16], channels=16, layers=["nonlocal_math"])
+    status = [r["status"] for r in table.rows]
+    # 16x16, batch 2: 3.5 attention matrices of 2 x 8 x 256^2 floats = 14 MB > 2 MB.
+    assert status[:2] == ["ok", "ok"] and status[2].startswith("skipped: would need"), status
+
+
+def test_model_bench_measures_and_records_unregistered(tmp_path: Path) -> None:
+    table = run_model_bench(_cfg(tmp_path), models=[("resnet18", 64, ""), ("no_such_model_xyz", 64, "")])
+    paths = table.save(tmp_path)
+    columns, rows = _read_csv(paths[0])
+    assert columns == MODEL_COLUMNS
+    ok, missing = rows
+    assert ok["status"] == "ok"
+    keys = ("train_img_s", "infer_b1_ms", "infer_batch_ms", "fwd_bwd_gflop", "achieved_gflops", "matmul_peak_gflops")
+    for key in keys:
+        assert float(ok[key]) > 0, key
+    assert missing["status"].startswith("skipped:") and "not registered" in missing["status"]
+
+
+def test_cli_prints_table_and_names_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "module", "--quick", "--shapes", "8x8x16", "--layers", "gsa", "conv3x3", "--out", str(tmp_path)]
+    from gsanet.cli import main
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| shape | layer |" in out and "| 8x8x16 | gsa |" in out
+    version = torch.__version__.split("+")[0]
+    assert (tmp_path / f"bench_module_torch{version}_cpu_fp32.csv").exists()
+
+
+def test_cli_config_file_and_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("precision: bf16\nrepeats: 3\nmem_cap_gb: 2\n")
+    args = cli.build_parser().parse_args(["module", "--config", str(good), "--repeats", "5"])
+    cfg = cli.resolve_config(args)
+    assert (cfg.precision, cfg.repeats, cfg.mem_cap_gb) == ("bf16", 5, 2.0)  # the flag beats the file
+    for text in ("not_an_option: 1\n", "repeats: three\n"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(SystemExit):
+            cli.main(["module", "--config", str(bad)])
+    with pytest.raises(SystemExit):
+        cli.main(["module", "--precision", "fp16"])
+
+
+def test_profile_names_operators(tmp_path: Path) -> None:
+    text = profile_layer(_cfg(tmp_path), layer="gsa", shape=(8, 8, 16), row_limit=5)
+    assert "aten::" in text and "Self CPU" in text
+
+
+def test_bf16_autocast_runs(tmp_path: Path) -> None:
+    table = run_module_bench(_cfg(tmp_path, precision="bf16"), shapes=[(8, 8, 16)], layers=["gsa", "conv3x3"])
+    assert [r["status"] for r in table.rows] == ["ok", "ok"]
+    assert table.env["precision"] == "bf16"
+
+
+def test_memory_tracker_counts_new_storage_once() -> None:
+    x = torch.randn(1000)  # 4000 bytes, exists before: not counted
+
+    def fn() -> None:
+        y = x * 2  # 4000 live
+        z = y + 1  # 8000 live: the peak
+        _ = z.view(10, 100)  # a view: no new storage
+        del y  # 4000 live
+        _w = z * 3  # 8000 live again
+
+    tracker = MemoryTracker(ignore=[x])
+    with tracker:
+        fn()
+    assert tracker.peak == 8000
+    assert tracker.live == 0  # everything freed
+
+
+def test_flop_count_includes_cpu_flash_attention() -> None:
+    layer = build_layer("nonlocal", 16, 8, 8).module
+    x = torch.randn(2, 16, 8, 8)
+    assert "flash" in sdpa_kernel(layer, 16, "cpu") or "math" in sdpa_kernel(layer, 16, "cpu")
+    flops = count_flops(lambda: layer(x))
+    qkv = 2 * 2 * 64 * 16 * 48  # 1x1 conv 16 -> 48 channels
+    attention = 2 * (2 * 2 * 8 * 64 * 64 * 2)  # q k^T and p v: batch 2, 8 heads, N = 64, head dim 2
+    assert flops == qkv + attention
+
+
+def test_helpers() -> None:
+    assert fit_power_law([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+    assert fit_power_law([1], [1]) is None
+    assert (halo_block_size(56, 56), halo_block_size(28, 28), halo_block_size(7, 7), halo_block_size(11, 11)) == (
+        8,
+        7,
+        7,
+        None,
+    )
+    assert parse_shape("56x56x64") == (56, 56, 64)
+    with pytest.raises(ValueError):
+        parse_shape("56x56")
+    with pytest.raises(ValueError):
+        BenchConfig(precision="fp16")

@@ -1,0 +1,305 @@
+"""``gsanet experiment``: plan expansion, the train commands it builds, aggregation, skip-if-done, resume, locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gsanet.experiments import cli as exp_cli
+from gsanet.experiments.plans import RunSpec, Variant, ablations_plan, compare_plan, expand, format_kwarg, get_plan
+from gsanet.train.cli import build_train_parser
+from gsanet.train.config import TrainConfig, resolve_config
+
+from .test_data import write_fake_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "experiment_fmnist.yaml"
+
+
+def _tiny_recipe(tmp_path: Path, **overrides: object) -> Path:
+    values = yaml.safe_load(RECIPE.read_text())
+    values.update(overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the plans
+def test_compare_plan_expands_to_three_seeds_per_model(tmp_path: Path) -> None:
+    specs = expand([compare_plan()], ["fashion-mnist"], tmp_path)
+    names = [s.name for s in specs]
+    models = ["gsa_resnet26_tiny", "conv_resnet26_tiny", "lambda_resnet26t_w025", "botnet26t_w025"]
+    assert names == [f"{m}-s{seed}" for m in models for seed in (0, 1, 2)]
+    assert all(s.run_dir == tmp_path / "fashion-mnist" / s.name for s in specs)
+    assert compare_plan().variant("halonet26t_w025").skip_reason  # skipped, with its reason
+
+
+def test_ablations_cover_every_factor_and_share_the_baseline(tmp_path: Path) -> None:
+    plan = ablations_plan()
+    kwargs = {v.key: (v.model, v.model_kwargs.get("gsa_kwargs", {})) for v in plan.variants}
+    assert kwargs["gsa_tiny_content"][0] == "gsa_resnet26_tiny_content"
+    assert kwargs["gsa_tiny_positional"][0] == "gsa_resnet26_tiny_positional"
+    assert kwargs["gsa_tiny_span3"][1] == {"pos_span": 3} and kwargs["gsa_tiny_span7"][1] == {"pos_span": 7}
+    assert kwargs["gsa_tiny_norel"][1] == {"rel_pos": False}
+    assert kwargs["gsa_tiny_possoftmax"][1] == {"pos_softmax": True}
+    assert kwargs["gsa_tiny_querysoftmax"][1] == {"query_softmax": True}
+    assert kwargs["gsa_tiny_last2_2d"] == ("gsa_resnet26_tiny_last2", {"axial": False})
+    assert {kwargs["gsa_tiny_last1"][0], kwargs["gsa_tiny_last2"][0]} == {
+        "gsa_resnet26_tiny_last1",
+        "gsa_resnet26_tiny_last2",
+    }
+    ablations = expand([plan], ["fashion-mnist"], tmp_path)
+    assert len(ablations) == 12 and {s.seed for s in ablations} == {0}  # one seed; the 2-D-everywhere row is skipped
+    both = expand([compare_plan(), plan], ["fashion-mnist"], tmp_path)
+    assert len(both) == 12 + 12 - 2  # gsa_resnet26_tiny-s0 and conv_resnet26_tiny-s0 are shared
+    assert len({s.run_dir for s in both}) == len(both)
+    three = expand([plan], ["fashion-mnist", "cifar10"], tmp_path, seeds=[0, 1, 2])
+    assert len(three) == 2 * 12 * 3
+
+
+def test_train_commands_parse_into_the_planned_config(tmp_path: Path) -> None:
+    """Every planned command is valid for ``gsanet train`` and yields the config the run state check expects."""
+    recipe = yaml.safe_load(RECIPE.read_text())
+    for spec in expand([compare_plan(), ablations_plan()], ["fashion-mnist"], tmp_path):
+        args = build_train_parser().parse_args(spec.train_args(RECIPE, epochs=2))
+        explicit = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "stop_after")}
+        cfg = resolve_config(TrainConfig, explicit, args.config)
+        resolved = yaml.safe_load(yaml.safe_dump(vars(cfg)))  # what config.yaml holds
+        expected = spec.expected_config(recipe, 2)
+        assert {k: resolved[k] for k in expected} == expected, spec.name
+        assert cfg.output == str(spec.output) and cfg.name == spec.name
+
+
+def test_format_kwarg_is_yaml_flow() -> None:
+    assert format_kwarg({"pos_span": 3, "axial": False}) == "{axial: false, pos_span: 3}"
+    assert format_kwarg(0.25) == "0.25"
+    assert format_kwarg((3, 4)) == "[3, 4]"
+    assert yaml.safe_load(format_kwarg({"gsa_stages": (3, 4)})) == {"gsa_stages": [3, 4]}
+
+
+def test_bad_plans_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="plain file name"):
+        Variant("a/b", "m", "l")
+    with pytest.raises(ValueError, match="runner sets"):
+        Variant("a", "m", "l", train_args={"seed": 1})
+    with pytest.raises(KeyError):
+        get_plan("nope")
+    plan = compare_plan()
+    clash = plan.__class__("x", "x", (Variant("gsa_resnet26_tiny", "conv_resnet26_tiny", "l"),), (0,), "x")
+    with pytest.raises(ValueError, match="two different runs"):
+        expand([plan, clash], ["fashion-mnist"], tmp_path)
+
+
+def test_dry_run_lists_runs_and_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = exp_cli.main(["all", "--dry-run", "--no-macs", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("\ntodo ") + out.startswith("todo ") == 22
+    assert "gsanet.cli train --config" in out and "'gsa_kwargs={pos_span: 3}'" in out
+    assert "skipped  compare/halonet26t_w025" in out and "skipped  ablations/gsa_tiny_2d" in out
+    assert not (tmp_path / "runs").exists()  # a dry run creates nothing
+
+
+# -------------------------------------------------------------------------------- fake runs and aggregation
+def _fake_run(spec: RunSpec, top1: float, recipe: Path, *, epochs: int | None = None, finished: bool = True) -> None:
+    """A run directory as ``gsanet train`` leaves it (config.yaml, summary.json, command.txt)."""
+    args = build_train_parser().parse_args(spec.train_args(recipe, epochs=epochs))
+    explicit = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "stop_after")}
+    cfg = resolve_config(TrainConfig, explicit, args.config)
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "config.yaml").write_text(yaml.safe_dump(vars(cfg), sort_keys=False))
+    (spec.run_dir / "command.txt").write_text(f"2026-01-01T00:00:00 gsanet train {' '.join(spec.train_args(recipe))}\n")
+    summary = {
+        "model": spec.variant.model,
+        "epochs": cfg.epochs if finished else 1,
+        "epochs_planned": cfg.epochs,
+        "finished": finished,
+        "val_top1": top1,
+        "val_top5": 99.0,
+        "params": 1234,
+        "train_seconds": 10.0 + spec.seed,
+    }
+    (spec.run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_aggregate_mean_std_and_tables(tmp_path: Path) -> None:
+    plan = compare_plan()
+    recipe = yaml.safe_load(RECIPE.read_text())
+    accs = {"gsa_resnet26_tiny": [80.0, 82.0, 84.5], "conv_resnet26_tiny": [85.0, 86.0, 87.0]}
+    for key, values in accs.items():
+        for seed, acc in enumerate(values):
+            _fake_run(RunSpec(plan.variant(key), seed, "fashion-mnist", tmp_path), acc, RECIPE)
+    _fake_run(RunSpec(plan.variant("lambda_resnet26t_w025"), 0, "fashion-mnist", tmp_path), 70.0, RECIPE)
+    rows = exp_cli.aggregate(plan, "fashion-mnist", tmp_path, recipe=recipe, macs=False)
+    by_key = {r.variant.key: r for r in rows}
+    gsa = by_key["gsa_resnet26_tiny"]
+    assert gsa.n == 3 and gsa.mean == pytest.approx(statistics.fmean(accs["gsa_resnet26_tiny"]))
+    assert gsa.std == pytest.approx(statistics.stdev(accs["gsa_resnet26_tiny"]))  # sample std (n - 1)
+    assert gsa.mean_seconds == pytest.approx(11.0)
+    lam = by_key["lambda_resnet26t_w025"]
+    assert lam.n == 1 and lam.std is None and lam.missing == [1, 2]
+    assert by_key["botnet26t_w025"].n == 0 and by_key["halonet26t_w025"].variant.skip_reason
+
+    csv_path, md_path = exp_cli.write_tables(
+        plan, rows, tmp_path / "out", data="fashion-mnist", recipe_path=RECIPE, recipe=recipe, runs=tmp_path
+    )
+    import csv
+
+    table = {r["key"]: r for r in csv.DictReader(csv_path.open())}
+    assert float(table["gsa_resnet26_tiny"]["top1_mean"]) == pytest.approx(82.1667, abs=1e-3)
+    assert float(table["gsa_resnet26_tiny"]["top1_std"]) == pytest.approx(2.2546, abs=1e-3)
+    assert float(table["gsa_resnet26_tiny"]["delta_vs_baseline"]) == pytest.approx(82.1667 - 86.0, abs=1e-3)
+    assert table["halonet26t_w025"]["status"] == "skipped" and table["lambda_resnet26t_w025"]["status"] == "incomplete"
+    md = md_path.read_text()
+    assert "82.17 ± 2.25 (n=3)" in md and "86.00 ± 1.00 (n=3)" in md and "-3.83" in md
+    assert "missing seeds [1, 2]" in md and "not run" in md
+    assert "gsanet train --config" in md  # the exact commands
+
+
+def test_run_status_done_conflict_partial(tmp_path: Path) -> None:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    variant = compare_plan().variant("conv_resnet26_tiny")
+    done, other, partial = (RunSpec(variant, s, "fashion-mnist", tmp_path) for s in (0, 1, 2))
+    _fake_run(done, 85.0, RECIPE)
+    _fake_run(other, 85.0, RECIPE, epochs=1)  # another --epochs than planned
+    _fake_run(partial, 50.0, RECIPE, finished=False)
+    assert exp_cli.run_status(done, done.expected_config(recipe, None)).state == "done"
+    conflict = exp_cli.run_status(other, other.expected_config(recipe, None))
+    assert conflict.state == "conflict" and "epochs: 1 != 3" in conflict.detail
+    assert exp_cli.run_status(partial, partial.expected_config(recipe, None)).state == "partial"
+    assert exp_cli.run_status(RunSpec(variant, 9, "fashion-mnist", tmp_path), {}).state == "todo"
+
+
+# ------------------------------------------------------------------------------------- the runner (no training)
+FAKE_TRAIN = """#!{python}
+# Stand-in for `python -m gsanet.cli train` (yaml only, so it starts fast): writes what a finished run leaves.
+import json, sys, yaml
+from pathlib import Path
+args = sys.argv[sys.argv.index("train") + 1:]
+with open({calls!r}, "a") as f:
+    f.write(" ".join(args) + "\\n")
+if args[0] == "--resume":
+    run = Path(args[1])
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(finished=True, epochs=summary["epochs_planned"])
+    (run / "summary.json").write_text(json.dumps(summary))
+    sys.exit(0)
+flags, key = {{}}, None
+for a in args:
+    if a.startswith("--"):
+        key = a[2:].replace("-", "_")
+        flags[key] = []
+    else:
+        flags[key].append(a)
+cfg = yaml.safe_load(open(flags["config"][0]))
+cfg.update(model=flags["model"][0], seed=int(flags["seed"][0]), data=flags["data"][0], name=flags["name"][0])
+cfg["model_kwargs"] = {{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in flags.get("model_kwargs", []))}}
+for k in ("epochs", "img_size"):
+    if k in flags:
+        cfg[k] = int(flags[k][0])
+run = Path(flags["output"][0]) / cfg["name"]
+run.mkdir(parents=True)
+(run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+(run / "command.txt").write_text("2026-01-01T00:00:00 gsanet train " + " ".join(args) + "\\n")
+summary = dict(model=cfg["model"], epochs=cfg["epochs"], epochs_planned=cfg["epochs"], finished=True, params=1,
+               val_top1=80.0 + cfg["seed"], val_top5=99.0, train_seconds=1.0)
+(run / "summary.json").write_text(json.dumps(summary))
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> tuple[Path, Path]:
+    calls = tmp_path / "calls.txt"
+    script = tmp_path / "fake_python"
+    script.write_text(FAKE_TRAIN.format(python=sys.executable, calls=str(calls)))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script, calls
+
+
+def test_runner_trains_once_then_skips_finished_runs(
+    tmp_path: Path, fake_python: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    script, calls = fake_python
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    argv = ["compare", "--runs", str(runs), "--out", str(out), "--python", str(script), "--no-macs", "--jobs", "2"]
+    assert exp_cli.main(argv) == 0
+    assert len(calls.read_text().splitlines()) == 12
+    first = (out / "experiment_compare.csv").read_text()
+    assert "81.0000" in first  # mean of 80, 81, 82
+    assert (runs / "fashion-mnist" / "experiment_commands.txt").read_text().startswith("OMP_NUM_THREADS=1 gsanet")
+    summary = runs / "fashion-mnist" / "gsa_resnet26_tiny-s0" / "summary.json"
+    before = summary.stat().st_mtime_ns
+    assert exp_cli.main(argv) == 0  # everything done: nothing is started, nothing overwritten
+    assert len(calls.read_text().splitlines()) == 12
+    assert summary.stat().st_mtime_ns == before
+    assert "start" not in capsys.readouterr().out.split("tables:")[-1]
+
+
+def test_runner_resumes_only_with_resume(tmp_path: Path, fake_python: tuple[Path, Path]) -> None:
+    script, calls = fake_python
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    variant = compare_plan().variant("conv_resnet26_tiny")
+    partial = RunSpec(variant, 0, "fashion-mnist", runs)
+    _fake_run(partial, 50.0, RECIPE, finished=False)
+    (partial.run_dir / "checkpoints").mkdir()
+    (partial.run_dir / "checkpoints" / "last.safetensors").write_bytes(b"x")
+    fresh = RunSpec(variant, 1, "fashion-mnist", runs)
+    fresh.run_dir.mkdir(parents=True)  # died before its first checkpoint
+    base = ["compare", "--seeds", "0", "1", "--runs", str(runs), "--out", str(out), "--python", str(script)]
+    base += ["--no-macs"]
+    assert exp_cli.main(base) == 1  # the interrupted runs are reported, not touched
+    lines = calls.read_text().splitlines()
+    assert not any("conv_resnet26_tiny" in line for line in lines)
+    assert exp_cli.main([*base, "--resume"]) == 0
+    lines = calls.read_text().splitlines()
+    assert any(line.startswith(f"--resume {partial.run_dir}") for line in lines)
+    assert any("--name conv_resnet26_tiny-s1" in line for line in lines)
+    assert list(runs.glob("fashion-mnist/conv_resnet26_tiny-s1.incomplete-*"))  # moved aside, not deleted
+
+
+def test_locked_run_is_skipped(tmp_path: Path, fake_python: tuple[Path, Path]) -> None:
+    script, calls = fake_python
+    spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", tmp_path / "runs")
+    args = exp_cli.build_parser().parse_args(["compare", "--python", str(script), "--runs", str(tmp_path / "runs")])
+    ctx = exp_cli._Context(args, {"fashion-mnist": (RECIPE, yaml.safe_load(RECIPE.read_text()))}, dict(os.environ))
+    with exp_cli._run_lock(spec) as taken:
+        assert taken
+        status = exp_cli._execute(spec, ctx)
+    assert status.state == "todo" and "locked" in status.detail
+    assert not calls.exists()
+
+
+def test_one_real_training_batch(tmp_path: Path) -> None:
+    """Smoke: the runner drives the real ``gsanet train`` for one batch of one epoch on fake data."""
+    data = write_fake_fashion_mnist(tmp_path / "data", n_train=16, n_val=16)
+    recipe = _tiny_recipe(tmp_path, train_subset=None, batch_size=16, epochs=1, warmup_epochs=0, data_dir=str(data))
+    spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", tmp_path / "runs")
+    args = exp_cli.build_parser().parse_args(["compare", "--runs", str(tmp_path / "runs"), "--threads", "1"])
+    ctx = exp_cli._Context(args, {"fashion-mnist": (recipe, exp_cli.load_recipe(recipe))}, exp_cli._child_env(args))
+    status = exp_cli._execute(spec, ctx)
+    assert status.state == "done", (spec.output / "logs" / f"{spec.name}.log").read_text()[-2000:]
+    assert status.summary["epochs"] == 1 and 0 <= status.summary["val_top1"] <= 100
+    record = json.loads((spec.run_dir / "experiment.json").read_text().splitlines()[0])
+    assert record["threads"] == "1"
+    assert exp_cli._execute(spec, ctx).state == "done"  # a second call finds it finished
+
+
+def test_recipe_validation(tmp_path: Path) -> None:
+    assert exp_cli.load_recipe(RECIPE)["train_subset"] == 10000
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nmodel: gsa_resnet26_tiny\n")
+    with pytest.raises(ValueError, match="plan sets"):
+        exp_cli.load_recipe(bad)
+    bad.write_text("epochz: 3\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        exp_cli.load_recipe(bad)
+    assert exp_cli.resolve_datasets(["auto"], tmp_path) == ["fashion-mnist"]
+    (tmp_path / "cifar-100-python").mkdir()
+    assert exp_cli.resolve_datasets(["auto"], tmp_path) == ["fashion-mnist", "cifar100"]
