@@ -69,16 +69,19 @@ def test_pretrained_loads_the_shipped_file(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plain_pretrained_true_uses_the_shipped_weights(name: str) -> None:
-    """``timm.create_model(name, pretrained=True)``, once the entrypoints pass ``shipped_overlay`` to timm."""
-    try:
-        model = timm.create_model(name, pretrained=True)
-    except RuntimeError as e:
-        if "No pretrained weights exist" in str(e):
-            pytest.skip("the entrypoints do not apply shipped_overlay yet (gsanet/models/gsa_resnet.py _create)")
-        raise
+    """``timm.create_model(name, pretrained=True)`` alone: the entrypoints apply ``shipped_overlay`` themselves."""
+    model = timm.create_model(name, pretrained=True)
+    assert model.num_classes == 10 and model.pretrained_cfg["input_size"] == (1, 28, 28)
     stored = load_file(str(SHIPPED[name].path))
-    torch.testing.assert_close(model.state_dict()["head.fc.weight"], stored["head.fc.weight"], rtol=0, atol=0)
+    state = model.state_dict()
+    for key, value in stored.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
     assert timm.create_model(name).num_classes != 10  # without pretrained=True the defaults stay (CIFAR-100 cfg)
+
+
+def test_pretrained_without_shipped_weights_says_so() -> None:
+    with pytest.raises(RuntimeError, match="No pretrained weights"):
+        timm.create_model("gsa_resnet50", pretrained=True)
 
 
 @needs_data

@@ -41,6 +41,7 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from torch import nn
 
 from ..layers import GlobalSelfAttention
+from .pretrained import shipped_overlay
 
 __all__ = [
     "BLOCK_WIDTHS",
@@ -325,6 +326,9 @@ default_cfgs = generate_default_cfgs(
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> GsaResNet:
     overrides = {k: kwargs.pop(k) for k in ("width_mult", "gsa_stages", "gsa_kwargs") if k in kwargs}
     arch = dataclasses.replace(model_archs[variant], **overrides)
+    if pretrained and kwargs.get("pretrained_cfg_overlay") is None and kwargs.get("pretrained_cfg") is None:
+        # Weights shipped with the package (gsanet/weights): loaded offline, with their dataset's classes and input.
+        kwargs["pretrained_cfg_overlay"] = shipped_overlay(variant)
     if kwargs.get("img_size") is None:
         overlay = kwargs.get("pretrained_cfg_overlay") or {}
         kwargs["img_size"] = tuple(overlay.get("input_size") or default_cfgs[variant].default.input_size)[-2:]
