@@ -125,6 +125,9 @@ SHIPPED: dict[str, ShippedWeights] = {
     "gsa_resnet26_tiny": _fmnist(
         "gsa_resnet26_tiny", test_top1=79.89, test_top5=99.51, test_top1_first1000=81.4, params=550_394
     ),
+    "conv_resnet26_tiny": _fmnist(
+        "conv_resnet26_tiny", test_top1=79.18, test_top5=99.29, test_top1_first1000=80.3, params=738_298
+    ),
 }
 """Shipped weights by model name; accuracies measured on the exported files (``evaluate_shipped``)."""
 
