@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gsanet.layers.gsa as gsa_module
 from gsanet.layers import GlobalSelfAttention, relative_to_absolute, resize_rel_pos
 from tests.gsa_reference import reference_forward
 
@@ -324,3 +325,37 @@ def test_output_changes_with_each_branch() -> None:
     strided = GlobalSelfAttention(8, heads=2, stride=2).double().eval()
     strided.load_state_dict(full.state_dict())
     torch.testing.assert_close(strided(x), F.avg_pool2d(y_full, 2, ceil_mode=True))
+
+
+def _axial_plain(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``AxialRelPosAttention`` written with plain autograd: ``out[x] = sum_x' (q_x . rows[x'-x+S-1]) v_x'``."""
+    S = q.shape[-1]
+    offsets = torch.arange(S)[None, :] - torch.arange(S)[:, None] + S - 1  # [x, x']
+    keys = rows[:, :, offsets]  # (h, dk, x, x')
+    weights = torch.einsum("bhclx,hcxy->bhlxy", q, keys)
+    return torch.einsum("bhlxy,bhldy->bhldx", weights, v)
+
+
+@pytest.mark.parametrize("chunk", [1, 16 * 2, 16 * 7, 16 * 10 * 2, 1 << 18], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_axial_function_matches_plain_autograd_in_every_chunking(
+    chunk: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row blocks (1 and 2 lines, 7 of 10 with a partial last block), head groups (2 of 3), one block."""
+    monkeypatch.setitem(gsa_module._CHUNK_ELEMENTS, "cpu", chunk)
+    torch.manual_seed(0)
+    B, h, dk, L, S, dv = 2, 3, 2, 5, 4, 3
+    q = torch.randn(B, h, dk, L, S, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, h, L, dv, S, dtype=dtype, requires_grad=True)
+    rows = torch.randn(h, dk, 2 * S - 1, dtype=dtype, requires_grad=True)
+    grad = torch.randn(B, h, L, dv, S, dtype=dtype)
+    out = gsa_module.AxialRelPosAttention.apply(q, v, rows)
+    expected = _axial_plain(q, v, rows)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, expected, **tol)
+    actual_grads = torch.autograd.grad(out, (q, v, rows), grad)
+    expected_grads = torch.autograd.grad(expected, (q, v, rows), grad)
+    for a, e, name in zip(actual_grads, expected_grads, ("q", "v", "rows"), strict=True):
+        torch.testing.assert_close(a, e, **tol, msg=lambda m, name=name: f"grad {name}: {m}")
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(gsa_module.AxialRelPosAttention.apply, (q, v, rows))

@@ -92,24 +92,61 @@ def skew(rel: torch.Tensor, size: int) -> torch.Tensor:
     return rel.as_strided((*rel.shape[:-1], size), (*st[:-2], st[-2] - 1, 1), rel.storage_offset() + size - 1)
 
 
-_CHUNK_ELEMENTS = {"cpu": 1 << 20}  # per device type: logits elements per chunk (CPU: ~4 MB, cache-sized)
+_CHUNK_ELEMENTS = {"cpu": 1 << 18}  # per device type: weight elements per chunk (CPU: 1 MB in float32, cache-sized)
 _DEFAULT_CHUNK_ELEMENTS = 1 << 28
 
 
-def _chunk_items(device: torch.device, items: int, per_item: int) -> int:
+def _chunks(device: torch.device, heads: int, rows: int, per_row: int) -> list[tuple[int, int, int, int]]:
+    """Splits ``heads x rows`` work items into ``(h0, h1, r0, r1)`` blocks of about ``_CHUNK_ELEMENTS`` weights.
+
+    A block is a row range of one head, or (when all rows of a head fit) a group of whole heads.
+    """
     target = _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS)
-    return max(1, min(items, target // per_item))
+    step = max(1, target // per_row)
+    if step < rows:
+        return [(hh, hh + 1, r0, min(rows, r0 + step)) for hh in range(heads) for r0 in range(0, rows, step)]
+    group = max(1, min(heads, target // (per_row * rows)))
+    return [(h0, min(heads, h0 + group), 0, rows) for h0 in range(0, heads, group)]
+
+
+def _absolute_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``(h, dk, 2S-1)`` relative rows to ``(h, S, dk, S)`` absolute keys ``E[h, x, :, x'] = rows[h, :, x'-x+S-1]``.
+
+    One small copy per forward (``h * dk * S^2`` elements): an unfold (overlapping view) and a flip, no index.
+    """
+    size = (rows.shape[-1] + 1) // 2
+    windows = rows.unfold(-1, size, 1)  # (h, dk, S, S): [h, c, s, k] = rows[h, c, s + k]
+    return windows.flip(2).permute(0, 2, 1, 3).contiguous()  # [h, x, c, x'] = rows[h, c, S-1-x + x']
+
+
+def _rows(t: torch.Tensor, h0: int, h1: int, r0: int, r1: int) -> torch.Tensor:
+    """Lines ``r0:r1`` of heads ``h0:h1`` of a ``(h, lines, C, S)`` tensor as ``(heads * lines, C, S)`` (a view)."""
+    return t[h0:h1, r0:r1].view(-1, *t.shape[2:])  # blocks are one head, or all lines of each head
+
+
+def _block_weights(qx: torch.Tensor, keys: torch.Tensor, h0: int, h1: int, r0: int, r1: int) -> torch.Tensor:
+    """Positional weights ``[line, x, x'] = q_x . r_(x'-x)`` of one block, ``(heads * lines, S, S)`` contiguous.
+
+    One GEMM batched over (head, x): the queries of every line at x against that position's absolute keys; then one
+    transposing copy to line-major order, which the GEMMs with the values need (strided batches would make ``bmm``
+    fall back to one product per line).
+    """
+    _, S, _, dk = qx.shape
+    g, m = h1 - h0, r1 - r0
+    weights = torch.bmm(qx[h0:h1, :, r0:r1].reshape(g * S, m, dk), keys[h0:h1].reshape(g * S, dk, S))
+    return weights.view(g, S, m, S).transpose(1, 2).reshape(g * m, S, S)
 
 
 class AxialRelPosAttention(torch.autograd.Function):
     """One axial positional layer without softmax: ``out[x] = sum_x' (q_x . r_(x'-x)) v_x'``.
 
-    Fast path of ``GlobalSelfAttention``. Per (image, head) item, the relative logits are one product against the
-    ``2S-1`` embedding rows, turned absolute by a strided view (``skew``) and applied to the values. Items are
-    processed in cache-sized chunks, and the backward pass recomputes the ``(L, S, S)`` weights of each chunk
-    instead of storing them: memory stays O(N * dk) per head, and every product is a contiguous batched GEMM.
-    Queries, values and outputs are channel-major (``dk x S``, ``dv x S``): with only 8-64 channels per head, the
-    products are several times faster with the small dimension as the GEMM's M than as its N.
+    Fast path of ``GlobalSelfAttention``. The relative embeddings are laid out once as absolute keys
+    ``E[x] = (r_(x'-x))_x'`` (``dk x S`` per query position x and head, shared by every image and line), so the
+    weights of all lines at position x are one GEMM ``Q_x E_x`` (batched over x), computing exactly the ``S^2``
+    logits the equation needs (a relative-logits-then-skew formulation computes 2S-1 per position). The weights are
+    then applied to the values with one GEMM per line (batched over lines and heads). Work is split into
+    cache-sized blocks of lines (or of heads, for small maps), and the backward pass recomputes each block's weights
+    instead of storing them: memory stays O(N * (dk + dv)) per head.
 
     Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, L, dv, S)``, ``rows (h, dk, 2S-1)``; output ``(B, h, L, dv, S)``.
     """
@@ -117,47 +154,48 @@ class AxialRelPosAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         B, h, dk, L, S = q.shape
-        dv, n = v.shape[3], 2 * S - 1
-        qf = q.reshape(B * h, dk, L * S).contiguous()  # one copy: strided batches would make bmm copy per matrix
-        vf = v.reshape(B * h, L, dv, S).contiguous()
-        rf = rows.expand(B, h, dk, n).reshape(B * h, dk, n)  # each item's head rows
-        chunk = _chunk_items(q.device, B * h, L * S * n)
-        out = q.new_empty(B * h, L, dv, S)
-        rel = q.new_empty(chunk, L * S, n)
-        weights = q.new_empty(chunk, L, S, S)
-        for i in range(0, B * h, chunk):
-            sl, m = slice(i, i + chunk), min(chunk, B * h - i)
-            torch.matmul(qf[sl].transpose(1, 2), rf[sl], out=rel[:m])  # (m, L*S, 2S-1) relative logits
-            weights[:m].copy_(skew(rel[:m].view(m, L, S, n), S))  # (m, L, S, S) absolute: [x, x']
-            torch.matmul(vf[sl], weights[:m].transpose(-1, -2), out=out[sl])  # (m, L, dv, S)
-        ctx.save_for_backward(qf, vf, rf)
+        dv, n_rows = v.shape[3], B * L
+        qx = q.permute(1, 4, 0, 3, 2).reshape(h, S, n_rows, dk).contiguous()  # per head and x: queries of all lines
+        vh = v.transpose(0, 1).reshape(h, n_rows, dv, S).contiguous()
+        keys = _absolute_rows(rows)  # (h, S, dk, S)
+        out = v.new_empty(h, n_rows, dv, S)
+        for h0, h1, r0, r1 in _chunks(q.device, h, n_rows, S * S):
+            weights = _block_weights(qx, keys, h0, h1, r0, r1)  # (g * m, x, x')
+            torch.bmm(_rows(vh, h0, h1, r0, r1), weights.transpose(1, 2), out=_rows(out, h0, h1, r0, r1))
+        ctx.save_for_backward(qx, vh, keys)
         ctx.shape = (B, h, dk, L, S, dv)
-        return out.view(B, h, L, dv, S)
+        return out.view(h, B, L, dv, S).transpose(0, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        qf, vf, rf = ctx.saved_tensors
+        qx, vh, keys = ctx.saved_tensors
         B, h, dk, L, S, dv = ctx.shape
-        n = 2 * S - 1
-        grad = grad.reshape(B * h, L, dv, S).contiguous()
-        chunk = _chunk_items(qf.device, B * h, L * S * n)
-        grad_q, grad_v, grad_r = torch.empty_like(qf), torch.empty_like(vf), torch.empty_like(rf)
-        rel = qf.new_empty(chunk, L * S, n)
-        weights = qf.new_empty(chunk, L, S, S)
-        grad_w = qf.new_empty(chunk, L, S, S)
-        grad_rel = qf.new_zeros(chunk, L * S, n)  # entries off the skew stay zero for every chunk
-        for i in range(0, B * h, chunk):
-            sl, m = slice(i, i + chunk), min(chunk, B * h - i)
-            torch.matmul(qf[sl].transpose(1, 2), rf[sl], out=rel[:m])  # recompute the chunk's weights
-            weights[:m].copy_(skew(rel[:m].view(m, L, S, n), S))
-            torch.matmul(grad[sl], weights[:m], out=grad_v[sl])  # (m, L, dv, S)
-            torch.matmul(grad[sl].transpose(-1, -2), vf[sl], out=grad_w[:m])  # (m, L, S, S)
-            skew(grad_rel[:m].view(m, L, S, n), S).copy_(grad_w[:m])
-            torch.matmul(rf[sl], grad_rel[:m].transpose(1, 2), out=grad_q[sl])  # (m, dk, L*S)
-            torch.matmul(qf[sl], grad_rel[:m], out=grad_r[sl])  # (m, dk, 2S-1)
-        grad_rows = grad_r.view(B, h, dk, n).sum(0)
-        return grad_q.view(B, h, dk, L, S), grad_v.view(B, h, L, dv, S), grad_rows
+        n_rows = B * L
+        grad = grad.transpose(0, 1).reshape(h, n_rows, dv, S).contiguous()
+        grad_qx, grad_v = torch.empty_like(qx), torch.empty_like(vh)
+        grad_keys = torch.zeros_like(keys, dtype=torch.promote_types(keys.dtype, torch.float32))  # summed over blocks
+        for h0, h1, r0, r1 in _chunks(qx.device, h, n_rows, S * S):
+            g, m = h1 - h0, r1 - r0
+            weights = _block_weights(qx, keys, h0, h1, r0, r1)  # recomputed, (g * m, x, x')
+            grad_blk, v_blk = _rows(grad, h0, h1, r0, r1), _rows(vh, h0, h1, r0, r1)
+            torch.bmm(grad_blk, weights, out=_rows(grad_v, h0, h1, r0, r1))  # (g * m, dv, x')
+            grad_w = torch.bmm(grad_blk.transpose(1, 2), v_blk)  # (g * m, x, x')
+            grad_w = grad_w.view(g, m, S, S).transpose(1, 2).reshape(g * S, m, S)  # [head * x, line, x']
+            keys_blk = keys[h0:h1].reshape(g * S, dk, S)
+            grad_qx[h0:h1, :, r0:r1] = torch.bmm(grad_w, keys_blk.transpose(1, 2)).view(g, S, m, dk)
+            q_blk = qx[h0:h1, :, r0:r1].reshape(g * S, m, dk)
+            if grad_keys.dtype == q_blk.dtype:
+                grad_keys[h0:h1].view(g * S, dk, S).baddbmm_(q_blk.transpose(1, 2), grad_w)
+            else:  # low precision: products in it, the sum over blocks in float32
+                grad_keys[h0:h1].view(g * S, dk, S).add_(torch.bmm(q_blk.transpose(1, 2), grad_w))
+        # keys = _absolute_rows(rows) is linear in rows: its backward (unfold's) sums each diagonal of grad_keys
+        rows = torch.zeros(h, dk, 2 * S - 1, dtype=grad_keys.dtype, device=keys.device, requires_grad=True)
+        with torch.enable_grad():
+            (grad_rows,) = torch.autograd.grad(_absolute_rows(rows), rows, grad_keys)
+        grad_rows = grad_rows.to(keys.dtype)
+        grad_q = grad_qx.view(h, S, B, L, dk).permute(2, 0, 4, 3, 1)
+        return grad_q, grad_v.view(h, B, L, dv, S).transpose(0, 1), grad_rows
 
 
 class GlobalSelfAttention(nn.Module):

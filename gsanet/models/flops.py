@@ -120,8 +120,9 @@ def gsa_macs(layer: GlobalSelfAttention, height: int, width: int, algorithmic: b
 
     As computed by ``gsanet.layers.gsa`` (the default; ``count_macs`` must reproduce it, product by product): the 1x1
     query/key/value projection; the content layer's ``rho(K^T) V`` and ``Q (...)``; per axis of length S, the
-    positional logits of every query against the ``2S-1`` relative embedding rows (turned absolute by a strided
-    view) and the weighted sum over the S positions. A windowed ``pos_span`` runs densely over the axis (zero weights
+    positional logits of every query against the S absolute keys (against the ``2S-1`` relative embedding rows,
+    turned absolute by a strided view, with ``pos_softmax`` or ``axial=False``) and the weighted sum over the S
+    positions. A windowed ``pos_span`` runs densely over the axis (zero weights
     outside the window), so it costs what the global span costs. The 2x2 average pool of ``stride=2``, the batch
     norm and the softmaxes are not multiply-adds. Keep this in step with the layer.
 
@@ -147,6 +148,9 @@ def gsa_macs(layer: GlobalSelfAttention, height: int, width: int, algorithmic: b
         axial_span = span_h + span_w if layer.axial else span_h * span_w
         logits = n * (span_h + span_w) * dk if layer.rel_pos else 0  # 2-D logits are q.r_col + q.r_row
         return macs + logits + n * axial_span * dv
-    logits = n * (2 * height - 1 + 2 * width - 1) * dk if layer.rel_pos else 0  # q . r against the 2S-1 rows
+    # the axial fast path (AxialRelPosAttention) computes exactly S logits per query and axis; the positional-softmax
+    # and 2-D paths compute them against the 2S-1 relative rows and turn them absolute with a strided view
+    exact = layer.axial and not layer.pos_softmax
+    logits = n * ((height + width) if exact else (2 * height - 1 + 2 * width - 1)) * dk if layer.rel_pos else 0
     # weighted sums over the column, then the row; or one dense 2-D sum over all N positions
     return macs + logits + n * ((height + width) if layer.axial else n) * dv

@@ -201,7 +201,8 @@ def to_markdown(rows: Sequence[SummaryRow], img_size: tuple[int, int] | None) ->
         "Counted with `torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products, the attention "
         "products included; norms, softmax, pooling and activations are free. MACs = multiply-adds of one image as "
         "computed, FLOPs = 2 x MACs. *Algorithmic MACs* count each GSA module at the cost of its equations (S "
-        "positional logits per pixel and axis, where the strided-view implementation computes 2S-1). Ratios are to "
+        "positional logits per pixel and axis; the axial fast path computes exactly those, the positional-softmax "
+        "and 2-D ablation paths compute 2S-1). Ratios are to "
         "the convolutional counterpart (same stem, depths and widths).",
         "",
         "| model | input | params | MACs | FLOPs | algorithmic MACs | conv counterpart | params / conv | MACs / conv "
