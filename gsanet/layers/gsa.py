@@ -58,6 +58,15 @@ def _check_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def _offset_rows(table: torch.Tensor, center: int, size: int) -> torch.Tensor:
+    """The ``2S-1`` rows of offsets ``-(S-1) .. S-1`` of a relative table (row ``center + d`` = offset d), zero rows
+    for offsets the table does not cover."""
+    lo = (size - 1) - center  # rows to add (>0) or drop (<0) below offset -(S-1)
+    hi = (size - 1) - (table.shape[0] - 1 - center)
+    table = F.pad(table, (0, 0, max(lo, 0), max(hi, 0)))
+    return table[max(-lo, 0) : table.shape[0] - max(-hi, 0)]
+
+
 def relative_to_absolute(table: torch.Tensor, center: int, size: int) -> torch.Tensor:
     """Expands a relative embedding table to absolute pairs without an index tensor.
 
@@ -69,11 +78,7 @@ def relative_to_absolute(table: torch.Tensor, center: int, size: int) -> torch.T
     Returns:
         ``(S, S, C)`` tensor ``E[a, a'] = table[center + a' - a]``, zero where the offset has no row.
     """
-    n_rel = table.shape[0]
-    lo = (size - 1) - center  # rows to add (>0) or drop (<0) below offset -(S-1)
-    hi = (size - 1) - (n_rel - 1 - center)
-    table = F.pad(table, (0, 0, max(lo, 0), max(hi, 0)))  # zero rows for offsets without an embedding
-    table = table[max(-lo, 0) : table.shape[0] - max(-hi, 0)]  # (2S-1, C), offset d at row S-1+d
+    table = _offset_rows(table, center, size)  # (2S-1, C), offset d at row S-1+d
     windows = table.unfold(0, size, 1)  # (S, C, S): windows[s, :, j] = table[s + j]
     return windows.flip(0).permute(0, 2, 1)  # (S, S, C): [a, a'] = table[S-1-a + a']
 
@@ -109,16 +114,6 @@ def _chunks(device: torch.device, heads: int, rows: int, per_row: int) -> list[t
     return [(h0, min(heads, h0 + group), 0, rows) for h0 in range(0, heads, group)]
 
 
-def _absolute_rows(rows: torch.Tensor) -> torch.Tensor:
-    """``(h, dk, 2S-1)`` relative rows to ``(h, S, dk, S)`` absolute keys ``E[h, x, :, x'] = rows[h, :, x'-x+S-1]``.
-
-    One small copy per forward (``h * dk * S^2`` elements): an unfold (overlapping view) and a flip, no index.
-    """
-    size = (rows.shape[-1] + 1) // 2
-    windows = rows.unfold(-1, size, 1)  # (h, dk, S, S): [h, c, s, k] = rows[h, c, s + k]
-    return windows.flip(2).permute(0, 2, 1, 3).contiguous()  # [h, x, c, x'] = rows[h, c, S-1-x + x']
-
-
 def _rows(t: torch.Tensor, h0: int, h1: int, r0: int, r1: int) -> torch.Tensor:
     """Lines ``r0:r1`` of heads ``h0:h1`` of a ``(h, lines, C, S)`` tensor as ``(heads * lines, C, S)`` (a view)."""
     return t[h0:h1, r0:r1].view(-1, *t.shape[2:])  # blocks are one head, or all lines of each head
@@ -140,7 +135,7 @@ def _block_weights(qx: torch.Tensor, keys: torch.Tensor, h0: int, h1: int, r0: i
 class AxialRelPosAttention(torch.autograd.Function):
     """One axial positional layer without softmax: ``out[x] = sum_x' (q_x . r_(x'-x)) v_x'``.
 
-    Fast path of ``GlobalSelfAttention``. The relative embeddings are laid out once as absolute keys
+    Fast path of ``GlobalSelfAttention``. The relative embeddings arrive laid out as absolute keys
     ``E[x] = (r_(x'-x))_x'`` (``dk x S`` per query position x and head, shared by every image and line), so the
     weights of all lines at position x are one GEMM ``Q_x E_x`` (batched over x), computing exactly the ``S^2``
     logits the equation needs (a relative-logits-then-skew formulation computes 2S-1 per position). The weights are
@@ -148,16 +143,17 @@ class AxialRelPosAttention(torch.autograd.Function):
     cache-sized blocks of lines (or of heads, for small maps), and the backward pass recomputes each block's weights
     instead of storing them: memory stays O(N * (dk + dv)) per head.
 
-    Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, L, dv, S)``, ``rows (h, dk, 2S-1)``; output ``(B, h, L, dv, S)``.
+    Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, L, dv, S)``, ``keys (h, S, dk, S)`` (``keys[:, x, :, x'] = r_(x'-x)``,
+    from ``relative_to_absolute``; autograd carries their gradient back to the relative table); output
+    ``(B, h, L, dv, S)``.
     """
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         B, h, dk, L, S = q.shape
         dv, n_rows = v.shape[3], B * L
         qx = q.permute(1, 4, 0, 3, 2).reshape(h, S, n_rows, dk).contiguous()  # per head and x: queries of all lines
         vh = v.transpose(0, 1).reshape(h, n_rows, dv, S).contiguous()
-        keys = _absolute_rows(rows)  # (h, S, dk, S)
         out = v.new_empty(h, n_rows, dv, S)
         for h0, h1, r0, r1 in _chunks(q.device, h, n_rows, S * S):
             weights = _block_weights(qx, keys, h0, h1, r0, r1)  # (g * m, x, x')
@@ -189,13 +185,8 @@ class AxialRelPosAttention(torch.autograd.Function):
                 grad_keys[h0:h1].view(g * S, dk, S).baddbmm_(q_blk.transpose(1, 2), grad_w)
             else:  # low precision: products in it, the sum over blocks in float32
                 grad_keys[h0:h1].view(g * S, dk, S).add_(torch.bmm(q_blk.transpose(1, 2), grad_w))
-        # keys = _absolute_rows(rows) is linear in rows: its backward (unfold's) sums each diagonal of grad_keys
-        rows = torch.zeros(h, dk, 2 * S - 1, dtype=grad_keys.dtype, device=keys.device, requires_grad=True)
-        with torch.enable_grad():
-            (grad_rows,) = torch.autograd.grad(_absolute_rows(rows), rows, grad_keys)
-        grad_rows = grad_rows.to(keys.dtype)
         grad_q = grad_qx.view(h, S, B, L, dk).permute(2, 0, 4, 3, 1)
-        return grad_q, grad_v.view(h, B, L, dv, S).transpose(0, 1), grad_rows
+        return grad_q, grad_v.view(h, B, L, dv, S).transpose(0, 1), grad_keys.to(keys.dtype)
 
 
 class GlobalSelfAttention(nn.Module):
@@ -349,14 +340,6 @@ class GlobalSelfAttention(nn.Module):
             context = torch.matmul(k.softmax(dim=-1), v.transpose(-1, -2))  # (B, h, dk, dv): rho(K^T) V
             return torch.matmul(context.transpose(-1, -2), q)  # (B, h, dv, N)
 
-    def _span_rows(self, table: torch.Tensor, size: int) -> torch.Tensor:
-        """The ``2S-1`` embedding rows of offsets ``-(S-1) .. S-1``, zero for offsets outside the span."""
-        center = self._center(table)
-        lo = (size - 1) - center  # rows to add (>0) or drop (<0) below offset -(S-1)
-        hi = (size - 1) - (table.shape[0] - 1 - center)
-        table = F.pad(table, (0, 0, max(lo, 0), max(hi, 0)))
-        return table[max(-lo, 0) : table.shape[0] - max(-hi, 0)]  # (2S-1, h*dk)
-
     def _span_mask(self, size: int, device: torch.device) -> torch.Tensor:
         """``(S, S)`` boolean: ``[a, a']`` is True when ``a'`` lies in the span of ``a``."""
         half = (size - 1) if self.pos_span is None else (self.pos_span - 1) // 2
@@ -379,8 +362,13 @@ class GlobalSelfAttention(nn.Module):
 
     def _head_rows(self, table: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
         """``(h, dk, 2S-1)``: each head's slice of the span's embedding rows."""
-        rows = self._span_rows(table, size).to(dtype)  # (2S-1, h*dk)
+        rows = _offset_rows(table.to(dtype), self._center(table), size)  # (2S-1, h*dk)
         return rows.view(2 * size - 1, self.heads, -1).permute(1, 2, 0)
+
+    def _head_keys(self, table: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+        """``(h, S, dk, S)``: each head's absolute keys ``[x, :, x'] = r_(x'-x)``, zero outside the span."""
+        keys = relative_to_absolute(table.to(dtype), self._center(table), size)  # (S, S, h*dk)
+        return keys.view(size, size, self.heads, -1).permute(2, 0, 3, 1).contiguous()
 
     def _axis_pass(self, q: torch.Tensor, values: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
         """One axial positional layer along the last spatial axis.
@@ -394,13 +382,13 @@ class GlobalSelfAttention(nn.Module):
             ``(B, h, L, dv, S)``: ``out[:, x] = sum_x' w[x, x'] values[:, x']``.
         """
         S = q.shape[-1]
+        if table is not None and not self.pos_softmax:
+            return AxialRelPosAttention.apply(q, values, self._head_keys(table, S, q.dtype))
         inside = self._span_mask(S, q.device)
         if table is None:
             weights = inside.to(values.dtype)
             weights = weights / weights.sum(dim=1, keepdim=True)  # (S, S) uniform over the span
             return torch.matmul(values, weights.t())
-        if not self.pos_softmax:
-            return AxialRelPosAttention.apply(q, values, self._head_rows(table, S, q.dtype))
         logits = self._axis_logits(q.transpose(2, 4).transpose(2, 3), table)  # (B, h, L, S, S)
         weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=-1)
         return torch.matmul(values, weights.transpose(-1, -2))
