@@ -659,12 +659,17 @@ def write_tables(
     return csv_path, md_path
 
 
+def _delta(row: Row, reference: Row | None) -> str:
+    """``row``'s mean accuracy minus the reference row's, in points ("" for the reference itself or a missing mean)."""
+    if reference is None or row is reference or row.mean is None or reference.mean is None:
+        return ""
+    return f"{row.mean - reference.mean:+.2f}"
+
+
 def _compare_body(rows: Sequence[Row], conv: Row | None) -> list[str]:
     table = []
     for row in rows:
-        delta = ""
-        if conv is not None and row is not conv and row.mean is not None and conv.mean is not None:
-            delta = f"{row.mean - conv.mean:+.2f}"
+        delta = _delta(row, conv)
         table.append(
             [
                 f"`{row.variant.model}`" + (f" {format_kwargs(row.variant)}" if row.variant.model_kwargs else ""),
@@ -745,9 +750,7 @@ def _ablation_body(
             )
             if key == "gsa_resnet26_tiny":
                 setting += " (baseline)"
-            delta = ""
-            if baseline is not None and row.mean is not None and baseline.mean is not None and row is not baseline:
-                delta = f"{row.mean - baseline.mean:+.2f}"
+            delta = _delta(row, baseline)
             table.append(
                 [
                     factor,

@@ -18,13 +18,14 @@ id) is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "Checkpoint",
     "capture_rng_state",
     "check_state_dict",
+    "atomic_path",
     "copy_checkpoint",
     "load_checkpoint",
     "pack_state",
@@ -147,6 +149,31 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; once the block has written it, it is fsynced and moved over ``path``.
+
+    A process killed at any moment leaves either the old file or the new one; on an error the temporary file is
+    removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors that share no memory (safetensors refuses shared storage)."""
     out, seen = {}, set()
@@ -227,18 +254,8 @@ def save_checkpoint(
         tensors.update({f"ema.{k}": v for k, v in ema_state.items()})
     document = dict(meta, format=CHECKPOINT_FORMAT, has_ema=ema_state is not None)
     document["state"] = pack_state(dict(state or {}), tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(_storable(tensors), tmp, metadata={"format": "pt", _META_KEY: json.dumps(document)})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file(_storable(tensors), str(tmp), metadata={"format": "pt", _META_KEY: json.dumps(document)})
     return path
 
 
@@ -246,17 +263,8 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Copy a checkpoint atomically (e.g. ``last`` to ``best``), refusing to overwrite another run's file."""
     src, dst = Path(src), Path(dst)
     _guard_overwrite(dst, read_metadata(src)["run_id"])
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 22)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
     return dst
 
 

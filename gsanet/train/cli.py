@@ -48,6 +48,7 @@ import gsanet
 
 from .checkpoint import (
     Checkpoint,
+    atomic_path,
     capture_rng_state,
     check_state_dict,
     copy_checkpoint,
@@ -118,12 +119,8 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------------------------------- run files
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _write_metrics_csv(history: Sequence[dict[str, Any]], path: Path) -> None:
