@@ -344,12 +344,13 @@ def _axial_fast(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.T
     return gsa_module.AxialRelPosAttention.apply(q, v, keys.view(S, S, h, dk).permute(2, 0, 3, 1).contiguous())
 
 
-@pytest.mark.parametrize("chunk", [1, 16 * 2, 16 * 7, 16 * 10 * 2, 1 << 18], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("chunk", [1, 16 * 2, 16 * 3, 16 * 7, 16 * 10, 16 * 10 * 2, 1 << 18], ids=lambda c: f"chunk{c}")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_axial_function_matches_plain_autograd_in_every_chunking(
     chunk: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Row blocks (1 and 2 lines, 7 of 10 with a partial last block), head groups (2 of 3), one block."""
+    """Row blocks of one head (1, 2, 3 + 3 + 3 + 1 and 5 + 5 of 10 lines), one whole head per block, head groups
+    (2 of 3), one block."""
     monkeypatch.setitem(gsa_module._CHUNK_ELEMENTS, "cpu", chunk)
     torch.manual_seed(0)
     B, h, dk, L, S, dv = 2, 3, 2, 5, 4, 3
