@@ -333,7 +333,7 @@ def _axial_plain(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.
     offsets = torch.arange(S)[None, :] - torch.arange(S)[:, None] + S - 1  # [x, x']
     keys = rows[:, :, offsets]  # (h, dk, x, x')
     weights = torch.einsum("bhclx,hcxy->bhlxy", q, keys)
-    return torch.einsum("bhlxy,bhldy->bhldx", weights, v)
+    return torch.einsum("bhlxy,bhdly->bhdlx", weights, v)
 
 
 def _axial_fast(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -344,24 +344,32 @@ def _axial_fast(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.T
     return gsa_module.AxialRelPosAttention.apply(q, v, keys.view(S, S, h, dk).permute(2, 0, 3, 1).contiguous())
 
 
-@pytest.mark.parametrize("chunk", [1, 16 * 2, 16 * 3, 16 * 7, 16 * 10, 16 * 10 * 2, 1 << 18], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "columns"])
+@pytest.mark.parametrize("chunk", [1, 16 * 2, 16 * 3, 16 * 10, 16 * 15, 16 * 30, 1 << 18], ids=lambda c: f"chunk{c}")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_axial_function_matches_plain_autograd_in_every_chunking(
-    chunk: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    chunk: int, dtype: torch.dtype, transposed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Row blocks of one head (1, 2, 3 + 3 + 3 + 1 and 5 + 5 of 10 lines), one whole head per block, head groups
-    (2 of 3), one block."""
+    """Blocks of 1, 2 + 2 + 1 and 3 + 2 lines of one image, 2 + 1 images, one whole head, head groups (2 + 1 of 3),
+    one block; on contiguous inputs and on transposed views (the column pass reads the NCHW projection that way),
+    whose memory order the output and the gradients keep."""
     monkeypatch.setitem(gsa_module._CHUNK_ELEMENTS, "cpu", chunk)
     torch.manual_seed(0)
-    B, h, dk, L, S, dv = 2, 3, 2, 5, 4, 3
-    q = torch.randn(B, h, dk, L, S, dtype=dtype, requires_grad=True)
-    v = torch.randn(B, h, L, dv, S, dtype=dtype, requires_grad=True)
+    B, h, dk, L, S, dv = 3, 3, 2, 5, 4, 3
+
+    def make(*shape: int) -> torch.Tensor:
+        if transposed:
+            return torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=dtype).transpose(-1, -2).requires_grad_()
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    q, v = make(B, h, dk, L, S), make(B, h, dv, L, S)
     rows = torch.randn(h, dk, 2 * S - 1, dtype=dtype, requires_grad=True)
-    grad = torch.randn(B, h, L, dv, S, dtype=dtype)
+    grad = torch.randn(B, h, dv, L, S, dtype=dtype)
     out = _axial_fast(q, v, rows)
     expected = _axial_plain(q, v, rows)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, expected, **tol)
+    assert out.stride(-1) < out.stride(-2) if not transposed else out.stride(-1) > out.stride(-2)
     actual_grads = torch.autograd.grad(out, (q, v, rows), grad)
     expected_grads = torch.autograd.grad(expected, (q, v, rows), grad)
     for a, e, name in zip(actual_grads, expected_grads, ("q", "v", "rows"), strict=True):

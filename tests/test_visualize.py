@@ -49,8 +49,8 @@ def test_axial_maps_reproduce_the_positional_output(kwargs: dict) -> None:
     # the column weights of the pixel are those of its own column layer
     col_out = torch.einsum("ha,hda->hd", torch.from_numpy(maps.col_weights), v[:, :, :, 7])
     q = module.qkv(x)[:, :16].reshape(1, 2, 8, 9, 11)
-    ref = module._axis_pass(q.transpose(-1, -2), v[None].permute(0, 1, 4, 2, 3), module.rel_col)  # (1, h, W, dv, H)
-    torch.testing.assert_close(col_out, ref[0, :, 7, :, 3], atol=1e-4, rtol=1e-4)
+    ref = module._axis_pass(q.transpose(-1, -2), v[None].transpose(-1, -2), module.rel_col)  # (1, h, dv, W, H)
+    torch.testing.assert_close(col_out, ref[0, :, :, 7, 3], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"pos_softmax": True}, {"rel_pos": False}, {"pos_span": 5}])

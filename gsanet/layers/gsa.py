@@ -100,26 +100,35 @@ def skew(rel: torch.Tensor, size: int) -> torch.Tensor:
 _CHUNK_ELEMENTS = {"cpu": 1 << 20}  # per device type: weight elements per chunk (CPU: 4 MB in float32, L3-sized)
 _DEFAULT_CHUNK_ELEMENTS = 1 << 28
 
+_Block = tuple[int, int, int, int, int, int]  # heads h0:h1, images b0:b1, lines l0:l1
 
-def _chunks(device: torch.device, heads: int, rows: int, per_row: int) -> list[tuple[int, int, int, int]]:
-    """Splits ``heads x rows`` work items into ``(h0, h1, r0, r1)`` blocks of about ``_CHUNK_ELEMENTS`` weights.
 
-    A block is a row range of one head (ranges of equal size), or, when all rows of a head fit, a group of heads.
+def _split(n: int, step: int) -> list[tuple[int, int]]:
+    """``0:n`` in ranges of equal length at most ``step`` (448 in steps of 334: 224 + 224, not 334 + 114)."""
+    step = -(-n // -(-n // step))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _chunks(device: torch.device, heads: int, images: int, lines: int, per_line: int) -> list[_Block]:
+    """Splits ``heads x images x lines`` into blocks of about ``_CHUNK_ELEMENTS`` weights.
+
+    A block is a group of heads (when a whole head fits), or a group of whole images of one head, or a range of the
+    lines of one image and head.
     """
-    target = _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS)
-    step = max(1, target // per_row)
-    if step < rows:
-        step = -(-rows // -(-rows // step))  # equal blocks: 448 rows in steps of 334 become 224 + 224
-        return [(hh, hh + 1, r0, min(rows, r0 + step)) for hh in range(heads) for r0 in range(0, rows, step)]
-    group = max(1, min(heads, target // (per_row * rows)))
-    return [(h0, min(heads, h0 + group), 0, rows) for h0 in range(0, heads, group)]
+    fit = max(1, _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS) // per_line)  # lines per block
+    if fit >= images * lines:
+        return [(h0, h1, 0, images, 0, lines) for h0, h1 in _split(heads, fit // (images * lines))]
+    if fit >= lines:
+        return [(hh, hh + 1, b0, b1, 0, lines) for hh in range(heads) for b0, b1 in _split(images, fit // lines)]
+    return [
+        (hh, hh + 1, b, b + 1, l0, l1) for hh in range(heads) for b in range(images) for l0, l1 in _split(lines, fit)
+    ]
 
 
 class _Buffer:
     """One scratch allocation reused by every block.
 
-    Fresh megabyte-sized tensors per block make the C allocator map and unmap memory; the page faults then cost
-    more than the products.
+    Fresh megabyte-sized tensors per block make the C allocator map and unmap memory (page faults on every block).
     """
 
     def __init__(self, like: torch.Tensor, numel: int) -> None:
@@ -129,29 +138,39 @@ class _Buffer:
         return self.data[: math.prod(shape)].view(shape)
 
 
-def _largest(blocks: list[tuple[int, int, int, int]]) -> int:
-    """Most (head, line) pairs in one block."""
-    return max((h1 - h0) * (r1 - r0) for h0, h1, r0, r1 in blocks)
+def _part(t: torch.Tensor, block: _Block) -> torch.Tensor:
+    """A block's part of a ``(B, h, C, L, S)`` tensor, ``(images, heads, C, lines, S)`` (a view)."""
+    h0, h1, b0, b1, l0, l1 = block
+    return t[b0:b1, h0:h1, :, l0:l1]
 
 
-def _rows(t: torch.Tensor, h0: int, h1: int, r0: int, r1: int) -> torch.Tensor:
-    """Lines ``r0:r1`` of heads ``h0:h1`` of a ``(h, lines, C, S)`` tensor as ``(heads * lines, C, S)`` (a view)."""
-    return t[h0:h1, r0:r1].view(-1, *t.shape[2:])  # blocks are one head, or all lines of each head
+def _gather_lines(t: torch.Tensor, block: _Block, buffer: _Buffer) -> torch.Tensor:
+    """A block of ``(B, h, C, L, S)`` copied line-major, ``(heads * images * lines, C, S)``."""
+    src = _part(t, block).permute(1, 0, 3, 2, 4)  # (heads, images, lines, C, S)
+    return buffer(*src.shape).copy_(src).view(-1, *src.shape[-2:])
 
 
-def _block_weights(
-    qx: torch.Tensor, keys: torch.Tensor, block: tuple[int, int, int, int], buffer: _Buffer
-) -> torch.Tensor:
-    """Positional weights ``[head, x, line, x'] = q_x . r_(x'-x)`` of one block, ``(heads, S, lines, S)``.
+def _scatter_lines(src: torch.Tensor, t: torch.Tensor, block: _Block) -> None:
+    """Inverse of ``_gather_lines``: writes ``(heads * images * lines, C, S)`` into the block of ``t``."""
+    dst = _part(t, block)  # (images, heads, C, lines, S)
+    nb, g, c, m, S = dst.shape
+    dst.copy_(src.view(g, nb, m, c, S).permute(1, 0, 3, 2, 4))
 
-    One GEMM batched over (head, x): the queries of every line at x against that position's absolute keys.
-    """
-    h0, h1, r0, r1 = block
-    _, S, _, dk = qx.shape
-    g, m = h1 - h0, r1 - r0
-    out = buffer(g * S, m, S)
-    torch.bmm(qx[h0:h1, :, r0:r1].reshape(g * S, m, dk), keys[h0:h1].reshape(g * S, dk, S), out=out)
-    return out.view(g, S, m, S)
+
+def _gather_positions(q: torch.Tensor, block: _Block, buffer: _Buffer) -> torch.Tensor:
+    """A block of ``(B, h, dk, L, S)`` copied position-major, ``(heads * S, images * lines, dk)``: the queries of all
+    its lines at each position x."""
+    src = _part(q, block).permute(1, 4, 0, 3, 2)  # (heads, S, images, lines, dk)
+    g, S, nb, m, dk = src.shape
+    return buffer(*src.shape).copy_(src).view(g * S, nb * m, dk)
+
+
+def _oriented_empty(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """An empty ``(B, h, channels, L, S)`` tensor whose last two axes have the same order in memory as ``t``'s."""
+    B, h, _, L, S = t.shape
+    if t.stride(-1) > t.stride(-2):  # L is the faster axis in memory (a transposed view)
+        return t.new_empty(B, h, channels, S, L).transpose(-1, -2)
+    return t.new_empty(B, h, channels, L, S)
 
 
 def _line_major(t: torch.Tensor) -> torch.Tensor:
@@ -168,67 +187,75 @@ class AxialRelPosAttention(torch.autograd.Function):
     weights of all lines at position x are one GEMM ``Q_x E_x`` (batched over x), computing exactly the ``S^2``
     logits the equation needs (a relative-logits-then-skew formulation computes 2S-1 per position). The weights,
     stored position-major ``[x, line, x']``, are then applied to the values with one GEMM per line (batched over
-    lines). Work is split into cache-sized blocks of lines of one head, whose GEMMs read the position-major weights
-    through strided views, or (small maps) of whole heads, whose weights are copied to line-major order first. The
-    backward pass recomputes each block's weights instead of storing them: memory stays O(N * (dk + dv)) per head,
-    plus one block of scratch. The query gradient is computed transposed, ``E_x G_x^T``: with the ``dk``-wide output
-    on the rows, the CPU GEMM runs twice as fast.
+    lines).
 
-    Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, L, dv, S)``, ``keys (h, S, dk, S)`` (``keys[:, x, :, x'] = r_(x'-x)``,
-    from ``relative_to_absolute``; autograd carries their gradient back to the relative table); output
-    ``(B, h, L, dv, S)``.
+    Work runs in cache-sized blocks (lines of one head, or whole heads for small maps). Each block gathers its queries
+    and values from the caller's tensors, in whatever layout they are (views of the 1x1 projection's NCHW output),
+    into reused scratch, and writes its output into a tensor with the values' memory order: no full-size layout
+    copies, and sums with other NCHW tensors stay contiguous. GEMMs of one head read the position-major weights
+    through strided views; head groups copy them to line-major order. The backward pass recomputes each block's
+    weights instead of storing them: memory stays O(N * (dk + dv)) per head, plus one block of scratch. The query
+    gradient is computed transposed, ``E_x G_x^T``: with the ``dk``-wide dimension on the rows the CPU GEMM runs
+    twice as fast.
+
+    Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, dv, L, S)`` (any strides), ``keys (h, S, dk, S)``
+    (``keys[:, x, :, x'] = r_(x'-x)``, from ``relative_to_absolute``; autograd carries their gradient back to the
+    relative table); output ``(B, h, dv, L, S)``.
     """
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         B, h, dk, L, S = q.shape
-        dv, n_rows = v.shape[3], B * L
-        qx = q.permute(1, 4, 0, 3, 2).reshape(h, S, n_rows, dk).contiguous()  # per head and x: queries of all lines
-        vh = v.transpose(0, 1).reshape(h, n_rows, dv, S).contiguous()
-        out = v.new_empty(h, n_rows, dv, S)
-        blocks = _chunks(q.device, h, n_rows, S * S)
-        buffer = _Buffer(q, _largest(blocks) * S * S)
+        dv = v.shape[2]
+        out = _oriented_empty(v, dv)
+        blocks = _chunks(q.device, h, B, L, S * S)
+        n = max((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks)  # lines per block
+        q_buf, w_buf = _Buffer(q, n * S * dk), _Buffer(q, n * S * S)
+        v_buf, o_buf = _Buffer(v, n * dv * S), _Buffer(v, n * dv * S)
         for block in blocks:
-            h0, h1, r0, r1 = block
-            weights = _line_major(_block_weights(qx, keys, block, buffer))  # (head * line, x, x')
-            torch.bmm(_rows(vh, *block), weights.transpose(1, 2), out=_rows(out, *block))  # (head * line, dv, x)
-        ctx.save_for_backward(qx, vh, keys)
-        ctx.shape = (B, h, dk, L, S, dv)
-        return out.view(h, B, L, dv, S).transpose(0, 1)
+            g, m = block[1] - block[0], (block[3] - block[2]) * (block[5] - block[4])
+            q_blk = _gather_positions(q, block, q_buf)  # (head * x, line, dk)
+            keys_blk = keys[block[0] : block[1]].reshape(g * S, dk, S)
+            weights = torch.bmm(q_blk, keys_blk, out=w_buf(g * S, m, S))  # (head * x, line, x'): q_x . r_(x'-x)
+            weights = _line_major(weights.view(g, S, m, S))  # (head * line, x, x')
+            v_blk = _gather_lines(v, block, v_buf)  # (head * line, dv, x')
+            _scatter_lines(torch.bmm(v_blk, weights.transpose(1, 2), out=o_buf(g * m, dv, S)), out, block)
+        ctx.save_for_backward(q, v, keys)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        qx, vh, keys = ctx.saved_tensors
-        B, h, dk, L, S, dv = ctx.shape
-        n_rows = B * L
-        grad = grad.transpose(0, 1).reshape(h, n_rows, dv, S).contiguous()
-        grad_qt = qx.new_empty(h, S, dk, n_rows)  # the query gradient, transposed per position x
-        grad_v = torch.empty_like(vh)
+        q, v, keys = ctx.saved_tensors
+        B, h, dk, L, S = q.shape
+        dv = v.shape[2]
+        grad_q, grad_v = _oriented_empty(q, dk), _oriented_empty(v, dv)
         grad_keys = torch.zeros_like(keys, dtype=torch.promote_types(keys.dtype, torch.float32))  # summed over blocks
-        blocks = _chunks(qx.device, h, n_rows, S * S)
-        size = _largest(blocks) * S
-        w_buf, gw_buf, gq_buf = _Buffer(qx, size * S), _Buffer(qx, size * S), _Buffer(qx, size * dk)
+        blocks = _chunks(q.device, h, B, L, S * S)
+        n = max((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks)
+        q_buf, w_buf, gq_buf = _Buffer(q, n * S * dk), _Buffer(q, n * S * S), _Buffer(q, n * S * dk)
+        v_buf, g_buf, gv_buf = _Buffer(v, n * dv * S), _Buffer(v, n * dv * S), _Buffer(v, n * dv * S)
+        gw_buf = _Buffer(v, n * S * S)
         for block in blocks:
-            h0, h1, r0, r1 = block
-            g, m = h1 - h0, r1 - r0
-            weights = _line_major(_block_weights(qx, keys, block, w_buf))  # recomputed, (head * line, x, x')
-            grad_blk = _rows(grad, *block)  # (head * line, dv, x)
-            torch.bmm(grad_blk, weights, out=_rows(grad_v, *block))  # (head * line, dv, x')
-            grad_w = torch.bmm(grad_blk.transpose(1, 2), _rows(vh, *block), out=gw_buf(g * m, S, S))
-            grad_w = grad_w.view(g, m, S, S).transpose(1, 2).reshape(g * S, m, S)  # (head * x, line, x')
+            h0, h1 = block[:2]
+            g, m = h1 - h0, (block[3] - block[2]) * (block[5] - block[4])
+            q_blk = _gather_positions(q, block, q_buf)  # (head * x, line, dk)
             keys_blk = keys[h0:h1].reshape(g * S, dk, S)
-            if m == n_rows:  # (head * x, dk, line)
-                torch.bmm(keys_blk, grad_w.transpose(1, 2), out=grad_qt[h0:h1].view(g * S, dk, m))
-            else:
-                grad_qt[h0, :, :, r0:r1] = torch.bmm(keys_blk, grad_w.transpose(1, 2), out=gq_buf(S, dk, m))
-            q_blk = qx[h0:h1, :, r0:r1].reshape(g * S, m, dk)
+            weights = torch.bmm(q_blk, keys_blk, out=w_buf(g * S, m, S))  # recomputed, (head * x, line, x')
+            weights = _line_major(weights.view(g, S, m, S))  # (head * line, x, x')
+            grad_blk = _gather_lines(grad, block, g_buf)  # (head * line, dv, x)
+            _scatter_lines(torch.bmm(grad_blk, weights, out=gv_buf(g * m, dv, S)), grad_v, block)  # (.., dv, x')
+            v_blk = _gather_lines(v, block, v_buf)
+            grad_w = torch.bmm(grad_blk.transpose(1, 2), v_blk, out=gw_buf(g * m, S, S))  # (head * line, x, x')
+            grad_w = grad_w.view(g, m, S, S).transpose(1, 2).reshape(g * S, m, S)  # (head * x, line, x')
+            grad_qt = torch.bmm(keys_blk, grad_w.transpose(1, 2), out=gq_buf(g * S, dk, m))  # (head * x, dk, line)
+            nb = block[3] - block[2]
+            _part(grad_q, block).copy_(grad_qt.view(g, S, dk, nb, m // nb).permute(3, 0, 2, 4, 1))
             if grad_keys.dtype == q_blk.dtype:
                 grad_keys[h0:h1].view(g * S, dk, S).baddbmm_(q_blk.transpose(1, 2), grad_w)
             else:  # low precision: products in it, the sum over blocks in float32
                 grad_keys[h0:h1].view(g * S, dk, S).add_(torch.bmm(q_blk.transpose(1, 2), grad_w))
-        grad_q = grad_qt.view(h, S, dk, B, L).permute(3, 0, 2, 4, 1)
-        return grad_q, grad_v.view(h, B, L, dv, S).transpose(0, 1), grad_keys.to(keys.dtype)
+        return grad_q, grad_v, grad_keys.to(keys.dtype)
 
 
 class GlobalSelfAttention(nn.Module):
@@ -417,11 +444,11 @@ class GlobalSelfAttention(nn.Module):
 
         Args:
             q: queries ``(B, h, dk, L, S)``, attending along S (L is the other axis).
-            values: ``(B, h, L, dv, S)``.
+            values: ``(B, h, dv, L, S)``.
             table: relative embeddings, or None for uniform averaging over the span.
 
         Returns:
-            ``(B, h, L, dv, S)``: ``out[:, x] = sum_x' w[x, x'] values[:, x']``.
+            ``(B, h, dv, L, S)``: ``out[..., x] = sum_x' w[x, x'] values[..., x']``.
         """
         S = q.shape[-1]
         if table is not None and not self.pos_softmax:
@@ -433,17 +460,15 @@ class GlobalSelfAttention(nn.Module):
             return torch.matmul(values, weights.t())
         logits = self._axis_logits(q.transpose(2, 4).transpose(2, 3), table)  # (B, h, L, S, S)
         weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=-1)
-        return torch.matmul(values, weights.transpose(-1, -2))
+        return torch.matmul(values.transpose(2, 3), weights.transpose(-1, -2)).transpose(2, 3)
 
     def _positional_axial(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, h, dv, H, W = v.shape
         # column-only layer: each column (fixed w) attends along H
-        out = self._axis_pass(q.transpose(-1, -2), v.permute(0, 1, 4, 2, 3), self.rel_col)  # (B, h, W, dv, H)
-        out = out.permute(0, 1, 3, 4, 2).reshape(B, h * dv, H, W)
-        z = self.norm(out).view(B, h, dv, H, W)  # Z = BN(F_col)
+        out = self._axis_pass(q.transpose(-1, -2), v.transpose(-1, -2), self.rel_col)  # (B, h, dv, W, H)
+        z = self.norm(out.transpose(-1, -2).reshape(B, h * dv, H, W)).view(B, h, dv, H, W)  # Z = BN(F_col)
         # row-only layer on Z with the same queries: each row (fixed h) attends along W
-        out = self._axis_pass(q, z.transpose(2, 3), self.rel_row)  # (B, h, H, dv, W)
-        return out.transpose(2, 3)  # (B, h, dv, H, W)
+        return self._axis_pass(q, z, self.rel_row)  # (B, h, dv, H, W)
 
     def _positional_2d(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Non-axial ablation: one pass over the 2-D span, dense ``(N, N)`` weights per head."""
