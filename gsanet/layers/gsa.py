@@ -173,10 +173,26 @@ def _oriented_empty(t: torch.Tensor, channels: int) -> torch.Tensor:
     return t.new_empty(B, h, channels, L, S)
 
 
-def _line_major(t: torch.Tensor) -> torch.Tensor:
-    """``(heads, x, lines, x')`` -> ``(heads * lines, x, x')``: a strided view for one head, a copy for several."""
-    g, S, m, _ = t.shape
-    return t.transpose(1, 2).reshape(g * m, S, S)
+def _lines_per_block(blocks: list[_Block]) -> int:
+    """The most (head, line) pairs in one block: the scratch size."""
+    return max((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks)
+
+
+def _block_weights(
+    q: torch.Tensor, keys: torch.Tensor, block: _Block, q_buf: _Buffer, w_buf: _Buffer
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A block's gathered queries ``(heads * x, lines, dk)``, keys ``(heads * x, dk, x')`` and positional weights
+    ``[head * line, x, x'] = q_x . r_(x'-x)``.
+
+    One GEMM batched over (head, x) computes the weights position-major; for one head the line-major result is a
+    strided view of them, for several a copy.
+    """
+    g, (_, _, dk, _, S) = block[1] - block[0], q.shape
+    q_blk = _gather_positions(q, block, q_buf)
+    keys_blk = keys[block[0] : block[1]].reshape(g * S, dk, S)
+    m = q_blk.shape[1]
+    weights = torch.bmm(q_blk, keys_blk, out=w_buf(g * S, m, S)).view(g, S, m, S)  # [head, x, line, x']
+    return q_blk, keys_blk, weights.transpose(1, 2).reshape(g * m, S, S)
 
 
 class AxialRelPosAttention(torch.autograd.Function):
@@ -209,17 +225,14 @@ class AxialRelPosAttention(torch.autograd.Function):
         dv = v.shape[2]
         out = _oriented_empty(v, dv)
         blocks = _chunks(q.device, h, B, L, S * S)
-        n = max((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks)  # lines per block
+        n = _lines_per_block(blocks)
         q_buf, w_buf = _Buffer(q, n * S * dk), _Buffer(q, n * S * S)
         v_buf, o_buf = _Buffer(v, n * dv * S), _Buffer(v, n * dv * S)
         for block in blocks:
-            g, m = block[1] - block[0], (block[3] - block[2]) * (block[5] - block[4])
-            q_blk = _gather_positions(q, block, q_buf)  # (head * x, line, dk)
-            keys_blk = keys[block[0] : block[1]].reshape(g * S, dk, S)
-            weights = torch.bmm(q_blk, keys_blk, out=w_buf(g * S, m, S))  # (head * x, line, x'): q_x . r_(x'-x)
-            weights = _line_major(weights.view(g, S, m, S))  # (head * line, x, x')
+            _, _, weights = _block_weights(q, keys, block, q_buf, w_buf)  # (head * line, x, x')
             v_blk = _gather_lines(v, block, v_buf)  # (head * line, dv, x')
-            _scatter_lines(torch.bmm(v_blk, weights.transpose(1, 2), out=o_buf(g * m, dv, S)), out, block)
+            out_blk = torch.bmm(v_blk, weights.transpose(1, 2), out=o_buf(*v_blk.shape))  # (head * line, dv, x)
+            _scatter_lines(out_blk, out, block)
         ctx.save_for_backward(q, v, keys)
         return out
 
@@ -232,25 +245,21 @@ class AxialRelPosAttention(torch.autograd.Function):
         grad_q, grad_v = _oriented_empty(q, dk), _oriented_empty(v, dv)
         grad_keys = torch.zeros_like(keys, dtype=torch.promote_types(keys.dtype, torch.float32))  # summed over blocks
         blocks = _chunks(q.device, h, B, L, S * S)
-        n = max((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks)
+        n = _lines_per_block(blocks)
         q_buf, w_buf, gq_buf = _Buffer(q, n * S * dk), _Buffer(q, n * S * S), _Buffer(q, n * S * dk)
         v_buf, g_buf, gv_buf = _Buffer(v, n * dv * S), _Buffer(v, n * dv * S), _Buffer(v, n * dv * S)
         gw_buf = _Buffer(v, n * S * S)
         for block in blocks:
-            h0, h1 = block[:2]
-            g, m = h1 - h0, (block[3] - block[2]) * (block[5] - block[4])
-            q_blk = _gather_positions(q, block, q_buf)  # (head * x, line, dk)
-            keys_blk = keys[h0:h1].reshape(g * S, dk, S)
-            weights = torch.bmm(q_blk, keys_blk, out=w_buf(g * S, m, S))  # recomputed, (head * x, line, x')
-            weights = _line_major(weights.view(g, S, m, S))  # (head * line, x, x')
+            h0, h1, b0, b1 = block[:4]
+            g, m = h1 - h0, (b1 - b0) * (block[5] - block[4])
+            q_blk, keys_blk, weights = _block_weights(q, keys, block, q_buf, w_buf)  # weights recomputed
             grad_blk = _gather_lines(grad, block, g_buf)  # (head * line, dv, x)
             _scatter_lines(torch.bmm(grad_blk, weights, out=gv_buf(g * m, dv, S)), grad_v, block)  # (.., dv, x')
             v_blk = _gather_lines(v, block, v_buf)
             grad_w = torch.bmm(grad_blk.transpose(1, 2), v_blk, out=gw_buf(g * m, S, S))  # (head * line, x, x')
             grad_w = grad_w.view(g, m, S, S).transpose(1, 2).reshape(g * S, m, S)  # (head * x, line, x')
             grad_qt = torch.bmm(keys_blk, grad_w.transpose(1, 2), out=gq_buf(g * S, dk, m))  # (head * x, dk, line)
-            nb = block[3] - block[2]
-            _part(grad_q, block).copy_(grad_qt.view(g, S, dk, nb, m // nb).permute(3, 0, 2, 4, 1))
+            _part(grad_q, block).copy_(grad_qt.view(g, S, dk, b1 - b0, -1).permute(3, 0, 2, 4, 1))
             if grad_keys.dtype == q_blk.dtype:
                 grad_keys[h0:h1].view(g * S, dk, S).baddbmm_(q_blk.transpose(1, 2), grad_w)
             else:  # low precision: products in it, the sum over blocks in float32
