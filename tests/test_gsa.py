@@ -377,3 +377,23 @@ def test_axial_function_matches_plain_autograd_in_every_chunking(
     # numerical gradients too, except for the 1- and 2-line blockings (45 and 27 blocks: 15 s each)
     if dtype == torch.float64 and chunk >= 16 * 3:
         assert torch.autograd.gradcheck(_axial_fast, (q, v, rows))
+
+
+@pytest.mark.parametrize("chunk", [16 * 3, 1 << 18], ids=lambda c: f"chunk{c}")
+def test_axial_function_bf16_gradients_close_to_float64(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In bfloat16 the key gradient is summed over blocks in float32 (many blocks, and one)."""
+    monkeypatch.setitem(gsa_module._CHUNK_ELEMENTS, "cpu", chunk)
+    torch.manual_seed(0)
+    B, h, dk, L, S, dv = 3, 3, 2, 5, 4, 3
+    q = torch.randn(B, h, dk, L, S, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, h, dv, L, S, dtype=torch.float64, requires_grad=True)
+    rows = torch.randn(h, dk, 2 * S - 1, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(B, h, dv, L, S, dtype=torch.float64)
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, v, rows)]
+    out = _axial_fast(*low)
+    assert out.dtype == torch.bfloat16
+    actual = torch.autograd.grad(out, low, grad.bfloat16())
+    expected = torch.autograd.grad(_axial_plain(q, v, rows), (q, v, rows), grad)
+    for a, e, name in zip(actual, expected, ("q", "v", "rows"), strict=True):
+        assert a.dtype == torch.bfloat16, name
+        assert rel_error(a.double(), e) < 3e-2, name

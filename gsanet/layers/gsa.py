@@ -165,6 +165,14 @@ def _gather_positions(q: torch.Tensor, block: _Block, buffer: _Buffer) -> torch.
     return buffer(*src.shape).copy_(src).view(g * S, nb * m, dk)
 
 
+def _scatter_positions(src: torch.Tensor, t: torch.Tensor, block: _Block) -> None:
+    """Writes a block's position-major ``(heads * S, C, images * lines)`` (channels before lines, as the transposed
+    query-gradient GEMM produces it) into the block of a ``(B, h, C, L, S)`` tensor."""
+    dst = _part(t, block)  # (images, heads, C, lines, S)
+    nb, g, c, m, S = dst.shape
+    dst.copy_(src.view(g, S, c, nb, m).permute(3, 0, 2, 4, 1))
+
+
 def _oriented_empty(t: torch.Tensor, channels: int) -> torch.Tensor:
     """An empty ``(B, h, channels, L, S)`` tensor whose last two axes have the same order in memory as ``t``'s."""
     B, h, _, L, S = t.shape
@@ -249,9 +257,11 @@ class AxialRelPosAttention(torch.autograd.Function):
         q_buf, w_buf, gq_buf = _Buffer(q, n * S * dk), _Buffer(q, n * S * S), _Buffer(q, n * S * dk)
         v_buf, g_buf, gv_buf = _Buffer(v, n * dv * S), _Buffer(v, n * dv * S), _Buffer(v, n * dv * S)
         gw_buf = _Buffer(v, n * S * S)
+        low_precision = grad_keys.dtype != keys.dtype  # products in it, the sum over blocks in float32
+        k_buf = _Buffer(keys, keys.numel()) if low_precision else None
         for block in blocks:
-            h0, h1, b0, b1 = block[:4]
-            g, m = h1 - h0, (b1 - b0) * (block[5] - block[4])
+            h0, h1 = block[:2]
+            g, m = h1 - h0, (block[3] - block[2]) * (block[5] - block[4])
             q_blk, keys_blk, weights = _block_weights(q, keys, block, q_buf, w_buf)  # weights recomputed
             grad_blk = _gather_lines(grad, block, g_buf)  # (head * line, dv, x)
             _scatter_lines(torch.bmm(grad_blk, weights, out=gv_buf(g * m, dv, S)), grad_v, block)  # (.., dv, x')
@@ -259,11 +269,12 @@ class AxialRelPosAttention(torch.autograd.Function):
             grad_w = torch.bmm(grad_blk.transpose(1, 2), v_blk, out=gw_buf(g * m, S, S))  # (head * line, x, x')
             grad_w = grad_w.view(g, m, S, S).transpose(1, 2).reshape(g * S, m, S)  # (head * x, line, x')
             grad_qt = torch.bmm(keys_blk, grad_w.transpose(1, 2), out=gq_buf(g * S, dk, m))  # (head * x, dk, line)
-            _part(grad_q, block).copy_(grad_qt.view(g, S, dk, b1 - b0, -1).permute(3, 0, 2, 4, 1))
-            if grad_keys.dtype == q_blk.dtype:
-                grad_keys[h0:h1].view(g * S, dk, S).baddbmm_(q_blk.transpose(1, 2), grad_w)
-            else:  # low precision: products in it, the sum over blocks in float32
-                grad_keys[h0:h1].view(g * S, dk, S).add_(torch.bmm(q_blk.transpose(1, 2), grad_w))
+            _scatter_positions(grad_qt, grad_q, block)
+            grad_keys_blk = grad_keys[h0:h1].view(g * S, dk, S)
+            if low_precision:
+                grad_keys_blk.add_(torch.bmm(q_blk.transpose(1, 2), grad_w, out=k_buf(g * S, dk, S)))
+            else:
+                grad_keys_blk.baddbmm_(q_blk.transpose(1, 2), grad_w)
         return grad_q, grad_v, grad_keys.to(keys.dtype)
 
 
