@@ -23,6 +23,12 @@ else
     echo "[setup] packages up to date"
 fi
 
+# The fused CPU kernel of the axial attention layer (C++, cached under ~/.cache/torch_extensions; about 15 s the
+# first time). Without a compiler the GEMM path runs instead, slower on CPU.
+if ! "$VENV/bin/python" -c "import sys; from gsanet.layers import axial_kernel; sys.exit(0 if axial_kernel.build() else 1)" 2>/dev/null; then
+    echo "[setup] WARNING: the fused CPU kernel did not build (is g++ installed?); the slower GEMM path will run"
+fi
+
 # Fashion-MNIST from Debian's dataset-fashion-mnist package (the training default). Without root or apt,
 # training falls back to torchvision's download.
 FMNIST=/usr/share/datasets/fashion-mnist

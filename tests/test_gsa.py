@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import gsanet.layers.gsa as gsa_module
-from gsanet.layers import GlobalSelfAttention, relative_to_absolute, resize_rel_pos
+from gsanet.layers import GlobalSelfAttention, axial_kernel, relative_to_absolute, resize_rel_pos
 from tests.gsa_reference import reference_forward
 
 SWITCHES = ["content", "positional", "pos_softmax", "query_softmax", "rel_pos", "axial"]
@@ -344,6 +344,14 @@ def _axial_fast(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.T
     return gsa_module.AxialRelPosAttention.apply(q, v, keys.view(S, S, h, dk).permute(2, 0, 3, 1).contiguous())
 
 
+def _lines(dtype: torch.dtype, transposed: bool, *shape: int) -> torch.Tensor:
+    """Random ``(B, h, C, L, S)`` leaf; with ``transposed``, a view whose L axis is the faster one in memory (as the
+    column pass reads the NCHW projection)."""
+    if transposed:
+        return torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=dtype).transpose(-1, -2).requires_grad_()
+    return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+
 @pytest.mark.parametrize("transposed", [False, True], ids=["rows", "columns"])
 @pytest.mark.parametrize("chunk", [1, 16 * 2, 16 * 3, 16 * 10, 16 * 15, 16 * 30, 1 << 18], ids=lambda c: f"chunk{c}")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -356,13 +364,7 @@ def test_axial_function_matches_plain_autograd_in_every_chunking(
     monkeypatch.setitem(gsa_module._CHUNK_ELEMENTS, "cpu", chunk)
     torch.manual_seed(0)
     B, h, dk, L, S, dv = 3, 3, 2, 5, 4, 3
-
-    def make(*shape: int) -> torch.Tensor:
-        if transposed:
-            return torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=dtype).transpose(-1, -2).requires_grad_()
-        return torch.randn(*shape, dtype=dtype, requires_grad=True)
-
-    q, v = make(B, h, dk, L, S), make(B, h, dv, L, S)
+    q, v = _lines(dtype, transposed, B, h, dk, L, S), _lines(dtype, transposed, B, h, dv, L, S)
     rows = torch.randn(h, dk, 2 * S - 1, dtype=dtype, requires_grad=True)
     grad = torch.randn(B, h, dv, L, S, dtype=dtype)
     out = _axial_fast(q, v, rows)
@@ -377,6 +379,113 @@ def test_axial_function_matches_plain_autograd_in_every_chunking(
     # numerical gradients too, except for the 1- and 2-line blockings (45 and 27 blocks: 15 s each)
     if dtype == torch.float64 and chunk >= 16 * 3:
         assert torch.autograd.gradcheck(_axial_fast, (q, v, rows))
+
+
+def _require_kernel() -> None:
+    """The fused kernel must have built: a machine without a compiler fails here rather than skipping."""
+    assert axial_kernel.available(), f"the fused CPU kernel did not build: {axial_kernel._state.get('error')}"
+
+
+def _fused(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return gsa_module.FusedAxialRelPosAttention.apply(q, v, rows)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "columns"])
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 3, 2, 5, 4, 3), (2, 2, 5, 9, 19, 3), (3, 1, 16, 11, 17, 16), (1, 2, 8, 40, 7, 12), (2, 1, 3, 1, 1, 2)],
+    ids=["tiny", "S19-dk5", "dk16", "L40", "S1"],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_axial_kernel_matches_plain_autograd(
+    shape: tuple[int, ...], dtype: torch.dtype, transposed: bool
+) -> None:
+    """The fused CPU kernel against plain autograd: lanes partly empty (B*L < 16) or spanning images (B*L = 33,
+    80), positions in more than one 16-wide transpose block (S = 17, 19), channel counts split 8 + 4 + 2 + 1
+    (dk 5, dv 3, 16, 12), S = 1; contiguous inputs and the column pass's transposed views."""
+    _require_kernel()
+    torch.manual_seed(0)
+    B, h, dk, L, S, dv = shape
+    q, v = _lines(dtype, transposed, B, h, dk, L, S), _lines(dtype, transposed, B, h, dv, L, S)
+    rows = torch.randn(h, dk, 2 * S - 1, dtype=dtype, requires_grad=True)
+    grad = torch.randn(B, h, dv, L, S, dtype=dtype)
+    out = _fused(q, v, rows)
+    exact = [t.detach().double().requires_grad_() for t in (q, v, rows)]  # the float64 truth of these inputs
+    expected = _axial_plain(*exact)
+    bound = 1e-13 if dtype == torch.float64 else 1e-6  # of the largest magnitude
+    assert out.dtype == dtype and rel_error(out.double(), expected) < bound
+    if L > 1 and S > 1:
+        assert out.stride(-1) < out.stride(-2) if not transposed else out.stride(-1) > out.stride(-2)
+    actual_grads = torch.autograd.grad(out, (q, v, rows), grad)
+    expected_grads = torch.autograd.grad(expected, exact, grad.double())
+    for a, e, name in zip(actual_grads, expected_grads, ("q", "v", "rows"), strict=True):
+        assert a.dtype == dtype and rel_error(a.double(), e) < bound, name
+
+
+def test_fused_axial_kernel_gradcheck_and_broadcast_gradient() -> None:
+    """Numerical gradients in float64; an expanded incoming gradient (stride 0, as from ``out.sum()``)."""
+    _require_kernel()
+    torch.manual_seed(0)
+    q = torch.randn(2, 2, 3, 5, 6, dtype=torch.float64).transpose(-1, -2).requires_grad_()  # (2, 2, 3, 6, 5)
+    v = torch.randn(2, 2, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    rows = torch.randn(2, 3, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_fused, (q, v, rows))
+    actual = torch.autograd.grad(_fused(q, v, rows).sum(), (q, v, rows))
+    expected = torch.autograd.grad(_axial_plain(q, v, rows).sum(), (q, v, rows))
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_module_same_with_and_without_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module's output and every parameter gradient agree between the kernel and the batched-GEMM path."""
+    _require_kernel()
+    torch.manual_seed(0)
+    m = GlobalSelfAttention(24, heads=3, feat_size=20).double()
+    x = torch.randn(2, 24, 19, 13, dtype=torch.float64, requires_grad=True)
+
+    def run() -> list[torch.Tensor]:
+        m.zero_grad()
+        y = m(x)
+        grads = torch.autograd.grad(
+            y, [x, *m.parameters()], torch.randn_like(y, generator=torch.Generator().manual_seed(1))
+        )
+        return [y, *grads]
+
+    fused = run()
+    monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
+    gemm = run()
+    for a, e in zip(fused, gemm, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_kernel_only_where_it_applies() -> None:
+    """CPU float32/float64 in eager mode; never for bfloat16, mixed dtypes, meta tensors or under a dispatch mode
+    (the FLOP counter must see the GEMM path's operators)."""
+    _require_kernel()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3)
+    assert axial_kernel.usable(x, x.double()) is False
+    assert axial_kernel.usable(x) and axial_kernel.usable(x.double())
+    assert not axial_kernel.usable(x.bfloat16())
+    assert not axial_kernel.usable(torch.empty(2, 3, device="meta"))
+    with FlopCounterMode(display=False):
+        assert not axial_kernel.usable(x)
+
+
+def test_kernel_switch_off_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GSANET_FUSED_AXIAL=0`` (or a failed build) leaves the GEMM path, with the same output."""
+    torch.manual_seed(0)
+    m = GlobalSelfAttention(8, heads=2).double().eval()
+    x = torch.randn(2, 8, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        expected = m(x)
+    monkeypatch.setattr(axial_kernel, "_state", {})
+    monkeypatch.setenv("GSANET_FUSED_AXIAL", "0")
+    assert not axial_kernel.available() and "GSANET_FUSED_AXIAL" in axial_kernel._state["error"]
+    assert not axial_kernel.usable(x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk", [16 * 3, 1 << 18], ids=lambda c: f"chunk{c}")

@@ -22,7 +22,8 @@ What is this project's choice (see ``shared/spec/gsa.md``; each is a constructor
     * 1x1 projections without bias; embeddings initialised ``N(0, (dim_key/heads)^-1)``;
     * the content branch (key softmax and ``K^T V``) always runs in float32 under autocast.
 
-The fast path here is checked against a plain per-pixel implementation in ``tests/gsa_reference.py``.
+The fast paths here (the axial layer as batched GEMMs, ``AxialRelPosAttention``, or on CPU by a fused C++ kernel,
+``FusedAxialRelPosAttention``) are checked against a plain per-pixel implementation in ``tests/gsa_reference.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AxialRelPosAttention", "GlobalSelfAttention", "relative_to_absolute", "resize_rel_pos", "skew"]
+from . import axial_kernel
+
+__all__ = [
+    "AxialRelPosAttention",
+    "FusedAxialRelPosAttention",
+    "GlobalSelfAttention",
+    "relative_to_absolute",
+    "resize_rel_pos",
+    "skew",
+]
 
 _DEFAULT_MAX_SIZE = 64
 
@@ -278,6 +288,34 @@ class AxialRelPosAttention(torch.autograd.Function):
         return grad_q, grad_v, grad_keys.to(keys.dtype)
 
 
+class FusedAxialRelPosAttention(torch.autograd.Function):
+    """``AxialRelPosAttention`` by the fused CPU kernel (``axial_kernel``, ``csrc/axial_rel_pos.cpp``).
+
+    The kernel gives each vector lane one line (16 lines of one head per group in float32) and computes and applies
+    each line's weights from registers and cache, never writing them to memory whole; the backward pass recomputes
+    them. It takes the relative rows instead of absolute keys.
+
+    Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, dv, L, S)`` (any strides), ``rows (h, dk, 2S-1)`` (the embeddings of
+    offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table);
+    output ``(B, h, dv, L, S)`` in the values' memory order.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out = _oriented_empty(v, v.shape[2])
+        torch.ops.gsanet_axial.forward(q, v, rows, out)
+        ctx.save_for_backward(q, v, rows)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, v, rows = ctx.saved_tensors
+        grad_q, grad_v = _oriented_empty(q, q.shape[2]), _oriented_empty(v, v.shape[2])
+        grad_rows = torch.ops.gsanet_axial.backward(q, v, rows, grad, grad_q, grad_v)
+        return grad_q, grad_v, grad_rows
+
+
 class GlobalSelfAttention(nn.Module):
     """GSA module: content attention plus axial positional attention, a drop-in for a 3x3 convolution.
 
@@ -472,6 +510,8 @@ class GlobalSelfAttention(nn.Module):
         """
         S = q.shape[-1]
         if table is not None and not self.pos_softmax:
+            if axial_kernel.usable(q, values, table):
+                return FusedAxialRelPosAttention.apply(q, values, self._head_rows(table, S, q.dtype))
             return AxialRelPosAttention.apply(q, values, self._head_keys(table, S, q.dtype))
         inside = self._span_mask(S, q.device)
         if table is None:

@@ -1,0 +1,415 @@
+// Fused CPU kernel of one axial positional attention layer (GSA, Shen et al., arXiv 2010.03019):
+//
+//     out[c, x] = sum_x' W[x, x'] v[c, x'],    W[x, x'] = sum_d q[d, x] r[d, x' - x + S - 1]
+//
+// per (image, head, line), without a softmax. The Python side (gsanet/layers/axial_kernel.py) documents the
+// shapes and holds the autograd function; gsanet/layers/gsa.py has the plain batched-GEMM path it must agree with.
+//
+// Why a kernel: with 8 channels per head the GEMMs of the batched path are 8 wide and run far from the CPU's
+// peak, and they write and re-read every weight W[x, x'] through memory. Here each line's queries, values and
+// gradients are copied into small contiguous scratch, and the weights are computed a tile of V positions at a
+// time (V = one 512-bit register of lanes) and applied at once, from registers or L1, never stored whole.
+// Lines run in parallel (at::parallel_for); the gradient of the shared embedding rows is summed per thread and
+// then over threads.
+//
+// Tables: rf[d][j] = r[d][j] (the 2S-1 offset rows, zero beyond) and rb[d][m] = r[d][2S-2-m] (reversed), each
+// padded with zeros to Jp = round_up(2S-1, V) + V columns, so every tile load stays in bounds.
+//   forward  W[x0+l, x'] = sum_d q[d][x0+l] * rb[d][S-1-x'+x0+l]     (contiguous in the lane l)
+//   grad v   W[x, x0'+l] = sum_d q[d][x]    * rf[d][x0'+l-x+S-1]    (contiguous in l)
+//   grad q   gq[d][x0+l] = sum_x' dW[x0+l, x'] * rb[d][S-1-x'+x0+l]
+//   grad r   gr[d][j0+l] = sum_x q[d][x] * dW[x, x+j0+l-S+1]        (dW rows zero-padded on both sides)
+// with dW[x, x'] = sum_c g[c][x] v[c][x'].
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <vector>
+
+namespace {
+
+constexpr int kVectorBytes = 64;  // one AVX-512 register; narrower ISAs split each tile
+
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+template <typename T>
+constexpr int lanes() {
+  return kVectorBytes / static_cast<int>(sizeof(T));
+}
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// A (B, h, C, L, S) tensor with any strides.
+template <typename T>
+struct Strided {
+  T* data;
+  int64_t sb, sh, sc, sl, ss;
+  explicit Strided(const at::Tensor& t)
+      : data(t.data_ptr<T>()), sb(t.stride(0)), sh(t.stride(1)), sc(t.stride(2)), sl(t.stride(3)), ss(t.stride(4)) {}
+  T* line(int64_t b, int64_t h, int64_t l) const { return data + b * sb + h * sh + l * sl; }
+};
+
+// The V lines of one work item: lines n0 .. n0 + V - 1 of one head, line n being (image n / L, line n % L).
+// Lanes past the last line are padding (zero on input, dropped on output).
+template <typename T>
+struct Lanes {
+  const T* ptr[lanes<T>()];  // first element of each lane's line, nullptr for padding
+  int count;
+  int run;  // lanes 0 .. run-1 are adjacent in memory (ptr[i] = ptr[0] + i)
+  Lanes(const Strided<T>& t, int64_t hh, int64_t n0, int64_t n_lines, int64_t L) {
+    count = static_cast<int>(std::min<int64_t>(lanes<T>(), n_lines - n0));
+    for (int i = 0; i < lanes<T>(); ++i) {
+      const int64_t n = n0 + i;
+      ptr[i] = i < count ? t.line(n / L, hh, n % L) : nullptr;
+    }
+    run = 1;
+    while (run < count && ptr[run] == ptr[0] + run) ++run;
+  }
+};
+
+#if defined(__AVX512F__)
+// r[i][k] -> r[k][i] for a 16 x 16 block of floats in 16 registers.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int k = 0; k < 4; ++k) {
+      t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0x88);
+      t[i + k + 4] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0xDD);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xDD);
+  }
+}
+
+// Row pass (positions contiguous, float): 16 x 16 blocks of (lane, position) transposed in registers.
+inline void gather_transposed(const Lanes<float>& lanes_of, int64_t sc, int64_t C, int64_t S, float* dst) {
+  __m512 r[16];
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t x0 = 0; x0 < S; x0 += 16) {
+      const int n = static_cast<int>(std::min<int64_t>(16, S - x0));
+      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < lanes_of.count ? _mm512_maskz_loadu_ps(mask, lanes_of.ptr[i] + c * sc + x0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int k = 0; k < n; ++k) _mm512_storeu_ps(dst + (c * S + x0 + k) * 16, r[k]);
+    }
+}
+
+inline void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t sc, const Lanes<float>& lanes_of) {
+  __m512 r[16];
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t x0 = 0; x0 < S; x0 += 16) {
+      const int n = static_cast<int>(std::min<int64_t>(16, S - x0));
+      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+      for (int k = 0; k < 16; ++k) r[k] = k < n ? _mm512_loadu_ps(src + (c * S + x0 + k) * 16) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int i = 0; i < lanes_of.count; ++i)
+        _mm512_mask_storeu_ps(const_cast<float*>(lanes_of.ptr[i]) + c * sc + x0, mask, r[i]);
+    }
+}
+#endif
+
+// Scratch X[c][x] (one vector of lanes each) at X + (c * S + x) * V, from / to the strided tensor. Lanes innermost
+// when lanes are adjacent in memory (the column pass); for the row pass (positions contiguous) a register transpose
+// on AVX-512, else each lane's line read in order.
+template <typename T>
+void gather(const Strided<T>& t, const Lanes<T>& lanes_of, int64_t C, int64_t S, T* dst) {
+  constexpr int V = lanes<T>();
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (t.ss == 1) return gather_transposed(lanes_of, t.sc, C, S, dst);
+  }
+#endif
+  if (lanes_of.count < V) std::fill(dst, dst + C * S * V, T(0));
+  if (t.ss != 1) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t x = 0; x < S; ++x) {
+        T* d = dst + (c * S + x) * V;
+        const int64_t off = c * t.sc + x * t.ss;
+        int i = 0;
+        for (; i < lanes_of.run; ++i) d[i] = lanes_of.ptr[0][off + i];
+        for (; i < lanes_of.count; ++i) d[i] = lanes_of.ptr[i][off];
+      }
+    return;
+  }
+  for (int i = 0; i < lanes_of.count; ++i)
+    for (int64_t c = 0; c < C; ++c) {
+      const T* s = lanes_of.ptr[i] + c * t.sc;
+      T* d = dst + c * S * V + i;
+      for (int64_t x = 0; x < S; ++x) d[x * V] = s[x];
+    }
+}
+
+template <typename T>
+void scatter(const T* src, int64_t C, int64_t S, const Strided<T>& t, const Lanes<T>& lanes_of) {
+  constexpr int V = lanes<T>();
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (t.ss == 1) return scatter_transposed(src, C, S, t.sc, lanes_of);
+  }
+#endif
+  if (t.ss != 1) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t x = 0; x < S; ++x) {
+        const T* s = src + (c * S + x) * V;
+        const int64_t off = c * t.sc + x * t.ss;
+        int i = 0;
+        for (; i < lanes_of.run; ++i) const_cast<T*>(lanes_of.ptr[0])[off + i] = s[i];
+        for (; i < lanes_of.count; ++i) const_cast<T*>(lanes_of.ptr[i])[off] = s[i];
+      }
+    return;
+  }
+  for (int i = 0; i < lanes_of.count; ++i)
+    for (int64_t c = 0; c < C; ++c) {
+      T* d = const_cast<T*>(lanes_of.ptr[i]) + c * t.sc;
+      const T* s = src + c * S * V + i;
+      for (int64_t x = 0; x < S; ++x) d[x] = s[x * V];
+    }
+}
+
+// w[x'] (= or +=) sum_{d in CB} q[d][x] * rt[(x' - x + S - 1) * dk + d], x' < S: one row of the weights, the
+// queries of position x in registers, the embeddings broadcast. q points at q[d0][x], rt at rt[d0].
+template <typename T, int CB>
+void weight_row(const T* q, int64_t S, const T* rt, int64_t dk, int64_t x, bool accumulate, T* w) {
+  constexpr int V = lanes<T>();
+  Vec<T> qr[CB];
+  for (int cc = 0; cc < CB; ++cc) qr[cc] = load(q + cc * S * V);
+  for (int64_t xp = 0; xp < S; ++xp) {
+    const T* rj = rt + (xp - x + S - 1) * dk;
+    Vec<T> acc = accumulate ? load(w + xp * V) : Vec<T>{};
+    for (int cc = 0; cc < CB; ++cc) acc += qr[cc] * rj[cc];
+    store(w + xp * V, acc);
+  }
+}
+
+// w[x'] (= or +=) sum_{c in CB} g[c][x] * v[c][x'], x' < S (g in registers). g points at g[c0][x], v at v[c0][0].
+template <typename T, int CB>
+void product_row(const T* g, const T* v, int64_t S, bool accumulate, T* w) {
+  constexpr int V = lanes<T>();
+  Vec<T> gr[CB];
+  for (int cc = 0; cc < CB; ++cc) gr[cc] = load(g + cc * S * V);
+  for (int64_t xp = 0; xp < S; ++xp) {
+    Vec<T> acc = accumulate ? load(w + xp * V) : Vec<T>{};
+    for (int cc = 0; cc < CB; ++cc) acc += gr[cc] * load(v + (cc * S + xp) * V);
+    store(w + xp * V, acc);
+  }
+}
+
+// out[c] (= or +=) sum_{k<n} w[k * ws] * a[c][k] for CB channels (a points at a[c0][0], rows of S vectors); out[c]
+// at out + c * os.
+template <typename T, int CB, bool ACCUMULATE = false>
+void apply(const T* w, int64_t ws, const T* a, int64_t S, int64_t n, T* out, int64_t os) {
+  constexpr int V = lanes<T>();
+  Vec<T> acc[CB] = {};
+  for (int64_t k = 0; k < n; ++k) {
+    const Vec<T> wk = load(w + k * ws);
+    for (int cc = 0; cc < CB; ++cc) acc[cc] += wk * load(a + (cc * S + k) * V);
+  }
+  for (int cc = 0; cc < CB; ++cc) store(out + cc * os, ACCUMULATE ? load(out + cc * os) + acc[cc] : acc[cc]);
+}
+
+// out[d] = sum_{x'<S} w[x'] * rt[(x' - x + S - 1) * dk + d] for CB rows d (rt points at rt[d0]); out[d] at
+// out + d * os.
+template <typename T, int CB>
+void apply_table(const T* w, int64_t S, const T* rt, int64_t dk, int64_t x, T* out, int64_t os) {
+  constexpr int V = lanes<T>();
+  Vec<T> acc[CB] = {};
+  for (int64_t xp = 0; xp < S; ++xp) {
+    const Vec<T> wk = load(w + xp * V);
+    const T* rj = rt + (xp - x + S - 1) * dk;
+    for (int cc = 0; cc < CB; ++cc) acc[cc] += wk * rj[cc];
+  }
+  for (int cc = 0; cc < CB; ++cc) store(out + cc * os, acc[cc]);
+}
+
+// Calls f.template operator()<CB>(c0) over 0..C in chunks of 8, 4, 2 and 1, so accumulators stay in registers.
+template <typename F>
+void in_chunks(int64_t C, F&& f) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) f.template operator()<8>(c);
+  for (; c + 4 <= C; c += 4) f.template operator()<4>(c);
+  for (; c + 2 <= C; c += 2) f.template operator()<2>(c);
+  for (; c < C; ++c) f.template operator()<1>(c);
+}
+
+// rt[j * dk + d] = rows[h][d][j]: each head's embeddings with the channels of one offset side by side.
+template <typename T>
+std::vector<T> offset_major(const at::Tensor& rows) {
+  const int64_t h = rows.size(0), dk = rows.size(1), J = rows.size(2);
+  std::vector<T> rt(h * J * dk);
+  auto r = rows.accessor<T, 3>();
+  for (int64_t hh = 0; hh < h; ++hh)
+    for (int64_t d = 0; d < dk; ++d)
+      for (int64_t j = 0; j < J; ++j) rt[(hh * J + j) * dk + d] = r[hh][d][j];
+  return rt;
+}
+
+// Work items: (head, group of V lines); lines of all images of a head are grouped so small maps fill the lanes.
+struct Items {
+  int64_t n_lines, groups;
+  Items(int64_t B, int64_t L, int V) : n_lines(B * L), groups((B * L + V - 1) / V) {}
+};
+
+template <typename T>
+void forward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor& rows, const at::Tensor& out_t) {
+  constexpr int V = lanes<T>();
+  const int64_t B = q_t.size(0), h = q_t.size(1), dk = q_t.size(2), L = q_t.size(3), S = q_t.size(4);
+  const int64_t dv = v_t.size(2), J = 2 * S - 1;
+  const std::vector<T> rt = offset_major<T>(rows);
+  const Strided<T> q(q_t), v(v_t), out(out_t);
+  const Items items(B, L, V);
+  at::parallel_for(0, h * items.groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> qs(dk * S * V), vs(dv * S * V), os(dv * S * V), w(S * V);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t hh = item / items.groups, n0 = item % items.groups * V;
+      const Lanes<T> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
+      gather(q, q_lanes, dk, S, qs.data());
+      gather(v, v_lanes, dv, S, vs.data());
+      const T* rth = rt.data() + hh * J * dk;
+      for (int64_t x = 0; x < S; ++x) {
+        in_chunks(dk, [&]<int CB>(int64_t d0) {  // w[x'] = W[x, x']
+          weight_row<T, CB>(qs.data() + (d0 * S + x) * V, S, rth + d0, dk, x, d0 > 0, w.data());
+        });
+        in_chunks(dv, [&]<int CB>(int64_t c0) {  // out[c][x] = sum_x' W[x, x'] v[c][x']
+          apply<T, CB>(w.data(), V, vs.data() + c0 * S * V, S, S, os.data() + (c0 * S + x) * V, S * V);
+        });
+      }
+      scatter(os.data(), dv, S, out, Lanes<T>(out, hh, n0, items.n_lines, L));
+    }
+  });
+}
+
+template <typename T>
+at::Tensor backward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor& rows, const at::Tensor& g_t,
+                         const at::Tensor& gq_t, const at::Tensor& gv_t) {
+  constexpr int V = lanes<T>();
+  const int64_t B = q_t.size(0), h = q_t.size(1), dk = q_t.size(2), L = q_t.size(3), S = q_t.size(4);
+  const int64_t dv = v_t.size(2), J = 2 * S - 1;
+  const std::vector<T> rt = offset_major<T>(rows);
+  const Strided<T> q(q_t), v(v_t), g(g_t), gq(gq_t), gv(gv_t);
+  const Items items(B, L, V);
+  const int threads = at::get_num_threads();
+  // per-thread sums over lines of the embedding gradient, still per lane: [thread][head][j][d][lane]
+  std::vector<T> gr_threads(static_cast<int64_t>(threads) * h * J * dk * V, T(0));
+  at::parallel_for(0, h * items.groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> qs(dk * S * V), vs(dv * S * V), gs(dv * S * V), gqs(dk * S * V), gvs(dv * S * V);
+    std::vector<T> w(S * S * V), dw(S * S * V);  // W[x][x'] and dW[x][x'] of the item's lines
+    T* gr_thread = gr_threads.data() + static_cast<int64_t>(at::get_thread_num()) * h * J * dk * V;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t hh = item / items.groups, n0 = item % items.groups * V;
+      const Lanes<T> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
+      gather(q, q_lanes, dk, S, qs.data());
+      gather(v, v_lanes, dv, S, vs.data());
+      gather(g, Lanes<T>(g, hh, n0, items.n_lines, L), dv, S, gs.data());
+      const T* rth = rt.data() + hh * J * dk;
+      for (int64_t x = 0; x < S; ++x) {
+        in_chunks(dk, [&]<int CB>(int64_t d0) {  // W[x, x'] recomputed
+          weight_row<T, CB>(qs.data() + (d0 * S + x) * V, S, rth + d0, dk, x, d0 > 0, w.data() + x * S * V);
+        });
+        in_chunks(dv, [&]<int CB>(int64_t c0) {  // dW[x, x'] = sum_c g[c][x] v[c][x']
+          product_row<T, CB>(gs.data() + (c0 * S + x) * V, vs.data() + c0 * S * V, S, c0 > 0, dw.data() + x * S * V);
+        });
+        in_chunks(dk, [&]<int CB>(int64_t d0) {  // grad q[d][x] = sum_x' dW[x, x'] r[d][x' - x + S - 1]
+          apply_table<T, CB>(dw.data() + x * S * V, S, rth + d0, dk, x, gqs.data() + (d0 * S + x) * V, S * V);
+        });
+      }
+      for (int64_t xp = 0; xp < S; ++xp)
+        in_chunks(dv, [&]<int CB>(int64_t c0) {  // grad v[c][x'] = sum_x W[x, x'] g[c][x]
+          apply<T, CB>(w.data() + xp * V, S * V, gs.data() + c0 * S * V, S, S, gvs.data() + (c0 * S + xp) * V, S * V);
+        });
+      for (int64_t j = 0; j < J; ++j) {  // grad r[d][j] += sum_x q[d][x] dW[x, x + j - S + 1], per lane
+        const int64_t lo = std::max<int64_t>(0, S - 1 - j), hi = std::min<int64_t>(S, J - j);
+        const T* diag = dw.data() + (lo * S + lo + j - S + 1) * V;  // dW[lo, lo + j - S + 1], next at + (S + 1) V
+        T* grj = gr_thread + (hh * J + j) * dk * V;
+        in_chunks(dk, [&]<int CB>(int64_t d0) {
+          apply<T, CB, true>(diag, (S + 1) * V, qs.data() + (d0 * S + lo) * V, S, hi - lo, grj + d0 * V, V);
+        });
+      }
+      scatter(gqs.data(), dk, S, gq, Lanes<T>(gq, hh, n0, items.n_lines, L));
+      scatter(gvs.data(), dv, S, gv, Lanes<T>(gv, hh, n0, items.n_lines, L));
+    }
+  });
+  auto grad_rows = at::empty({h, dk, J}, rows.options());  // the sum over threads and lanes
+  auto gr = grad_rows.accessor<T, 3>();
+  for (int64_t hh = 0; hh < h; ++hh)
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t d = 0; d < dk; ++d) {
+        Vec<T> sum = {};
+        for (int t = 0; t < threads; ++t) sum += load(gr_threads.data() + (((t * h + hh) * J + j) * dk + d) * V);
+        T total = 0;
+        for (int i = 0; i < V; ++i) total += sum[i];
+        gr[hh][d][j] = total;
+      }
+  return grad_rows;
+}
+
+void check(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows) {
+  TORCH_CHECK(q.device().is_cpu() && v.device().is_cpu() && rows.device().is_cpu(), "axial_rel_pos: CPU tensors only");
+  TORCH_CHECK(q.dim() == 5 && v.dim() == 5 && rows.dim() == 3, "axial_rel_pos: q, v (B, h, C, L, S), rows (h, dk, 2S-1)");
+  TORCH_CHECK(q.scalar_type() == v.scalar_type() && q.scalar_type() == rows.scalar_type(),
+              "axial_rel_pos: q, v and rows must share a dtype");
+  const int64_t S = q.size(4);
+  TORCH_CHECK(v.size(0) == q.size(0) && v.size(1) == q.size(1) && v.size(3) == q.size(3) && v.size(4) == S,
+              "axial_rel_pos: q and v disagree in (B, h, L, S)");
+  TORCH_CHECK(rows.size(0) == q.size(1) && rows.size(1) == q.size(2) && rows.size(2) == 2 * S - 1,
+              "axial_rel_pos: rows must be (h, dk, 2S-1)");
+}
+
+void axial_forward(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows, const at::Tensor& out) {
+  check(q, v, rows);
+  const auto rows_c = rows.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "axial_rel_pos_forward", [&] { forward_impl<scalar_t>(q, v, rows_c, out); });
+}
+
+at::Tensor axial_backward(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows, const at::Tensor& grad,
+                          const at::Tensor& grad_q, const at::Tensor& grad_v) {
+  check(q, v, rows);
+  const auto rows_c = rows.contiguous();
+  at::Tensor grad_rows;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "axial_rel_pos_backward",
+                             [&] { grad_rows = backward_impl<scalar_t>(q, v, rows_c, grad, grad_q, grad_v); });
+  return grad_rows;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(gsanet_axial, m) {
+  m.def("forward(Tensor q, Tensor v, Tensor rows, Tensor(a!) out) -> ()");
+  m.def("backward(Tensor q, Tensor v, Tensor rows, Tensor grad, Tensor(a!) grad_q, Tensor(b!) grad_v) -> Tensor");
+  m.impl("forward", c10::DispatchKey::CPU, TORCH_FN(axial_forward));
+  m.impl("backward", c10::DispatchKey::CPU, TORCH_FN(axial_backward));
+}
