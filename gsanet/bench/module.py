@@ -319,7 +319,7 @@ def profile_layer(
     header = (
         f"{layer} at {_fmt_shape(shape)}, batch {batch}, {cfg.device} {cfg.precision}, {repeats} forward+backward "
         f"steps, torch {torch.__version__}, {torch.get_num_threads()} threads, load {env['load_1m_at_start']}, "
-        f"gsa source {env['gsa_source']}"
+        f"gsa source {env['gsa_source']}, axial path {env['axial_path']}"
     )
     by_op = prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
     by_shape = prof.key_averages(group_by_input_shape=True).table(

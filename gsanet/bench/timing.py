@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import importlib
 import inspect
 import logging
 import math
@@ -348,17 +347,33 @@ def environment(device: str, precision: str) -> dict[str, Any]:
     }
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
-    env["gsa_source"] = _source_digest("gsanet.layers.gsa")
+    env["gsa_source"] = _source_digest()
+    env["axial_path"] = _axial_path(device, precision)
     return env
 
 
-def _source_digest(module_name: str) -> str:
-    """First 12 hex digits of the SHA-256 of a module's source: which version of the layer was measured."""
+def _source_digest() -> str:
+    """First 12 hex digits of the SHA-256 of the layer's sources (``gsa.py``, the kernel's loader and its C++):
+    which version of the layer was measured."""
     try:
-        module = importlib.import_module(module_name)
-        return hashlib.sha256(Path(inspect.getfile(module)).read_bytes()).hexdigest()[:12]
+        from gsanet.layers import axial_kernel, gsa
+
+        digest = hashlib.sha256()
+        for path in (Path(inspect.getfile(gsa)), Path(inspect.getfile(axial_kernel)), axial_kernel._SOURCE):
+            digest.update(path.read_bytes())
+        return digest.hexdigest()[:12]
     except (ImportError, OSError, TypeError):
         return "unknown"
+
+
+def _axial_path(device: str, precision: str) -> str:
+    """Which implementation of the axial positional layer the measured GSA modules run: ``fused`` (the C++ CPU
+    kernel, float32 on CPU) or ``gemm`` (batched products: CUDA, bf16, or the kernel off or unbuilt)."""
+    from gsanet.layers import axial_kernel
+
+    if torch.device(device).type == "cpu" and precision == "fp32" and axial_kernel.available():
+        return "fused"
+    return "gemm"
 
 
 def load_average() -> float | None:
