@@ -61,9 +61,13 @@ def build(verbose: bool = False) -> bool:
         return False
     path = os.environ.get("PATH", "")
     venv_bin = Path(sys.executable).parent  # the ninja of requirements.txt, when the venv is not activated
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns that no CUDA runtime is found
+    level = quiet.level
     try:
+        quiet.setLevel(logging.ERROR)
         from torch.utils import cpp_extension
 
+        quiet.setLevel(level)
         if shutil.which("ninja") is None and (venv_bin / "ninja").exists():
             os.environ["PATH"] = f"{venv_bin}{os.pathsep}{path}"
         digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:10]
@@ -85,6 +89,7 @@ def build(verbose: bool = False) -> bool:
         )
     finally:
         os.environ["PATH"] = path
+        quiet.setLevel(level)
     return bool(_state["loaded"])
 
 
