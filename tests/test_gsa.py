@@ -383,7 +383,7 @@ def test_axial_function_matches_plain_autograd_in_every_chunking(
 
 def _require_kernel() -> None:
     """The fused kernel must have built: a machine without a compiler fails here rather than skipping."""
-    assert axial_kernel.available(), f"the fused CPU kernel did not build: {axial_kernel._state.get('error')}"
+    assert axial_kernel.available(), f"the fused CPU kernel did not build: {axial_kernel.build_error()}"
 
 
 def _fused(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -396,13 +396,18 @@ def _fused(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor
     [(3, 3, 2, 5, 4, 3), (2, 2, 5, 9, 19, 3), (3, 1, 16, 11, 17, 16), (1, 2, 8, 40, 7, 12), (2, 1, 3, 1, 1, 2)],
     ids=["tiny", "S19-dk5", "dk16", "L40", "S1"],
 )
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "dtype,bound",  # of the largest magnitude; bfloat16/float16: float32 arithmetic, rounded once on the way out
+    [(torch.float64, 1e-13), (torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1.5e-3)],
+    ids=["f64", "f32", "bf16", "f16"],
+)
 def test_fused_axial_kernel_matches_plain_autograd(
-    shape: tuple[int, ...], dtype: torch.dtype, transposed: bool
+    shape: tuple[int, ...], dtype: torch.dtype, bound: float, transposed: bool
 ) -> None:
-    """The fused CPU kernel against plain autograd: lanes partly empty (B*L < 16) or spanning images (B*L = 33,
-    80), positions in more than one 16-wide transpose block (S = 17, 19), channel counts split 8 + 4 + 2 + 1
-    (dk 5, dv 3, 16, 12), S = 1; contiguous inputs and the column pass's transposed views."""
+    """The fused CPU kernel against plain autograd in float64 on the same (rounded) inputs: lanes partly empty
+    (B*L < 16) or spanning images (B*L = 33, 80), positions in more than one 16-wide transpose block (S = 17, 19),
+    channel counts split 8 + 4 + 2 + 1 (dk 5, dv 3, 16, 12), S = 1; contiguous inputs and the column pass's
+    transposed views; every dtype the kernel takes."""
     _require_kernel()
     torch.manual_seed(0)
     B, h, dk, L, S, dv = shape
@@ -412,7 +417,6 @@ def test_fused_axial_kernel_matches_plain_autograd(
     out = _fused(q, v, rows)
     exact = [t.detach().double().requires_grad_() for t in (q, v, rows)]  # the float64 truth of these inputs
     expected = _axial_plain(*exact)
-    bound = 1e-13 if dtype == torch.float64 else 1e-6  # of the largest magnitude
     assert out.dtype == dtype and rel_error(out.double(), expected) < bound
     if L > 1 and S > 1:
         assert out.stride(-1) < out.stride(-2) if not transposed else out.stride(-1) > out.stride(-2)
@@ -458,16 +462,41 @@ def test_module_same_with_and_without_the_fused_kernel(monkeypatch: pytest.Monke
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
+def test_module_under_bf16_autocast_runs_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under CPU autocast the queries and values are bfloat16 while the relative tables stay float32 parameters:
+    both passes still take the kernel, and agree with the GEMM path within bfloat16 rounding."""
+    _require_kernel()
+    torch.manual_seed(0)
+    m = GlobalSelfAttention(16, heads=4)
+    x = torch.randn(2, 16, 9, 7)
+    calls = []
+    apply = gsa_module.FusedAxialRelPosAttention.apply
+
+    def spy(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(args[0].dtype)
+        return apply(*args)
+
+    monkeypatch.setattr(gsa_module.FusedAxialRelPosAttention, "apply", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = m(x)
+    assert calls == [torch.bfloat16, torch.bfloat16]
+    monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gemm = m(x)
+    assert len(calls) == 2 and fused.dtype == gemm.dtype
+    assert rel_error(fused.double(), gemm.double()) < 2e-2
+
+
 def test_fused_kernel_only_where_it_applies() -> None:
-    """CPU float32/float64 in eager mode; never for bfloat16, mixed dtypes, meta tensors or under a dispatch mode
-    (the FLOP counter must see the GEMM path's operators)."""
+    """CPU floating tensors of one dtype in eager mode; never for mixed dtypes, integers, meta tensors or under a
+    dispatch mode (the FLOP counter must see the GEMM path's operators)."""
     _require_kernel()
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.randn(2, 3)
     assert axial_kernel.usable(x, x.double()) is False
-    assert axial_kernel.usable(x) and axial_kernel.usable(x.double())
-    assert not axial_kernel.usable(x.bfloat16())
+    assert all(axial_kernel.usable(x.to(dtype)) for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.half))
+    assert not axial_kernel.usable(x.long())
     assert not axial_kernel.usable(torch.empty(2, 3, device="meta"))
     with FlopCounterMode(display=False):
         assert not axial_kernel.usable(x)
@@ -482,8 +511,10 @@ def test_kernel_switch_off_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
         expected = m(x)
     monkeypatch.setattr(axial_kernel, "_state", {})
     monkeypatch.setenv("GSANET_FUSED_AXIAL", "0")
-    assert not axial_kernel.available() and "GSANET_FUSED_AXIAL" in axial_kernel._state["error"]
+    assert not axial_kernel.available() and "GSANET_FUSED_AXIAL" in axial_kernel.build_error()
     assert not axial_kernel.usable(x)
+    with pytest.raises(RuntimeError, match="unavailable.*GSANET_FUSED_AXIAL=0"):
+        gsa_module.FusedAxialRelPosAttention.apply(x[:, :, None], x[:, :, None], torch.zeros(2, 8, 9))
     with torch.no_grad():
         torch.testing.assert_close(m(x), expected, rtol=1e-12, atol=1e-12)
 

@@ -348,7 +348,7 @@ def environment(device: str, precision: str) -> dict[str, Any]:
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     env["gsa_source"] = _source_digest()
-    env["axial_path"] = _axial_path(device, precision)
+    env["axial_path"] = _axial_path(device)
     return env
 
 
@@ -366,12 +366,12 @@ def _source_digest() -> str:
         return "unknown"
 
 
-def _axial_path(device: str, precision: str) -> str:
+def _axial_path(device: str) -> str:
     """Which implementation of the axial positional layer the measured GSA modules run: ``fused`` (the C++ CPU
-    kernel, float32 on CPU) or ``gemm`` (batched products: CUDA, bf16, or the kernel off or unbuilt)."""
+    kernel, on CPU) or ``gemm`` (batched products: CUDA, or the kernel off or unbuilt)."""
     from gsanet.layers import axial_kernel
 
-    if torch.device(device).type == "cpu" and precision == "fp32" and axial_kernel.available():
+    if torch.device(device).type == "cpu" and axial_kernel.available():
         return "fused"
     return "gemm"
 

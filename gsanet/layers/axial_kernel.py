@@ -1,8 +1,8 @@
 """Build and dispatch of the fused CPU kernel of the axial positional attention layer (C++, built on first use).
 
 The kernel computes ``out[x] = sum_x' (q_x . r_(x'-x)) v_x'`` along one axis and its gradients, the same equation
-as ``gsa.AxialRelPosAttention`` (the batched-GEMM path, which runs everywhere else: CUDA, bfloat16/float16, tracing,
-export, FLOP counting); ``gsa.FusedAxialRelPosAttention`` is its autograd function. The work is split into groups
+as ``gsa.AxialRelPosAttention`` (the batched-GEMM path, which runs everywhere else: CUDA, tracing, export, FLOP
+counting); ``gsa.FusedAxialRelPosAttention`` is its autograd function. The work is split into groups
 of 16 lines (8 in float64) of one head, one line per vector lane; each group's weights are computed and applied
 from registers and cache, never written to memory whole. The source is ``csrc/axial_rel_pos.cpp``;
 ``tests/test_gsa.py`` checks both paths against plain autograd in float64 and float32.
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "usable"]
+__all__ = ["available", "build", "build_error", "usable"]
 
 _LOGGER = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "axial_rel_pos.cpp"
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # bf16/fp16: float32 arithmetic inside
 _state: dict[str, object] = {}  # "loaded": bool, "error": str
 
 
@@ -85,7 +85,7 @@ def build(verbose: bool = False) -> bool:
         _LOGGER.warning(
             "the fused axial-attention CPU kernel could not be built (%s); using the batched-GEMM path, which is "
             "slower on CPU. Install a C++ compiler (g++) and ninja, or set GSANET_FUSED_AXIAL=0 to silence this.",
-            str(e).splitlines()[0] if str(e) else type(e).__name__,
+            (str(e).splitlines() or [type(e).__name__])[0][:300],
         )
     finally:
         os.environ["PATH"] = path
@@ -98,9 +98,14 @@ def available() -> bool:
     return build()
 
 
+def build_error() -> str:
+    """Why the kernel is unavailable ("" when it is built, or not yet tried)."""
+    return str(_state.get("error", ""))
+
+
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernel may run on these inputs: CPU, one dtype among float32/float64, eager mode (no tracing,
-    compiling, export or dispatch mode such as FLOP counting, which must see the GEMM path's operators)."""
+    """Whether the kernel may run on these inputs: CPU, one floating dtype (float32/64, bfloat16/float16), eager mode
+    (no tracing, compiling, export or dispatch mode such as FLOP counting, which must see the GEMM path's operators)."""
     if any(t.device.type != "cpu" or t.dtype != tensors[0].dtype for t in tensors) or tensors[0].dtype not in _DTYPES:
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():

@@ -293,7 +293,9 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
 
     The kernel gives each vector lane one line (16 lines of one head per group in float32) and computes and applies
     each line's weights from registers and cache, never writing them to memory whole; the backward pass recomputes
-    them. It takes the relative rows instead of absolute keys.
+    them. It takes the relative rows instead of absolute keys. bfloat16/float16 tensors are widened to float32 as the
+    kernel copies each line group into its scratch, and the results rounded once on the way out; the embedding
+    gradient is summed in float32.
 
     Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, dv, L, S)`` (any strides), ``rows (h, dk, 2S-1)`` (the embeddings of
     offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table);
@@ -302,6 +304,11 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if not axial_kernel.available():
+            raise RuntimeError(
+                f"the fused axial kernel is unavailable ({axial_kernel.build_error()}); check "
+                "gsanet.layers.axial_kernel.usable() first, or call AxialRelPosAttention (batched GEMMs)"
+            )
         out = _oriented_empty(v, v.shape[2])
         torch.ops.gsanet_axial.forward(q, v, rows, out)
         ctx.save_for_backward(q, v, rows)
@@ -312,8 +319,8 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, v, rows = ctx.saved_tensors
         grad_q, grad_v = _oriented_empty(q, q.shape[2]), _oriented_empty(v, v.shape[2])
-        grad_rows = torch.ops.gsanet_axial.backward(q, v, rows, grad, grad_q, grad_v)
-        return grad_q, grad_v, grad_rows
+        grad_rows = torch.ops.gsanet_axial.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
+        return grad_q, grad_v, grad_rows.to(rows.dtype)
 
 
 class GlobalSelfAttention(nn.Module):
@@ -510,7 +517,7 @@ class GlobalSelfAttention(nn.Module):
         """
         S = q.shape[-1]
         if table is not None and not self.pos_softmax:
-            if axial_kernel.usable(q, values, table):
+            if axial_kernel.usable(q, values):  # the table is cast to their dtype
                 return FusedAxialRelPosAttention.apply(q, values, self._head_rows(table, S, q.dtype))
             return AxialRelPosAttention.apply(q, values, self._head_keys(table, S, q.dtype))
         inside = self._span_mask(S, q.device)

@@ -22,6 +22,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -62,26 +63,27 @@ inline void store(T* p, const Vec<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// A (B, h, C, L, S) tensor with any strides.
-template <typename T>
+// A (B, h, C, L, S) tensor with any strides, of storage type X (float, double, or bfloat16/half, which the kernel
+// widens to float in its scratch and rounds back on output).
+template <typename X>
 struct Strided {
-  T* data;
+  X* data;
   int64_t sb, sh, sc, sl, ss;
   explicit Strided(const at::Tensor& t)
-      : data(t.data_ptr<T>()), sb(t.stride(0)), sh(t.stride(1)), sc(t.stride(2)), sl(t.stride(3)), ss(t.stride(4)) {}
-  T* line(int64_t b, int64_t h, int64_t l) const { return data + b * sb + h * sh + l * sl; }
+      : data(t.data_ptr<X>()), sb(t.stride(0)), sh(t.stride(1)), sc(t.stride(2)), sl(t.stride(3)), ss(t.stride(4)) {}
+  X* line(int64_t b, int64_t h, int64_t l) const { return data + b * sb + h * sh + l * sl; }
 };
 
 // The V lines of one work item: lines n0 .. n0 + V - 1 of one head, line n being (image n / L, line n % L).
 // Lanes past the last line are padding (zero on input, dropped on output).
-template <typename T>
+template <typename X, int V>
 struct Lanes {
-  const T* ptr[lanes<T>()];  // first element of each lane's line, nullptr for padding
+  X* ptr[V];  // first element of each lane's line, nullptr for padding
   int count;
   int run;  // lanes 0 .. run-1 are adjacent in memory (ptr[i] = ptr[0] + i)
-  Lanes(const Strided<T>& t, int64_t hh, int64_t n0, int64_t n_lines, int64_t L) {
-    count = static_cast<int>(std::min<int64_t>(lanes<T>(), n_lines - n0));
-    for (int i = 0; i < lanes<T>(); ++i) {
+  Lanes(const Strided<X>& t, int64_t hh, int64_t n0, int64_t n_lines, int64_t L) {
+    count = static_cast<int>(std::min<int64_t>(V, n_lines - n0));
+    for (int i = 0; i < V; ++i) {
       const int64_t n = n0 + i;
       ptr[i] = i < count ? t.line(n / L, hh, n % L) : nullptr;
     }
@@ -116,7 +118,7 @@ inline void transpose16(__m512 r[16]) {
 }
 
 // Row pass (positions contiguous, float): 16 x 16 blocks of (lane, position) transposed in registers.
-inline void gather_transposed(const Lanes<float>& lanes_of, int64_t sc, int64_t C, int64_t S, float* dst) {
+inline void gather_transposed(const Lanes<float, 16>& lanes_of, int64_t sc, int64_t C, int64_t S, float* dst) {
   __m512 r[16];
   for (int64_t c = 0; c < C; ++c)
     for (int64_t x0 = 0; x0 < S; x0 += 16) {
@@ -129,7 +131,7 @@ inline void gather_transposed(const Lanes<float>& lanes_of, int64_t sc, int64_t 
     }
 }
 
-inline void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t sc, const Lanes<float>& lanes_of) {
+inline void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t sc, const Lanes<float, 16>& lanes_of) {
   __m512 r[16];
   for (int64_t c = 0; c < C; ++c)
     for (int64_t x0 = 0; x0 < S; x0 += 16) {
@@ -138,7 +140,7 @@ inline void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t s
       for (int k = 0; k < 16; ++k) r[k] = k < n ? _mm512_loadu_ps(src + (c * S + x0 + k) * 16) : _mm512_setzero_ps();
       transpose16(r);
       for (int i = 0; i < lanes_of.count; ++i)
-        _mm512_mask_storeu_ps(const_cast<float*>(lanes_of.ptr[i]) + c * sc + x0, mask, r[i]);
+        _mm512_mask_storeu_ps(lanes_of.ptr[i] + c * sc + x0, mask, r[i]);
     }
 }
 #endif
@@ -146,11 +148,11 @@ inline void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t s
 // Scratch X[c][x] (one vector of lanes each) at X + (c * S + x) * V, from / to the strided tensor. Lanes innermost
 // when lanes are adjacent in memory (the column pass); for the row pass (positions contiguous) a register transpose
 // on AVX-512, else each lane's line read in order.
-template <typename T>
-void gather(const Strided<T>& t, const Lanes<T>& lanes_of, int64_t C, int64_t S, T* dst) {
+template <typename X, typename T>
+void gather(const Strided<X>& t, const Lanes<X, lanes<T>()>& lanes_of, int64_t C, int64_t S, T* dst) {
   constexpr int V = lanes<T>();
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<X, float> && std::is_same_v<T, float>) {
     if (t.ss == 1) return gather_transposed(lanes_of, t.sc, C, S, dst);
   }
 #endif
@@ -161,24 +163,24 @@ void gather(const Strided<T>& t, const Lanes<T>& lanes_of, int64_t C, int64_t S,
         T* d = dst + (c * S + x) * V;
         const int64_t off = c * t.sc + x * t.ss;
         int i = 0;
-        for (; i < lanes_of.run; ++i) d[i] = lanes_of.ptr[0][off + i];
-        for (; i < lanes_of.count; ++i) d[i] = lanes_of.ptr[i][off];
+        for (; i < lanes_of.run; ++i) d[i] = static_cast<T>(lanes_of.ptr[0][off + i]);
+        for (; i < lanes_of.count; ++i) d[i] = static_cast<T>(lanes_of.ptr[i][off]);
       }
     return;
   }
   for (int i = 0; i < lanes_of.count; ++i)
     for (int64_t c = 0; c < C; ++c) {
-      const T* s = lanes_of.ptr[i] + c * t.sc;
+      const X* s = lanes_of.ptr[i] + c * t.sc;
       T* d = dst + c * S * V + i;
-      for (int64_t x = 0; x < S; ++x) d[x * V] = s[x];
+      for (int64_t x = 0; x < S; ++x) d[x * V] = static_cast<T>(s[x]);
     }
 }
 
-template <typename T>
-void scatter(const T* src, int64_t C, int64_t S, const Strided<T>& t, const Lanes<T>& lanes_of) {
+template <typename T, typename X>
+void scatter(const T* src, int64_t C, int64_t S, const Strided<X>& t, const Lanes<X, lanes<T>()>& lanes_of) {
   constexpr int V = lanes<T>();
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<X, float> && std::is_same_v<T, float>) {
     if (t.ss == 1) return scatter_transposed(src, C, S, t.sc, lanes_of);
   }
 #endif
@@ -188,16 +190,16 @@ void scatter(const T* src, int64_t C, int64_t S, const Strided<T>& t, const Lane
         const T* s = src + (c * S + x) * V;
         const int64_t off = c * t.sc + x * t.ss;
         int i = 0;
-        for (; i < lanes_of.run; ++i) const_cast<T*>(lanes_of.ptr[0])[off + i] = s[i];
-        for (; i < lanes_of.count; ++i) const_cast<T*>(lanes_of.ptr[i])[off] = s[i];
+        for (; i < lanes_of.run; ++i) lanes_of.ptr[0][off + i] = static_cast<X>(s[i]);
+        for (; i < lanes_of.count; ++i) lanes_of.ptr[i][off] = static_cast<X>(s[i]);
       }
     return;
   }
   for (int i = 0; i < lanes_of.count; ++i)
     for (int64_t c = 0; c < C; ++c) {
-      T* d = const_cast<T*>(lanes_of.ptr[i]) + c * t.sc;
+      X* d = lanes_of.ptr[i] + c * t.sc;
       const T* s = src + c * S * V + i;
-      for (int64_t x = 0; x < S; ++x) d[x] = s[x * V];
+      for (int64_t x = 0; x < S; ++x) d[x] = static_cast<X>(s[x * V]);
     }
 }
 
@@ -267,14 +269,14 @@ void in_chunks(int64_t C, F&& f) {
 }
 
 // rt[j * dk + d] = rows[h][d][j]: each head's embeddings with the channels of one offset side by side.
-template <typename T>
+template <typename X, typename T>
 std::vector<T> offset_major(const at::Tensor& rows) {
   const int64_t h = rows.size(0), dk = rows.size(1), J = rows.size(2);
   std::vector<T> rt(h * J * dk);
-  auto r = rows.accessor<T, 3>();
+  auto r = rows.accessor<X, 3>();
   for (int64_t hh = 0; hh < h; ++hh)
     for (int64_t d = 0; d < dk; ++d)
-      for (int64_t j = 0; j < J; ++j) rt[(hh * J + j) * dk + d] = r[hh][d][j];
+      for (int64_t j = 0; j < J; ++j) rt[(hh * J + j) * dk + d] = static_cast<T>(r[hh][d][j]);
   return rt;
 }
 
@@ -284,19 +286,20 @@ struct Items {
   Items(int64_t B, int64_t L, int V) : n_lines(B * L), groups((B * L + V - 1) / V) {}
 };
 
-template <typename T>
+// X: the tensors' storage type; T: the arithmetic's (float for bfloat16/half).
+template <typename X, typename T>
 void forward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor& rows, const at::Tensor& out_t) {
   constexpr int V = lanes<T>();
   const int64_t B = q_t.size(0), h = q_t.size(1), dk = q_t.size(2), L = q_t.size(3), S = q_t.size(4);
   const int64_t dv = v_t.size(2), J = 2 * S - 1;
-  const std::vector<T> rt = offset_major<T>(rows);
-  const Strided<T> q(q_t), v(v_t), out(out_t);
+  const std::vector<T> rt = offset_major<X, T>(rows);
+  const Strided<X> q(q_t), v(v_t), out(out_t);
   const Items items(B, L, V);
   at::parallel_for(0, h * items.groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> qs(dk * S * V), vs(dv * S * V), os(dv * S * V), w(S * V);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t hh = item / items.groups, n0 = item % items.groups * V;
-      const Lanes<T> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
+      const Lanes<X, V> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
       gather(q, q_lanes, dk, S, qs.data());
       gather(v, v_lanes, dv, S, vs.data());
       const T* rth = rt.data() + hh * J * dk;
@@ -308,19 +311,19 @@ void forward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor
           apply<T, CB>(w.data(), V, vs.data() + c0 * S * V, S, S, os.data() + (c0 * S + x) * V, S * V);
         });
       }
-      scatter(os.data(), dv, S, out, Lanes<T>(out, hh, n0, items.n_lines, L));
+      scatter(os.data(), dv, S, out, Lanes<X, V>(out, hh, n0, items.n_lines, L));
     }
   });
 }
 
-template <typename T>
+template <typename X, typename T>
 at::Tensor backward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor& rows, const at::Tensor& g_t,
                          const at::Tensor& gq_t, const at::Tensor& gv_t) {
   constexpr int V = lanes<T>();
   const int64_t B = q_t.size(0), h = q_t.size(1), dk = q_t.size(2), L = q_t.size(3), S = q_t.size(4);
   const int64_t dv = v_t.size(2), J = 2 * S - 1;
-  const std::vector<T> rt = offset_major<T>(rows);
-  const Strided<T> q(q_t), v(v_t), g(g_t), gq(gq_t), gv(gv_t);
+  const std::vector<T> rt = offset_major<X, T>(rows);
+  const Strided<X> q(q_t), v(v_t), g(g_t), gq(gq_t), gv(gv_t);
   const Items items(B, L, V);
   const int threads = at::get_num_threads();
   // per-thread sums over lines of the embedding gradient, still per lane: [thread][head][j][d][lane]
@@ -331,10 +334,10 @@ at::Tensor backward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at:
     T* gr_thread = gr_threads.data() + static_cast<int64_t>(at::get_thread_num()) * h * J * dk * V;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t hh = item / items.groups, n0 = item % items.groups * V;
-      const Lanes<T> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
+      const Lanes<X, V> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
       gather(q, q_lanes, dk, S, qs.data());
       gather(v, v_lanes, dv, S, vs.data());
-      gather(g, Lanes<T>(g, hh, n0, items.n_lines, L), dv, S, gs.data());
+      gather(g, Lanes<X, V>(g, hh, n0, items.n_lines, L), dv, S, gs.data());
       const T* rth = rt.data() + hh * J * dk;
       for (int64_t x = 0; x < S; ++x) {
         in_chunks(dk, [&]<int CB>(int64_t d0) {  // W[x, x'] recomputed
@@ -359,11 +362,12 @@ at::Tensor backward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at:
           apply<T, CB, true>(diag, (S + 1) * V, qs.data() + (d0 * S + lo) * V, S, hi - lo, grj + d0 * V, V);
         });
       }
-      scatter(gqs.data(), dk, S, gq, Lanes<T>(gq, hh, n0, items.n_lines, L));
-      scatter(gvs.data(), dv, S, gv, Lanes<T>(gv, hh, n0, items.n_lines, L));
+      scatter(gqs.data(), dk, S, gq, Lanes<X, V>(gq, hh, n0, items.n_lines, L));
+      scatter(gvs.data(), dv, S, gv, Lanes<X, V>(gv, hh, n0, items.n_lines, L));
     }
   });
-  auto grad_rows = at::empty({h, dk, J}, rows.options());  // the sum over threads and lanes
+  // the sum over threads and lanes, in T (float for bfloat16/half: the caller rounds it once)
+  at::Tensor grad_rows = at::empty({h, dk, J}, rows.options().dtype(c10::CppTypeToScalarType<T>::value));
   auto gr = grad_rows.accessor<T, 3>();
   for (int64_t hh = 0; hh < h; ++hh)
     for (int64_t j = 0; j < J; ++j)
@@ -389,19 +393,30 @@ void check(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows) {
               "axial_rel_pos: rows must be (h, dk, 2S-1)");
 }
 
+void check_like(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(t.sizes() == like.sizes() && t.scalar_type() == like.scalar_type() && t.device().is_cpu(),
+              "axial_rel_pos: ", name, " must match its input in shape and dtype");
+}
+
 void axial_forward(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows, const at::Tensor& out) {
   check(q, v, rows);
+  check_like(out, v, "out");
   const auto rows_c = rows.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "axial_rel_pos_forward", [&] { forward_impl<scalar_t>(q, v, rows_c, out); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "axial_rel_pos_forward",
+                                  [&] { forward_impl<scalar_t, at::opmath_type<scalar_t>>(q, v, rows_c, out); });
 }
 
 at::Tensor axial_backward(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows, const at::Tensor& grad,
                           const at::Tensor& grad_q, const at::Tensor& grad_v) {
   check(q, v, rows);
+  check_like(grad, v, "grad");
+  check_like(grad_q, q, "grad_q");
+  check_like(grad_v, v, "grad_v");
   const auto rows_c = rows.contiguous();
   at::Tensor grad_rows;
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "axial_rel_pos_backward",
-                             [&] { grad_rows = backward_impl<scalar_t>(q, v, rows_c, grad, grad_q, grad_v); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "axial_rel_pos_backward", [&] {
+    grad_rows = backward_impl<scalar_t, at::opmath_type<scalar_t>>(q, v, rows_c, grad, grad_q, grad_v);
+  });
   return grad_rows;
 }
 
