@@ -117,21 +117,40 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
-// Row pass (positions contiguous, float): 16 x 16 blocks of (lane, position) transposed in registers.
-inline void gather_transposed(const Lanes<float, 16>& lanes_of, int64_t sc, int64_t C, int64_t S, float* dst) {
+// 16 consecutive values of storage type X (the first n of them, the rest zero) as floats, and back. bfloat16 widens
+// exactly (a 16-bit shift) and rounds to nearest even on the way back.
+inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline void store16(float* p, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
+#if defined(__AVX512BW__) && defined(__AVX512BF16__)
+constexpr bool kTransposeBFloat16 = true;
+inline __m512 load16(const c10::BFloat16* p, __mmask16 mask) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline void store16(c10::BFloat16* p, __mmask16 mask, __m512 v) {
+  _mm256_mask_storeu_epi16(p, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+}
+#else
+constexpr bool kTransposeBFloat16 = false;
+#endif
+
+// Row pass (positions contiguous): 16 x 16 blocks of (lane, position) transposed in registers.
+template <typename X>
+void gather_transposed(const Lanes<X, 16>& lanes_of, int64_t sc, int64_t C, int64_t S, float* dst) {
   __m512 r[16];
   for (int64_t c = 0; c < C; ++c)
     for (int64_t x0 = 0; x0 < S; x0 += 16) {
       const int n = static_cast<int>(std::min<int64_t>(16, S - x0));
       const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
       for (int i = 0; i < 16; ++i)
-        r[i] = i < lanes_of.count ? _mm512_maskz_loadu_ps(mask, lanes_of.ptr[i] + c * sc + x0) : _mm512_setzero_ps();
+        r[i] = i < lanes_of.count ? load16(lanes_of.ptr[i] + c * sc + x0, mask) : _mm512_setzero_ps();
       transpose16(r);
       for (int k = 0; k < n; ++k) _mm512_storeu_ps(dst + (c * S + x0 + k) * 16, r[k]);
     }
 }
 
-inline void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t sc, const Lanes<float, 16>& lanes_of) {
+template <typename X>
+void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t sc, const Lanes<X, 16>& lanes_of) {
   __m512 r[16];
   for (int64_t c = 0; c < C; ++c)
     for (int64_t x0 = 0; x0 < S; x0 += 16) {
@@ -140,9 +159,14 @@ inline void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t s
       for (int k = 0; k < 16; ++k) r[k] = k < n ? _mm512_loadu_ps(src + (c * S + x0 + k) * 16) : _mm512_setzero_ps();
       transpose16(r);
       for (int i = 0; i < lanes_of.count; ++i)
-        _mm512_mask_storeu_ps(lanes_of.ptr[i] + c * sc + x0, mask, r[i]);
+        store16(lanes_of.ptr[i] + c * sc + x0, mask, r[i]);
     }
 }
+
+// Whether the register-transpose path serves storage X with arithmetic T: float, and bfloat16 where the CPU converts.
+template <typename X, typename T>
+constexpr bool kTransposes =
+    std::is_same_v<T, float> && (std::is_same_v<X, float> || (std::is_same_v<X, c10::BFloat16> && kTransposeBFloat16));
 #endif
 
 // Scratch X[c][x] (one vector of lanes each) at X + (c * S + x) * V, from / to the strided tensor. Lanes innermost
@@ -152,7 +176,7 @@ template <typename X, typename T>
 void gather(const Strided<X>& t, const Lanes<X, lanes<T>()>& lanes_of, int64_t C, int64_t S, T* dst) {
   constexpr int V = lanes<T>();
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<X, float> && std::is_same_v<T, float>) {
+  if constexpr (kTransposes<X, T>) {
     if (t.ss == 1) return gather_transposed(lanes_of, t.sc, C, S, dst);
   }
 #endif
@@ -180,7 +204,7 @@ template <typename T, typename X>
 void scatter(const T* src, int64_t C, int64_t S, const Strided<X>& t, const Lanes<X, lanes<T>()>& lanes_of) {
   constexpr int V = lanes<T>();
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<X, float> && std::is_same_v<T, float>) {
+  if constexpr (kTransposes<X, T>) {
     if (t.ss == 1) return scatter_transposed(src, C, S, t.sc, lanes_of);
   }
 #endif
