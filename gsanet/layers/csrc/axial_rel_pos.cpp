@@ -6,19 +6,20 @@
 // shapes and holds the autograd function; gsanet/layers/gsa.py has the plain batched-GEMM path it must agree with.
 //
 // Why a kernel: with 8 channels per head the GEMMs of the batched path are 8 wide and run far from the CPU's
-// peak, and they write and re-read every weight W[x, x'] through memory. Here each line's queries, values and
-// gradients are copied into small contiguous scratch, and the weights are computed a tile of V positions at a
-// time (V = one 512-bit register of lanes) and applied at once, from registers or L1, never stored whole.
-// Lines run in parallel (at::parallel_for); the gradient of the shared embedding rows is summed per thread and
-// then over threads.
+// peak, and they write and re-read every weight W[x, x'] through memory. Here each vector lane carries one line:
+// a work item is V lines of one head (V = 16 floats in a 512-bit register; lines of all images, so small maps fill
+// the lanes), copied into contiguous scratch X[c][x][lane]. For each query position x the weights row W[x, :] is
+// computed with q[:, x] in registers and the embeddings broadcast, then applied at once, from registers and L1;
+// nothing of size S^2 per line reaches memory. No arithmetic crosses lanes, so every load is a whole aligned
+// vector. Work items run in parallel (at::parallel_for); the gradient of the shared embedding rows is summed per
+// lane within each chunk of items, then over chunks and lanes.
 //
-// Tables: rf[d][j] = r[d][j] (the 2S-1 offset rows, zero beyond) and rb[d][m] = r[d][2S-2-m] (reversed), each
-// padded with zeros to Jp = round_up(2S-1, V) + V columns, so every tile load stays in bounds.
-//   forward  W[x0+l, x'] = sum_d q[d][x0+l] * rb[d][S-1-x'+x0+l]     (contiguous in the lane l)
-//   grad v   W[x, x0'+l] = sum_d q[d][x]    * rf[d][x0'+l-x+S-1]    (contiguous in l)
-//   grad q   gq[d][x0+l] = sum_x' dW[x0+l, x'] * rb[d][S-1-x'+x0+l]
-//   grad r   gr[d][j0+l] = sum_x q[d][x] * dW[x, x+j0+l-S+1]        (dW rows zero-padded on both sides)
-// with dW[x, x'] = sum_c g[c][x] v[c][x'].
+// Per work item, every index per lane (r[d][j]: embedding channel d of offset j - (S-1)):
+//   forward   W[x, x'] = sum_d q[d][x] r[d][x'-x+S-1] (one row at a time),  out[c][x] = sum_x' W[x, x'] v[c][x']
+//   backward  W recomputed and dW[x, x'] = sum_c g[c][x] v[c][x'], both for all (x, x') of the item (in L2);
+//             grad q[d][x] = sum_x' dW[x, x'] r[d][x'-x+S-1],  grad v[c][x'] = sum_x W[x, x'] g[c][x],
+//             grad r[d][j] += sum_x q[d][x] dW[x, x+j-S+1] (a diagonal of dW)
+// The embeddings are laid out offset-major, rt[j][d], so the channels of one offset are adjacent scalars.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -29,6 +30,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -37,7 +39,7 @@
 
 namespace {
 
-constexpr int kVectorBytes = 64;  // one AVX-512 register; narrower ISAs split each tile
+constexpr int kVectorBytes = 64;  // one AVX-512 register of lanes; on narrower ISAs the compiler splits each vector
 
 template <typename T>
 struct VecOf {
@@ -349,13 +351,15 @@ at::Tensor backward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at:
   const std::vector<T> rt = offset_major<X, T>(rows);
   const Strided<X> q(q_t), v(v_t), g(g_t), gq(gq_t), gv(gv_t);
   const Items items(B, L, V);
-  const int threads = at::get_num_threads();
-  // per-thread sums over lines of the embedding gradient, still per lane: [thread][head][j][d][lane]
-  std::vector<T> gr_threads(static_cast<int64_t>(threads) * h * J * dk * V, T(0));
+  // the embedding gradient summed over lines, still per lane: [head][j][d][lane]; each chunk of work items sums
+  // into its own buffer, added here under a lock at its end (no dependence on thread numbering)
+  std::vector<T> gr_sum(h * J * dk * V, T(0));
+  std::mutex gr_lock;
   at::parallel_for(0, h * items.groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> qs(dk * S * V), vs(dv * S * V), gs(dv * S * V), gqs(dk * S * V), gvs(dv * S * V);
     std::vector<T> w(S * S * V), dw(S * S * V);  // W[x][x'] and dW[x][x'] of the item's lines
-    T* gr_thread = gr_threads.data() + static_cast<int64_t>(at::get_thread_num()) * h * J * dk * V;
+    std::vector<T> gr_chunk(h * J * dk * V, T(0));
+    T* gr_thread = gr_chunk.data();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t hh = item / items.groups, n0 = item % items.groups * V;
       const Lanes<X, V> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
@@ -389,15 +393,16 @@ at::Tensor backward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at:
       scatter(gqs.data(), dk, S, gq, Lanes<X, V>(gq, hh, n0, items.n_lines, L));
       scatter(gvs.data(), dv, S, gv, Lanes<X, V>(gv, hh, n0, items.n_lines, L));
     }
+    const std::lock_guard<std::mutex> guard(gr_lock);
+    for (size_t i = 0; i < gr_sum.size(); ++i) gr_sum[i] += gr_chunk[i];
   });
-  // the sum over threads and lanes, in T (float for bfloat16/half: the caller rounds it once)
+  // the sum over lanes, in T (float for bfloat16/half: the caller rounds it once)
   at::Tensor grad_rows = at::empty({h, dk, J}, rows.options().dtype(c10::CppTypeToScalarType<T>::value));
   auto gr = grad_rows.accessor<T, 3>();
   for (int64_t hh = 0; hh < h; ++hh)
     for (int64_t j = 0; j < J; ++j)
       for (int64_t d = 0; d < dk; ++d) {
-        Vec<T> sum = {};
-        for (int t = 0; t < threads; ++t) sum += load(gr_threads.data() + (((t * h + hh) * J + j) * dk + d) * V);
+        const Vec<T> sum = load(gr_sum.data() + ((hh * J + j) * dk + d) * V);
         T total = 0;
         for (int i = 0; i < V; ++i) total += sum[i];
         gr[hh][d][j] = total;
