@@ -5,7 +5,8 @@ as ``gsa.AxialRelPosAttention`` (the batched-GEMM path, which runs everywhere el
 counting); ``gsa.FusedAxialRelPosAttention`` is its autograd function. The work is split into groups
 of 16 lines (8 in float64) of one head, one line per vector lane; each group's weights are computed and applied
 from registers and cache, never written to memory whole. The source is ``csrc/axial_rel_pos.cpp``;
-``tests/test_gsa.py`` checks both paths against plain autograd in float64 and float32.
+``tests/test_gsa.py`` checks both paths against plain autograd (float64, float32, and bfloat16/float16 for the
+kernel).
 
 The extension is compiled with the machine's C++ compiler (``torch.utils.cpp_extension``, about 15 s) on first use,
 or by ``scripts/setup.sh``, and cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), in a
@@ -71,10 +72,14 @@ def build(verbose: bool = False) -> bool:
         if shutil.which("ninja") is None and (venv_bin / "ninja").exists():
             os.environ["PATH"] = f"{venv_bin}{os.pathsep}{path}"
         digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:10]
+        flags = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            flags.append("-mprefer-vector-width=512")  # use the full AVX-512 registers where the CPU has them
+        _LOGGER.info("loading the fused axial kernel (compiled on first use, about 15 s): %s", _SOURCE)
         cpp_extension.load(
             name=f"gsanet_axial_{digest}_{_cpu_tag()}",
             sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-std=c++20"],
+            extra_cflags=flags,
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=verbose,
