@@ -502,6 +502,27 @@ def test_fused_kernel_only_where_it_applies() -> None:
         assert not axial_kernel.usable(x)
 
 
+def test_failed_kernel_build_warns_once_and_falls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A machine without a compiler: one warning that says what failed and what to install, then the GEMM path."""
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(axial_kernel, "_state", {})
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    with caplog.at_level("WARNING", logger=axial_kernel.__name__):
+        assert not axial_kernel.build() and not axial_kernel.build()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "command not found" in warnings[0].getMessage()
+    assert "g++" in warnings[0].getMessage() and "command not found" in axial_kernel.build_error()
+    m = GlobalSelfAttention(8, heads=2).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 8, 5, 4)).shape == (1, 8, 5, 4)
+
+
 def test_kernel_switch_off_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """``GSANET_FUSED_AXIAL=0`` (or a failed build) leaves the GEMM path, with the same output."""
     torch.manual_seed(0)
