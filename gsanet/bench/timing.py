@@ -368,12 +368,10 @@ def _source_digest() -> str:
 
 def _axial_path(device: str) -> str:
     """Which implementation of the axial positional layer the measured GSA modules run: ``fused`` (the C++ CPU
-    kernel, on CPU) or ``gemm`` (batched products: CUDA, or the kernel off or unbuilt)."""
+    kernel) or ``gemm`` (batched products: CUDA, or the kernel off or unbuilt), by the layer's own dispatch rule."""
     from gsanet.layers import axial_kernel
 
-    if torch.device(device).type == "cpu" and axial_kernel.available():
-        return "fused"
-    return "gemm"
+    return "fused" if axial_kernel.usable(torch.empty(0, device=device)) else "gemm"
 
 
 def load_average() -> float | None:

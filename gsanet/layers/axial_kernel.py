@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "build_error", "usable"]
+__all__ = ["available", "build", "build_error", "ops", "usable"]
 
 _LOGGER = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "axial_rel_pos.cpp"
@@ -101,6 +101,16 @@ def build(verbose: bool = False) -> bool:
 def available() -> bool:
     """Whether the kernel is built and enabled (builds it on the first call)."""
     return build()
+
+
+def ops() -> object:
+    """The kernel's operators (``torch.ops.gsanet_axial``), built on the first call; a clear error when it cannot be."""
+    if not build():
+        raise RuntimeError(
+            f"the fused axial kernel is unavailable ({build_error()}); check gsanet.layers.axial_kernel.usable() "
+            "first, or call AxialRelPosAttention (batched GEMMs)"
+        )
+    return torch.ops.gsanet_axial
 
 
 def build_error() -> str:

@@ -304,13 +304,8 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if not axial_kernel.available():
-            raise RuntimeError(
-                f"the fused axial kernel is unavailable ({axial_kernel.build_error()}); check "
-                "gsanet.layers.axial_kernel.usable() first, or call AxialRelPosAttention (batched GEMMs)"
-            )
         out = _oriented_empty(v, v.shape[2])
-        torch.ops.gsanet_axial.forward(q, v, rows, out)
+        axial_kernel.ops().forward(q, v, rows, out)
         ctx.save_for_backward(q, v, rows)
         return out
 
@@ -319,7 +314,7 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, v, rows = ctx.saved_tensors
         grad_q, grad_v = _oriented_empty(q, q.shape[2]), _oriented_empty(v, v.shape[2])
-        grad_rows = torch.ops.gsanet_axial.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
+        grad_rows = axial_kernel.ops().backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
         return grad_q, grad_v, grad_rows.to(rows.dtype)
 
 
