@@ -20,7 +20,7 @@ from gsanet.bench.module import parse_shape, profile_layer, run_module_bench
 from gsanet.bench.peers import LAYERS, build_layer, halo_block_size, sdpa_kernel
 from gsanet.bench.scaling import COLUMNS as SCALING_COLUMNS
 from gsanet.bench.scaling import FIT_COLUMNS, run_scaling_bench
-from gsanet.bench.timing import BenchConfig, MemoryTracker, count_flops, fit_power_law, result_stem
+from gsanet.bench.timing import BenchConfig, MemoryTracker, count_flops, cpu_isa, fit_power_law, result_stem
 
 
 def _cfg(tmp_path: Path, **kwargs) -> BenchConfig:
@@ -36,7 +36,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def test_module_bench_writes_csv_and_markdown(tmp_path: Path) -> None:
     table = run_module_bench(_cfg(tmp_path), shapes=[(8, 8, 16)])
     paths = table.save(tmp_path)
-    stem = result_stem("module", "cpu", "fp32")
+    stem = result_stem("module", "cpu", "fp32", cpu_isa())
     assert [p.name for p in paths] == [f"{stem}.csv", f"{stem}.md"]
     columns, rows = _read_csv(paths[0])
     assert columns == MODULE_COLUMNS
@@ -50,6 +50,9 @@ def test_module_bench_writes_csv_and_markdown(tmp_path: Path) -> None:
     assert float(by_layer["conv3x3"]["ratio_vs_conv"]) == pytest.approx(1.0)
     assert float(by_layer["conv3x3"]["macs"]) == 2 * 16 * 16 * 9 * 8 * 8  # batch 2, 16 -> 16 channels, 3x3, 8x8
     assert by_layer["gsa"]["ratio_vs_gsa_pytorch"] and by_layer["gsa"]["mem_ratio_vs_gsa_pytorch"]
+    gemm_over_ours = float(by_layer["gsa_gemm"]["fwd_bwd_ms"]) / float(by_layer["gsa"]["fwd_bwd_ms"])
+    assert float(by_layer["gsa"]["gemm_path_over_ours"]) == pytest.approx(gemm_over_ours, rel=1e-3)
+    assert by_layer["gsa"]["isa"].startswith(cpu_isa())
     assert by_layer["conv3x3"]["ratio_vs_gsa_pytorch"] == ""
     markdown = paths[1].read_text()
     assert "| shape | layer | fwd_bwd_ms |" in markdown and "Peak memory:" in markdown
@@ -70,7 +73,7 @@ def test_module_bench_records_skip_reasons(tmp_path: Path) -> None:
 def test_scaling_bench_writes_csv_fit_and_plot(tmp_path: Path) -> None:
     table = run_scaling_bench(_cfg(tmp_path), sizes=[4, 6, 8], channels=16)
     paths = table.save(tmp_path)
-    stem = result_stem("scaling", "cpu", "fp32")
+    stem = result_stem("scaling", "cpu", "fp32", cpu_isa())
     names = {p.name for p in paths}
     assert names == {f"{stem}.csv", f"{stem}_fit.csv", f"{stem}.png", f"{stem}.md"}
     assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,7 +116,42 @@ def test_cli_prints_table_and_names_files(tmp_path: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "| shape | layer |" in out and "| 8x8x16 | gsa |" in out
     version = torch.__version__.split("+")[0]
-    assert (tmp_path / f"bench_module_torch{version}_cpu_fp32.csv").exists()
+    assert (tmp_path / f"bench_module_torch{version}_cpu_fp32_{cpu_isa()}.csv").exists()
+
+
+def test_axial_bench_compares_kernel_and_gemm_path(tmp_path: Path) -> None:
+    from gsanet.bench.axial import COLUMNS, run_axial_bench
+    from gsanet.layers import axial_kernel
+
+    table = run_axial_bench(_cfg(tmp_path), shapes=[("t", 2, 2, 3, 5, 6)])
+    paths = table.save(tmp_path)
+    assert paths[0].name == f"{result_stem('axial', 'cpu', 'fp32', cpu_isa())}.csv"
+    columns, rows = _read_csv(paths[0])
+    assert columns == COLUMNS and [(r["pass"], r["S"], r["lines"]) for r in rows] == [
+        ("row", "6", "20"),
+        ("column", "5", "24"),
+    ]
+    for row in rows:
+        assert row["variant"] == axial_kernel.selected_variant() and row["isa"].startswith(cpu_isa())
+        ratio = float(row["gemm_ms"]) / float(row["fused_ms"])
+        assert float(row["gemm_over_fused"]) == pytest.approx(ratio, rel=1e-3)
+
+
+def test_cli_isa_reruns_capped_at_avx2(tmp_path: Path) -> None:
+    """``--isa avx2`` re-runs the command with PyTorch, oneDNN, MKL and the kernel at AVX2; the table says so."""
+    import subprocess
+    import sys
+
+    from gsanet.layers import axial_kernel
+
+    if "avx2" not in axial_kernel.host_variants():
+        pytest.skip("this CPU has no AVX2")
+    argv = ["bench", "axial", "--quick", "--repeats", "1", "--isa", "avx2", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-m", "gsanet.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, rows = _read_csv(tmp_path / f"{result_stem('axial', 'cpu', 'fp32', 'avx2')}.csv")
+    assert rows and all(r["variant"] == "avx2" and r["isa"].startswith("avx2") for r in rows)
+    assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in rows[0]["isa"]
 
 
 def test_cli_config_file_and_errors(tmp_path: Path) -> None:

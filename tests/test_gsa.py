@@ -381,13 +381,16 @@ def test_axial_function_matches_plain_autograd_in_every_chunking(
         assert torch.autograd.gradcheck(_axial_fast, (q, v, rows))
 
 
-def _require_kernel() -> None:
+def _require_kernel(variant: str | None = None) -> None:
     """The fused kernel must have built: a machine without a compiler fails here rather than skipping."""
-    assert axial_kernel.available(), f"the fused CPU kernel did not build: {axial_kernel.build_error()}"
+    assert axial_kernel.available(variant), f"the fused CPU kernel did not build: {axial_kernel.build_error(variant)}"
 
 
-def _fused(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return gsa_module.FusedAxialRelPosAttention.apply(q, v, rows)
+def _fused(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, variant: str | None = None) -> torch.Tensor:
+    return gsa_module.FusedAxialRelPosAttention.apply(q, v, rows, variant)
+
+
+_VARIANTS = axial_kernel.host_variants()  # every build this CPU can execute (an AVX2 build runs on AVX-512 too)
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["rows", "columns"])
@@ -401,20 +404,21 @@ def _fused(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor
     [(torch.float64, 1e-13), (torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1.5e-3)],
     ids=["f64", "f32", "bf16", "f16"],
 )
+@pytest.mark.parametrize("variant", _VARIANTS)
 def test_fused_axial_kernel_matches_plain_autograd(
-    shape: tuple[int, ...], dtype: torch.dtype, bound: float, transposed: bool
+    shape: tuple[int, ...], dtype: torch.dtype, bound: float, transposed: bool, variant: str
 ) -> None:
     """The fused CPU kernel against plain autograd in float64 on the same (rounded) inputs: lanes partly empty
     (B*L < 16) or spanning images (B*L = 33, 80), positions in more than one 16-wide transpose block (S = 17, 19),
     channel counts split 8 + 4 + 2 + 1 (dk 5, dv 3, 16, 12), S = 1; contiguous inputs and the column pass's
-    transposed views; every dtype the kernel takes."""
-    _require_kernel()
+    transposed views; every dtype the kernel takes; every build of the kernel this CPU can execute."""
+    _require_kernel(variant)
     torch.manual_seed(0)
     B, h, dk, L, S, dv = shape
     q, v = _lines(dtype, transposed, B, h, dk, L, S), _lines(dtype, transposed, B, h, dv, L, S)
     rows = torch.randn(h, dk, 2 * S - 1, dtype=dtype, requires_grad=True)
     grad = torch.randn(B, h, dv, L, S, dtype=dtype)
-    out = _fused(q, v, rows)
+    out = _fused(q, v, rows, variant)
     exact = [t.detach().double().requires_grad_() for t in (q, v, rows)]  # the float64 truth of these inputs
     expected = _axial_plain(*exact)
     assert out.dtype == dtype and rel_error(out.double(), expected) < bound
@@ -426,15 +430,16 @@ def test_fused_axial_kernel_matches_plain_autograd(
         assert a.dtype == dtype and rel_error(a.double(), e) < bound, name
 
 
-def test_fused_axial_kernel_gradcheck_and_broadcast_gradient() -> None:
+@pytest.mark.parametrize("variant", _VARIANTS)
+def test_fused_axial_kernel_gradcheck_and_broadcast_gradient(variant: str) -> None:
     """Numerical gradients in float64; an expanded incoming gradient (stride 0, as from ``out.sum()``)."""
-    _require_kernel()
+    _require_kernel(variant)
     torch.manual_seed(0)
     q = torch.randn(2, 2, 3, 5, 6, dtype=torch.float64).transpose(-1, -2).requires_grad_()  # (2, 2, 3, 6, 5)
     v = torch.randn(2, 2, 2, 6, 5, dtype=torch.float64, requires_grad=True)
     rows = torch.randn(2, 3, 9, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_fused, (q, v, rows))
-    actual = torch.autograd.grad(_fused(q, v, rows).sum(), (q, v, rows))
+    assert torch.autograd.gradcheck(lambda *t: _fused(*t, variant), (q, v, rows))
+    actual = torch.autograd.grad(_fused(q, v, rows, variant).sum(), (q, v, rows))
     expected = torch.autograd.grad(_axial_plain(q, v, rows).sum(), (q, v, rows))
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
@@ -558,3 +563,84 @@ def test_axial_function_bf16_gradients_close_to_float64(chunk: int, monkeypatch:
     for a, e, name in zip(actual, expected, ("q", "v", "rows"), strict=True):
         assert a.dtype == torch.bfloat16, name
         assert rel_error(a.double(), e) < 3e-2, name
+
+
+_AVX2_ONLY = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi1 bmi2 f16c movbe abm xsave popcnt"
+_AVX512 = _AVX2_ONLY + " avx512f avx512bw avx512cd avx512dq avx512vl"
+
+
+@pytest.mark.parametrize(
+    "flags,machine,expected",
+    [
+        (_AVX512 + " avx512_bf16", "x86_64", ["avx512_bf16", "avx512", "avx2", "generic"]),
+        (_AVX512, "x86_64", ["avx512", "avx2", "generic"]),
+        (_AVX2_ONLY, "x86_64", ["avx2", "generic"]),
+        (_AVX2_ONLY.replace(" fma", ""), "x86_64", ["generic"]),  # AVX2 without FMA is not x86-64-v3
+        (None, "x86_64", ["generic"]),  # flags unreadable
+        (_AVX512, "aarch64", ["generic"]),
+    ],
+    ids=["avx512bf16", "avx512", "avx2", "avx2-no-fma", "unknown", "arm"],
+)
+def test_kernel_variants_the_cpu_can_execute(
+    flags: str | None, machine: str, expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build for one instruction set is offered only to CPUs that have every flag of it."""
+    monkeypatch.setattr(axial_kernel, "_cpu_flags", lambda: None if flags is None else frozenset(flags.split()))
+    monkeypatch.setattr(axial_kernel.platform, "machine", lambda: machine)
+    assert axial_kernel.host_variants() == expected
+
+
+def test_kernel_variant_follows_torch_capability_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The selected build is the CPU's best, capped by PyTorch's capability (ATEN_CPU_CAPABILITY); GSANET_KERNEL_ISA
+    names one explicitly, and a build the CPU cannot execute is refused, never loaded."""
+    monkeypatch.delenv("GSANET_KERNEL_ISA", raising=False)
+    monkeypatch.setattr(axial_kernel, "host_variants", lambda: ["avx512", "avx2", "generic"])
+    for capability, expected in ((2, "avx512"), (1, "avx2"), (0, "generic")):
+        monkeypatch.setattr(axial_kernel, "_torch_capability", lambda c=capability: c)
+        assert axial_kernel.selected_variant() == expected
+    monkeypatch.setenv("GSANET_KERNEL_ISA", "AVX2")
+    assert axial_kernel.selected_variant() == "avx2"
+    monkeypatch.setenv("GSANET_KERNEL_ISA", "avx512_bf16")
+    with pytest.raises(ValueError, match="cannot execute"):
+        axial_kernel.selected_variant()
+    with pytest.raises(ValueError, match="cannot run on this CPU"):
+        axial_kernel.build("avx512_bf16")
+    monkeypatch.setenv("GSANET_KERNEL_ISA", "sse9")
+    with pytest.raises(ValueError, match="not a kernel variant"):
+        axial_kernel.selected_variant()
+    assert not axial_kernel.usable(torch.randn(2, 3))  # a bad setting: the GEMM path, with a warning
+
+
+def test_kernel_dispatch_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel runs at axis lengths and on architectures where its build was measured to beat the GEMM path;
+    GSANET_FUSED_AXIAL=1 forces it anywhere."""
+    monkeypatch.delenv("GSANET_FUSED_AXIAL", raising=False)
+    for variant, (largest, _machines) in axial_kernel.MEASURED.items():
+        assert axial_kernel.prefer_kernel(variant, largest)
+        assert not axial_kernel.prefer_kernel(variant, largest + 1)
+    assert not axial_kernel.prefer_kernel("no_such_build", 8)
+    monkeypatch.setattr(axial_kernel.platform, "machine", lambda: "aarch64")
+    assert not axial_kernel.prefer_kernel("generic", 8)  # measured on x86 only
+    monkeypatch.setenv("GSANET_FUSED_AXIAL", "1")
+    assert axial_kernel.prefer_kernel("generic", 10**4)
+
+
+def test_module_takes_the_gemm_path_beyond_the_measured_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per pass: an axis longer than the measured bound runs the GEMM path, a shorter one the kernel."""
+    _require_kernel()
+    variant = axial_kernel.selected_variant()
+    monkeypatch.setitem(axial_kernel.MEASURED, variant, (6, axial_kernel.MEASURED[variant][1]))
+    sizes = []
+    apply = gsa_module.FusedAxialRelPosAttention.apply
+
+    def spy(*args: object) -> torch.Tensor:
+        sizes.append(args[0].shape[-1])
+        return apply(*args)
+
+    monkeypatch.setattr(gsa_module.FusedAxialRelPosAttention, "apply", spy)
+    m = GlobalSelfAttention(8, heads=2, feat_size=9).double()
+    x = torch.randn(1, 8, 9, 5, dtype=torch.float64)
+    fused_rows = m(x)
+    assert sizes == [5]  # the column pass (S = 9) took the GEMM path, the row pass the kernel
+    monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
+    torch.testing.assert_close(fused_rows, m(x), rtol=1e-10, atol=1e-10)

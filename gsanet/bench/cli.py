@@ -2,11 +2,14 @@
 
 Usage::
 
-    gsanet bench {module,scaling,model,all,profile} [--device cpu|cuda] [--precision fp32|bf16] [--batch 8]
-                 [--repeats N] [--warmup N] [--out results/] [--quick] [--config bench.yaml] ...
+    gsanet bench {module,scaling,model,axial,all,profile} [--device cpu|cuda] [--precision fp32|bf16] [--batch 8]
+                 [--repeats N] [--warmup N] [--out results/] [--quick] [--isa native|avx512|avx2|generic] ...
 
-Files are named ``bench_<kind>_torch<version>_<device>_<precision>.{csv,md,png}``. Options come from the defaults,
-then ``--config`` (a YAML mapping of :class:`gsanet.bench.timing.BenchConfig` fields), then the explicit flags.
+Files are named ``bench_<kind>_torch<version>_<device>_<precision>[_<isa>].{csv,md,png}`` (the instruction set
+PyTorch ran at, on CPU). ``--isa avx2`` re-runs the command with PyTorch, oneDNN, MKL and the fused kernel capped at
+AVX2 (:data:`gsanet.bench.timing.ISA_ENV`), so an AVX-512 machine reproduces an AVX2 machine's ratios. Options come
+from the defaults, then ``--config`` (a YAML mapping of :class:`gsanet.bench.timing.BenchConfig` fields), then the
+explicit flags.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,13 +26,13 @@ from typing import Any
 import torch
 import yaml
 
-from .timing import BenchConfig, BenchTable, result_stem
+from .timing import ISA_ENV, BenchConfig, BenchTable, cpu_isa, result_stem
 
 __all__ = ["KINDS", "build_parser", "main", "resolve_config"]
 
 _LOGGER = logging.getLogger(__name__)
 
-KINDS = ("module", "scaling", "model", "all", "profile")
+KINDS = ("module", "scaling", "model", "axial", "all", "profile")
 
 _FLAG_FIELDS = ("device", "precision", "batch", "repeats", "warmup", "quick", "seed", "mem_cap_gb", "time_budget_s")
 _FLAG_FIELDS += ("max_step_s", "threads", "out")
@@ -41,7 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speed and memory of the GSA module and GSA networks against convolution and attention peers.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("kind", choices=KINDS, help="module | scaling | model | all (the three) | profile (one layer)")
+    p.add_argument(
+        "kind",
+        choices=KINDS,
+        help="module | scaling | model | axial (fused kernel vs GEMM path) | all (the four) | profile (one layer)",
+    )
+    p.add_argument(
+        "--isa",
+        choices=["native", *ISA_ENV],
+        help="CPU instruction set to run at (default native): avx2 caps PyTorch, oneDNN, MKL and the kernel at AVX2",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = torch.autocast bfloat16; default fp32")
     p.add_argument("--batch", type=int, help="batch size (default 8; 2 with --quick)")
@@ -109,6 +122,10 @@ def _run(kind: str, cfg: BenchConfig, args: argparse.Namespace) -> BenchTable:
 
         shapes = [parse_shape(s) for s in args.shapes] if hasattr(args, "shapes") else None
         return run_module_bench(cfg, shapes=shapes, layers=getattr(args, "layers", None))
+    if kind == "axial":
+        from .axial import run_axial_bench
+
+        return run_axial_bench(cfg)
     if kind == "scaling":
         from .scaling import run_scaling_bench
 
@@ -121,11 +138,26 @@ def _run(kind: str, cfg: BenchConfig, args: argparse.Namespace) -> BenchTable:
     return run_model_bench(cfg, models=models)
 
 
+def _reexec_at(isa: str, argv: list[str]) -> None:
+    """Replaces this process by the same ``gsanet bench`` command with the environment of ``--isa``."""
+    if isa not in ("generic",):
+        from gsanet.layers import axial_kernel
+
+        if isa not in axial_kernel.host_variants():
+            raise SystemExit(f"gsanet bench: error: --isa {isa}: this CPU cannot execute {isa} code")
+    env = {**os.environ, **ISA_ENV[isa]}
+    print(f"gsanet bench: re-running at {isa}: " + " ".join(f"{k}={v}" for k, v in ISA_ENV[isa].items()), flush=True)
+    os.execve(sys.executable, [sys.executable, "-m", "gsanet.cli", "bench", *argv], env)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs ``gsanet bench``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    isa = getattr(args, "isa", "native")
+    if isa != "native" and any(os.environ.get(k) != v for k, v in ISA_ENV[isa].items()):
+        _reexec_at(isa, argv)  # the caps are read when PyTorch, oneDNN and MKL load: a fresh process
     try:
         cfg = resolve_config(args)
     except (ValueError, TypeError, OSError) as e:
@@ -143,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         layer, shape = getattr(args, "layer", "gsa"), parse_shape(getattr(args, "shape", "56x56x64"))
         text = profile_layer(cfg, layer=layer, shape=shape)
         out.mkdir(parents=True, exist_ok=True)
-        stem = result_stem("profile", cfg.device, cfg.precision).replace("bench_profile", f"profile_{layer}")
+        stem = result_stem("profile", cfg.device, cfg.precision, cpu_isa()).replace("bench_profile", f"profile_{layer}")
         path = out / f"{stem}_{'x'.join(map(str, shape))}.txt"
         path.write_text(f"Command: {command}\n{text}\n")
         print(text)
         print(f"\nwrote {path}")
         return 0
 
-    kinds = ["module", "scaling", "model"] if args.kind == "all" else [args.kind]
+    kinds = ["module", "scaling", "model", "axial"] if args.kind == "all" else [args.kind]
     for kind in kinds:
         start = time.perf_counter()
         table = _run(kind, cfg, args)

@@ -63,6 +63,7 @@ COLUMNS = [
     "macs",
     "min_ratio_vs_conv",
     "min_ratio_vs_gsa_pytorch",
+    "gemm_path_over_ours",
     "repeats",
     "status",
     "note",
@@ -73,8 +74,10 @@ COLUMNS = [
     "device",
     "precision",
     "threads",
+    "isa",
 ]
-_MD_COLUMNS = COLUMNS[:14] + ["status"]
+_CSV_ONLY = {"repeats", "note", "load_1m", "batch", "peak_alloc_mb", "torch", "device", "precision", "threads", "isa"}
+_MD_COLUMNS = [c for c in COLUMNS if c not in _CSV_ONLY]
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -232,11 +235,11 @@ def run_module_bench(
                 layer.note += f"; kernel {sdpa_kernel(layer.module, c, cfg.device, cfg.precision)}"
             built[name] = layer
         res = measure_layers(built, batch=batch, channels=c, height=h, width=w, cfg=cfg, repeats=repeats, warmup=warmup)
-        conv, ref = res.get("conv3x3", {}), res.get("gsa_pytorch", {})
+        conv, ref, gemm = res.get("conv3x3", {}), res.get("gsa_pytorch", {}), res.get("gsa_gemm", {})
         load = load_average()
         for name in names:
             row: dict[str, Any] = {"shape": _fmt_shape((h, w, c)), "layer": name, "batch": batch, "load_1m": load}
-            row.update({k: env[k] for k in ("torch", "device", "precision", "threads")})
+            row.update({k: env.get(k) for k in ("torch", "device", "precision", "threads", "isa")})
             if name in skipped:
                 row["status"] = skipped[name]
                 rows.append(row)
@@ -250,6 +253,7 @@ def run_module_bench(
                 row["ratio_vs_gsa_pytorch"] = _ratio(row.get("fwd_bwd_ms"), ref.get("fwd_bwd_ms"))
                 row["min_ratio_vs_gsa_pytorch"] = _ratio(row.get("fwd_bwd_min_ms"), ref.get("fwd_bwd_min_ms"))
                 row["mem_ratio_vs_gsa_pytorch"] = _ratio(row.get("peak_mem_mb"), ref.get("peak_mem_mb"))
+                row["gemm_path_over_ours"] = _ratio(gemm.get("fwd_bwd_ms"), row.get("fwd_bwd_ms"))
             rows.append(row)
         for row in rows[-len(names) :]:
             _LOGGER.info("%s %-12s %s ms", row["shape"], row["layer"], row.get("fwd_bwd_ms"))
@@ -257,7 +261,9 @@ def run_module_bench(
         f"Batch {batch}; forward+backward time is the median (and minimum) of up to {repeats} round-robin repeats "
         f"after a memory pass and {warmup} warm-up round(s); forward time under `torch.no_grad`. Ratios: the layer's "
         "time (or memory) divided by the 3x3 convolution's (`ratio_vs_conv`), and for our module by gsa-pytorch's; "
-        "`min_ratio_*` divide the minimum times, less sensitive to the load of a shared machine.",
+        "`min_ratio_*` divide the minimum times, less sensitive to the load of a shared machine. "
+        "`gemm_path_over_ours`: the same module held to the batched-GEMM axial path (`gsa_gemm`) over the default "
+        "dispatch (above 1: the dispatch chose the faster path).",
         f"Peak memory: {MEMORY_METHOD}. Layers that store N x N attention matrices are skipped when ~3.5 such "
         f"matrices would exceed {cfg.mem_cap_gb:g} GB (`--mem-cap-gb`).",
         "MACs: forward multiply-adds = `FlopCounterMode` FLOPs / 2 (matrix products and convolutions only).",

@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend
 from torch.nn.attention import sdpa_kernel as sdpa_kernel_context
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gsanet.layers import GlobalSelfAttention
+from gsanet.layers import GlobalSelfAttention, axial_kernel
 
 from .timing import autocast
 
@@ -43,6 +43,7 @@ __all__ = [
     "HEADS",
     "LAYERS",
     "Built",
+    "GemmPathGSA",
     "NonLocalAttention",
     "SkipLayer",
     "build_layer",
@@ -152,6 +153,23 @@ def _gsa(c: int, h: int, w: int) -> Built:
     return Built(GlobalSelfAttention(c, heads=HEADS, feat_size=(h, w)), f"heads {HEADS}, global span")
 
 
+class GemmPathGSA(nn.Module):
+    """Our GSA module held to the batched-GEMM axial path (``axial_kernel.kernel_enabled(False)``): the reference the
+    default dispatch must never lose to."""
+
+    def __init__(self, module: GlobalSelfAttention) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with axial_kernel.kernel_enabled(False):
+            return self.module(x)
+
+
+def _gsa_gemm(c: int, h: int, w: int) -> Built:
+    return Built(GemmPathGSA(GlobalSelfAttention(c, heads=HEADS, feat_size=(h, w))), "gsa on the batched-GEMM path")
+
+
 def _conv(c: int, h: int, w: int) -> Built:
     return Built(nn.Conv2d(c, c, 3, padding=1, bias=False), "3x3, no bias")
 
@@ -205,6 +223,7 @@ def _lambda(c: int, h: int, w: int) -> Built:
 
 LAYERS: dict[str, Callable[[int, int, int], Built]] = {
     "gsa": _gsa,
+    "gsa_gemm": _gsa_gemm,
     "conv3x3": _conv,
     "gsa_pytorch": _gsa_pytorch,
     "nonlocal": _nonlocal,

@@ -44,7 +44,10 @@ __all__ = [
     "Timing",
     "autocast",
     "count_flops",
+    "ISA_ENV",
+    "cpu_isa",
     "environment",
+    "isa_description",
     "fit_power_law",
     "load_average",
     "load_note",
@@ -326,10 +329,48 @@ def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
-def result_stem(kind: str, device: str, precision: str) -> str:
-    """File stem of a benchmark's results, e.g. ``bench_module_torch2.14.1_cpu_fp32``."""
+def result_stem(kind: str, device: str, precision: str, isa: str | None = None) -> str:
+    """File stem of a benchmark's results, e.g. ``bench_module_torch2.14.1_cpu_fp32_avx2`` (the instruction set
+    PyTorch ran at, on CPU)."""
     version = torch.__version__.split("+")[0]
-    return f"bench_{kind}_torch{version}_{device}_{precision}"
+    stem = f"bench_{kind}_torch{version}_{device}_{precision}"
+    return f"{stem}_{isa}" if isa and torch.device(device).type == "cpu" else stem
+
+
+ISA_ENV = {  # what --isa sets, so that PyTorch, oneDNN, MKL and the kernel all run at that instruction set
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
+"""Environment of each ``--isa``: ``ATEN_CPU_CAPABILITY`` caps PyTorch's vectorised kernels (and, through it, the fused
+kernel's build: ``axial_kernel.selected_variant``), ``ONEDNN_MAX_CPU_ISA`` oneDNN's convolutions and
+``MKL_ENABLE_INSTRUCTIONS`` MKL's matrix products."""
+
+
+def cpu_isa() -> str:
+    """The instruction set PyTorch's CPU kernels run at, lower case (``avx512``, ``avx2``, ``default``, ...)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability().lower()
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def isa_description() -> str:
+    """The instruction sets a CPU result was measured at: PyTorch's, the fused kernel's build, the host's best, and
+    the caps in force (``emulated`` when they are below what the CPU has)."""
+    from gsanet.layers import axial_kernel
+
+    host = axial_kernel.host_variants()[0]
+    try:
+        kernel = axial_kernel.selected_variant()
+    except ValueError as e:
+        kernel = f"invalid ({e})"
+    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "GSANET_KERNEL_ISA")
+    caps = [f"{k}={os.environ[k]}" for k in names if os.environ.get(k)]
+    text = f"{cpu_isa()} (kernel build {kernel}; host {host}"
+    if caps:
+        text += "; " + ("emulated with " if kernel != host else "") + ", ".join(caps)
+    return text + ")"
 
 
 def environment(device: str, precision: str) -> dict[str, Any]:
@@ -349,6 +390,8 @@ def environment(device: str, precision: str) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name()
     env["gsa_source"] = _source_digest()
     env["axial_path"] = _axial_path(device)
+    if torch.device(device).type == "cpu":
+        env["isa"] = isa_description()
     return env
 
 
@@ -359,7 +402,7 @@ def _source_digest() -> str:
         from gsanet.layers import axial_kernel, gsa
 
         digest = hashlib.sha256()
-        for path in (Path(inspect.getfile(gsa)), Path(inspect.getfile(axial_kernel)), axial_kernel._SOURCE):
+        for path in (Path(inspect.getfile(gsa)), Path(inspect.getfile(axial_kernel)), axial_kernel.SOURCE):
             digest.update(path.read_bytes())
         return digest.hexdigest()[:12]
     except (ImportError, OSError, TypeError):
@@ -371,7 +414,10 @@ def _axial_path(device: str) -> str:
     kernel) or ``gemm`` (batched products: CUDA, or the kernel off or unbuilt), by the layer's own dispatch rule."""
     from gsanet.layers import axial_kernel
 
-    return "fused" if axial_kernel.usable(torch.empty(0, device=device)) else "gemm"
+    if not axial_kernel.usable(torch.empty(0, device=device)):
+        return "gemm"
+    largest = axial_kernel.MEASURED.get(axial_kernel.selected_variant(), (0, ()))[0]
+    return f"fused (axes up to {largest}; gemm above)"
 
 
 def load_average() -> float | None:
@@ -474,7 +520,7 @@ class BenchTable:
             The written paths.
         """
         out.mkdir(parents=True, exist_ok=True)
-        stem = result_stem(self.kind, self.env.get("device", "cpu"), self.env.get("precision", "fp32"))
+        stem = result_stem(self.kind, self.env.get("device", "cpu"), self.env.get("precision", "fp32"), cpu_isa())
         paths = [out / f"{stem}.csv"]
         self.write_csv(paths[0])
         for _title, suffix, columns, rows in self.extra_tables:

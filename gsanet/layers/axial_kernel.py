@@ -1,65 +1,216 @@
-"""Build and dispatch of the fused CPU kernel of the axial positional attention layer (C++, built on first use).
+"""Build, choice and dispatch of the fused CPU kernel of the axial positional attention layer (C++).
 
 The kernel computes ``out[x] = sum_x' (q_x . r_(x'-x)) v_x'`` along one axis and its gradients, the same equation
 as ``gsa.AxialRelPosAttention`` (the batched-GEMM path, which runs everywhere else: CUDA, tracing, export, FLOP
-counting); ``gsa.FusedAxialRelPosAttention`` is its autograd function. The work is split into groups
-of 16 lines (8 in float64) of one head, one line per vector lane; each group's weights are computed and applied
-from registers and cache, never written to memory whole. The source is ``csrc/axial_rel_pos.cpp``;
-``tests/test_gsa.py`` checks both paths against plain autograd (float64, float32, and bfloat16/float16 for the
-kernel).
+counting); ``gsa.FusedAxialRelPosAttention`` is its autograd function. The work is split into groups of lines of
+one head, one line per vector lane; each group's weights are computed and applied from registers and cache, never
+written to memory whole. The source is ``csrc/axial_rel_pos.cpp``.
 
-The extension is compiled with the machine's C++ compiler (``torch.utils.cpp_extension``, about 15 s) on first use,
-or by ``scripts/setup.sh``, and cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), in a
-directory named after the source and the CPU's instruction sets. Without a compiler the module logs one warning and
-the GEMM path runs. ``GSANET_FUSED_AXIAL=0`` turns the kernel off (A/B measurements, debugging).
+One source, one build per instruction set (a *variant*), each with its own operator namespace so that several can be
+loaded in one process:
+
+=============== ========================================== ============ =====================================
+variant         compiler flags                             float lanes  runs on
+=============== ========================================== ============ =====================================
+``avx512_bf16`` ``-march=x86-64-v4 -mavx512bf16``          16           AVX-512 with native bfloat16
+``avx512``      ``-march=x86-64-v4``                       16           AVX-512 (F, BW, CD, DQ, VL)
+``avx2``        ``-march=x86-64-v3``                       8            AVX2 + FMA (x86-64-v3)
+``generic``     the compiler's baseline for the platform   4            anything (SSE2 on x86, NEON on arm64)
+=============== ========================================== ============ =====================================
+
+The host's variant is the best one its CPU executes (``/proc/cpuinfo`` flags), capped by PyTorch's own CPU
+capability, so ``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 machine selects the AVX2 build and reproduces an AVX2
+machine (``gsanet bench --isa avx2`` sets it). ``GSANET_KERNEL_ISA`` names a variant explicitly; a variant the CPU
+cannot execute is refused, never loaded.
+
+Dispatch (:func:`usable`) takes the kernel only where it was measured to beat the GEMM path (:data:`MEASURED`:
+the variant, the axis lengths at which it won, side by side, forward+backward, and the architectures measured;
+``results/bench_axial_*`` holds the tables). The ``generic`` build was measured on x86 only, so on ARM it is built and
+tested but not dispatched: ``GSANET_FUSED_AXIAL=1`` forces the kernel for any variant and shape,
+``GSANET_FUSED_AXIAL=0`` turns it off.
+
+The extension is compiled with the machine's C++ compiler (``torch.utils.cpp_extension``, about 15 s a variant) on
+first use, or by ``scripts/setup.sh``, and cached under ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``) in a directory named after the source's digest and the variant. Without a compiler the
+module logs one warning and the GEMM path runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "build_error", "ops", "usable"]
+__all__ = [
+    "MEASURED",
+    "SOURCE",
+    "VARIANTS",
+    "Variant",
+    "available",
+    "build",
+    "build_error",
+    "host_variants",
+    "kernel_enabled",
+    "ops",
+    "prefer_kernel",
+    "selected_variant",
+    "source_digest",
+    "usable",
+]
 
 _LOGGER = logging.getLogger(__name__)
-_SOURCE = Path(__file__).with_name("csrc") / "axial_rel_pos.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "axial_rel_pos.cpp"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # bf16/fp16: float32 arithmetic inside
-_state: dict[str, object] = {}  # "loaded": bool, "error": str
 
 
-def _cpu_tag() -> str:
-    """A short digest of the CPU's model and instruction-set flags: the build uses ``-march=native``, so a cache
-    shared between different machines must not mix their builds."""
-    text = platform.machine()
+@dataclass(frozen=True)
+class Variant:
+    """One build of the kernel for one instruction set.
+
+    Attributes:
+        name: the variant's name (also its operator namespace's suffix).
+        flags: compiler flags selecting the instruction set.
+        vector_bytes: bytes per vector register the kernel's lanes fill.
+        cpu_flags: ``/proc/cpuinfo`` flags the CPU must have (x86), all of them.
+        capability: the least PyTorch CPU capability (``torch.backends.cpu.get_cpu_capability()``) that selects it.
+    """
+
+    name: str
+    flags: tuple[str, ...]
+    vector_bytes: int
+    cpu_flags: frozenset[str]
+    capability: int
+
+
+_X86_V3 = frozenset({"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm", "xsave"})
+_X86_V4 = _X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+_CAPABILITY = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}  # torch's names; others (e.g. ZVECTOR, SVE256) count as DEFAULT
+
+VARIANTS: dict[str, Variant] = {  # best first
+    "avx512_bf16": Variant(
+        "avx512_bf16",
+        ("-march=x86-64-v4", "-mavx512bf16", "-mprefer-vector-width=512"),
+        64,
+        _X86_V4 | {"avx512_bf16"},
+        2,
+    ),
+    "avx512": Variant("avx512", ("-march=x86-64-v4", "-mprefer-vector-width=512"), 64, _X86_V4, 2),
+    "avx2": Variant("avx2", ("-march=x86-64-v3", "-mprefer-vector-width=256"), 32, _X86_V3, 1),
+    "generic": Variant("generic", (), 16, frozenset(), 0),
+}
+
+# Where each variant was measured to beat the GEMM path, forward+backward, float32, side by side (``gsanet bench
+# axial``, results/bench_axial_*): the largest axis length S of the measured shapes at which it still won, and the
+# machine architectures it was measured on. The kernel runs only inside these bounds; elsewhere the GEMM path does.
+# avx512 tied the GEMM path at S = 224 (its per-item weight scratch, 2 S^2 x 16 floats, outgrows the L2 cache);
+# avx512_bf16 shares avx512's float32 code (it adds bfloat16 conversions only); generic was measured on x86 at
+# PyTorch's default (SSE) capability, not on ARM, so ARM machines keep the GEMM path unless told otherwise.
+MEASURED: dict[str, tuple[int, tuple[str, ...]]] = {
+    "avx512_bf16": (112, ("x86_64",)),
+    "avx512": (112, ("x86_64",)),
+    "avx2": (224, ("x86_64",)),
+    "generic": (56, ("x86_64",)),
+}
+
+_state: dict[str, dict[str, object]] = {}  # variant -> {"loaded": bool, "error": str}
+_warned: list[str] = []
+_override: list[bool] = []  # innermost kernel_enabled() setting last
+
+
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's instruction-set flags from ``/proc/cpuinfo`` (x86 Linux), or None where they cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "model name", "Features")):
-                    text += line
-                if line.strip() == "":
-                    break
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    return None
 
 
-def build(verbose: bool = False) -> bool:
-    """Compiles (or loads the cached build of) the extension; True when its operators are registered.
+def host_variants() -> list[str]:
+    """The variants this CPU can execute, best first (``generic`` always; the x86 ones where its flags say so)."""
+    names = ["generic"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags = _cpu_flags()
+        if flags is not None:
+            names = [v.name for v in VARIANTS.values() if v.cpu_flags <= flags]
+    return names
 
-    Raises nothing: a failure is logged once and remembered, and the GEMM path is used instead.
+
+def _torch_capability() -> int:
+    try:
+        return _CAPABILITY.get(torch.backends.cpu.get_cpu_capability(), 0)
+    except (AttributeError, RuntimeError):
+        return 0
+
+
+def selected_variant() -> str:
+    """The variant the layer runs: ``GSANET_KERNEL_ISA`` if set, else the best one the CPU executes at PyTorch's
+    CPU capability (so ``ATEN_CPU_CAPABILITY=avx2`` selects the AVX2 build on an AVX-512 machine).
+
+    Raises:
+        ValueError: ``GSANET_KERNEL_ISA`` names an unknown variant, or one this CPU cannot execute.
     """
-    if "loaded" in _state:
-        return bool(_state["loaded"])
-    if os.environ.get("GSANET_FUSED_AXIAL", "1") == "0":
-        _state.update(loaded=False, error="disabled by GSANET_FUSED_AXIAL=0")
+    executable = host_variants()
+    requested = os.environ.get("GSANET_KERNEL_ISA", "").strip().lower()
+    if requested:
+        if requested not in VARIANTS:
+            raise ValueError(
+                f"GSANET_KERNEL_ISA={requested!r} is not a kernel variant; choose from {', '.join(VARIANTS)}"
+            )
+        if requested not in executable:
+            raise ValueError(
+                f"GSANET_KERNEL_ISA={requested!r}: this CPU cannot execute that build (it can: {', '.join(executable)})"
+            )
+        return requested
+    cap = _torch_capability()
+    return next(name for name in executable if VARIANTS[name].capability <= cap)
+
+
+def source_digest() -> str:
+    """First 10 hex digits of the SHA-256 of the kernel's C++ source."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:10]
+
+
+def _namespace(variant: str) -> str:
+    return f"gsanet_axial_{variant}"
+
+
+def build(variant: str | None = None, verbose: bool = False) -> bool:
+    """Compiles (or loads the cached build of) one variant; True when its operators are registered.
+
+    Args:
+        variant: a key of :data:`VARIANTS` (default: :func:`selected_variant`).
+        verbose: show the compiler's output.
+
+    Raises nothing for build failures (logged once per variant and remembered; the GEMM path is used instead).
+
+    Raises:
+        ValueError: the variant is unknown or this CPU cannot execute it.
+    """
+    variant = selected_variant() if variant is None else variant
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    if variant not in host_variants():
+        raise ValueError(f"kernel variant {variant!r} cannot run on this CPU (it can: {', '.join(host_variants())})")
+    state = _state.setdefault(variant, {})
+    if "loaded" in state:
+        return bool(state["loaded"])
+    if os.environ.get("GSANET_FUSED_AXIAL", "") == "0":
+        state.update(loaded=False, error="disabled by GSANET_FUSED_AXIAL=0")
         return False
+    spec = VARIANTS[variant]
     path = os.environ.get("PATH", "")
     venv_bin = Path(sys.executable).parent  # the ninja of requirements.txt, when the venv is not activated
     quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns that no CUDA runtime is found
@@ -71,60 +222,107 @@ def build(verbose: bool = False) -> bool:
         quiet.setLevel(level)
         if shutil.which("ninja") is None and (venv_bin / "ninja").exists():
             os.environ["PATH"] = f"{venv_bin}{os.pathsep}{path}"
-        digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:10]
-        flags = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
-        if platform.machine().lower() in ("x86_64", "amd64"):
-            flags.append("-mprefer-vector-width=512")  # use the full AVX-512 registers where the CPU has them
-        _LOGGER.info("loading the fused axial kernel (compiled on first use, about 15 s): %s", _SOURCE)
+        flags = ["-O3", "-fopenmp", "-std=c++20", *spec.flags]
+        flags += [f"-DGSANET_VECTOR_BYTES={spec.vector_bytes}", f"-DGSANET_OPS_NAMESPACE={_namespace(variant)}"]
+        _LOGGER.info("loading the fused axial kernel, %s build (compiled on first use, about 15 s)", variant)
         cpp_extension.load(
-            name=f"gsanet_axial_{digest}_{_cpu_tag()}",
-            sources=[str(_SOURCE)],
+            name=f"gsanet_axial_{source_digest()}_{variant}",
+            sources=[str(SOURCE)],
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=verbose,
         )
-        _state.update(loaded=True, error="")
+        state.update(loaded=True, error="")
     except Exception as e:  # no compiler, no ninja, a compile error: the GEMM path still works
-        _state.update(loaded=False, error=f"{type(e).__name__}: {e}")
+        state.update(loaded=False, error=f"{type(e).__name__}: {e}")
         _LOGGER.warning(
-            "the fused axial-attention CPU kernel could not be built (%s); using the batched-GEMM path, which is "
-            "slower on CPU. Install a C++ compiler (g++) and ninja, or set GSANET_FUSED_AXIAL=0 to silence this.",
+            "the fused axial-attention CPU kernel (%s build) could not be built (%s); using the batched-GEMM path, "
+            "which is slower on CPU. Install a C++ compiler (g++) and ninja, or set GSANET_FUSED_AXIAL=0 to silence "
+            "this.",
+            variant,
             (str(e).splitlines() or [type(e).__name__])[0][:300],
         )
     finally:
         os.environ["PATH"] = path
         quiet.setLevel(level)
-    return bool(_state["loaded"])
+    return bool(state["loaded"])
 
 
-def available() -> bool:
-    """Whether the kernel is built and enabled (builds it on the first call)."""
-    return build()
+def available(variant: str | None = None) -> bool:
+    """Whether a variant (default: the selected one) is built and enabled (builds it on the first call)."""
+    try:
+        return build(variant)
+    except ValueError:
+        return False
 
 
-def ops() -> object:
-    """The kernel's operators (``torch.ops.gsanet_axial``), built on the first call; a clear error when it cannot be."""
-    if not build():
+def ops(variant: str | None = None) -> object:
+    """A variant's operators (``torch.ops.gsanet_axial_<variant>``), built on the first call.
+
+    Raises:
+        RuntimeError: the variant is unavailable (the message says why).
+    """
+    variant = selected_variant() if variant is None else variant
+    if not build(variant):
         raise RuntimeError(
-            f"the fused axial kernel is unavailable ({build_error()}); check gsanet.layers.axial_kernel.usable() "
-            "first, or call AxialRelPosAttention (batched GEMMs)"
+            f"the fused axial kernel is unavailable ({build_error(variant)}); check "
+            "gsanet.layers.axial_kernel.usable() first, or call AxialRelPosAttention (batched GEMMs)"
         )
-    return torch.ops.gsanet_axial
+    return getattr(torch.ops, _namespace(variant))
 
 
-def build_error() -> str:
-    """Why the kernel is unavailable ("" when it is built, or not yet tried)."""
-    return str(_state.get("error", ""))
+def build_error(variant: str | None = None) -> str:
+    """Why a variant (default: the selected one) is unavailable ("" when it is built, or not yet tried)."""
+    try:
+        variant = selected_variant() if variant is None else variant
+    except ValueError as e:
+        return str(e)
+    return str(_state.get(variant, {}).get("error", ""))
+
+
+def prefer_kernel(variant: str, size: int) -> bool:
+    """Whether the kernel's ``variant`` was measured faster than the GEMM path at axis length ``size`` on this
+    machine's architecture (:data:`MEASURED`); ``GSANET_FUSED_AXIAL=1`` says yes to every variant and size."""
+    if os.environ.get("GSANET_FUSED_AXIAL", "") == "1":
+        return True
+    if variant not in MEASURED:
+        return False
+    largest, machines = MEASURED[variant]
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    return size <= largest and machine in machines
+
+
+@contextlib.contextmanager
+def kernel_enabled(enabled: bool) -> Iterator[None]:
+    """Within the block, forward passes take (``True``: wherever the kernel can run, measured faster or not) or
+    avoid (``False``) the kernel; their backward passes follow. For A/B measurements and tests."""
+    _override.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _override.pop()
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernel may run on these inputs: CPU, one floating dtype (float32/64, bfloat16/float16), eager mode
-    (no tracing, compiling, export or dispatch mode such as FLOP counting, which must see the GEMM path's operators)."""
+    """Whether the kernel may and should run on these inputs, ``(B, h, C, L, S)`` tensors along their last axis:
+    CPU, one floating dtype (float32/64, bfloat16/float16), eager mode (no tracing, compiling, export or dispatch
+    mode such as FLOP counting, which must see the GEMM path's operators), and a variant measured faster than the
+    GEMM path at this axis length (:func:`prefer_kernel`)."""
     if any(t.device.type != "cpu" or t.dtype != tensors[0].dtype for t in tensors) or tensors[0].dtype not in _DTYPES:
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     if torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
         return False
-    return available()
+    try:
+        variant = selected_variant()
+    except ValueError as e:  # a bad GSANET_KERNEL_ISA: said once, then the GEMM path
+        if not _warned:
+            _warned.append(str(e))
+            _LOGGER.warning("%s; using the batched-GEMM path", e)
+        return False
+    size = tensors[0].shape[-1] if tensors[0].dim() else 0
+    if _override and not _override[-1]:
+        return False
+    return (bool(_override) or prefer_kernel(variant, size)) and available(variant)

@@ -298,24 +298,29 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
     gradient is summed in float32.
 
     Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, dv, L, S)`` (any strides), ``rows (h, dk, 2S-1)`` (the embeddings of
-    offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table);
-    output ``(B, h, dv, L, S)`` in the values' memory order.
+    offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table),
+    and optionally the kernel variant (``axial_kernel.VARIANTS``; default the host's); output ``(B, h, dv, L, S)``
+    in the values' memory order.
     """
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, variant: str | None = None
+    ) -> torch.Tensor:
+        ops = axial_kernel.ops(variant)  # the host's build unless a variant is named (the tests run each one)
         out = _oriented_empty(v, v.shape[2])
-        axial_kernel.ops().forward(q, v, rows, out)
+        ops.forward(q, v, rows, out)
         ctx.save_for_backward(q, v, rows)
+        ctx.ops = ops
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         q, v, rows = ctx.saved_tensors
         grad_q, grad_v = _oriented_empty(q, q.shape[2]), _oriented_empty(v, v.shape[2])
-        grad_rows = axial_kernel.ops().backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
-        return grad_q, grad_v, grad_rows.to(rows.dtype)
+        grad_rows = ctx.ops.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
+        return grad_q, grad_v, grad_rows.to(rows.dtype), None
 
 
 class GlobalSelfAttention(nn.Module):

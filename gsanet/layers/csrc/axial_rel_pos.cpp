@@ -32,14 +32,24 @@
 #include <cstring>
 #include <mutex>
 #include <type_traits>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <vector>
 
+// One build per instruction set (gsanet/layers/axial_kernel.py passes these): the vector width in bytes (64 for
+// AVX-512, 32 for AVX2, 16 for the portable build) and the operator namespace, so that several builds can be loaded
+// side by side (the tests check each one the CPU can execute).
+#ifndef GSANET_VECTOR_BYTES
+#define GSANET_VECTOR_BYTES 64
+#endif
+#ifndef GSANET_OPS_NAMESPACE
+#define GSANET_OPS_NAMESPACE gsanet_axial
+#endif
+
 namespace {
 
-constexpr int kVectorBytes = 64;  // one AVX-512 register of lanes; on narrower ISAs the compiler splits each vector
+constexpr int kVectorBytes = GSANET_VECTOR_BYTES;  // one register of lanes: every vector below is one register
 
 template <typename T>
 struct VecOf {
@@ -94,9 +104,18 @@ struct Lanes {
   }
 };
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && GSANET_VECTOR_BYTES == 64
+#define GSANET_REGISTER_TRANSPOSE 1
+// AVX-512: 16 float lanes per register; tails by mask registers.
+using Reg = __m512;
+using Mask = __mmask16;
+inline Mask tail_mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+inline Reg reg_zero() { return _mm512_setzero_ps(); }
+inline Reg reg_load(const float* p) { return _mm512_loadu_ps(p); }
+inline void reg_store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+
 // r[i][k] -> r[k][i] for a 16 x 16 block of floats in 16 registers.
-inline void transpose16(__m512 r[16]) {
+inline void transpose(Reg r[16]) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -119,49 +138,85 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
-// 16 consecutive values of storage type X (the first n of them, the rest zero) as floats, and back. bfloat16 widens
-// exactly (a 16-bit shift) and rounds to nearest even on the way back.
-inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
-inline void store16(float* p, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
+// n consecutive values of storage type X (the rest zero) as floats, and back. bfloat16 widens exactly (a 16-bit
+// shift) and rounds to nearest even on the way back.
+inline Reg load_tail(const float* p, Mask mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline void store_tail(float* p, Mask mask, Reg v) { _mm512_mask_storeu_ps(p, mask, v); }
 #if defined(__AVX512BW__) && defined(__AVX512BF16__)
 constexpr bool kTransposeBFloat16 = true;
-inline __m512 load16(const c10::BFloat16* p, __mmask16 mask) {
+inline Reg load_tail(const c10::BFloat16* p, Mask mask) {
   const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
-inline void store16(c10::BFloat16* p, __mmask16 mask, __m512 v) {
+inline void store_tail(c10::BFloat16* p, Mask mask, Reg v) {
   _mm256_mask_storeu_epi16(p, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
 }
 #else
 constexpr bool kTransposeBFloat16 = false;
 #endif
 
-// Row pass (positions contiguous): 16 x 16 blocks of (lane, position) transposed in registers.
+#elif defined(__AVX2__) && GSANET_VECTOR_BYTES == 32
+#define GSANET_REGISTER_TRANSPOSE 1
+// AVX2: 8 float lanes per register; tails by sign-bit masks (vmaskmovps).
+using Reg = __m256;
+using Mask = __m256i;
+inline Mask tail_mask(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+inline Reg reg_zero() { return _mm256_setzero_ps(); }
+inline Reg reg_load(const float* p) { return _mm256_loadu_ps(p); }
+inline void reg_store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+
+// r[i][k] -> r[k][i] for an 8 x 8 block of floats in 8 registers.
+inline void transpose(Reg r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // u[i + k]: column k (low half) and k + 4 (high half) of rows i .. i + 3
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
+
+inline Reg load_tail(const float* p, Mask mask) { return _mm256_maskload_ps(p, mask); }
+inline void store_tail(float* p, Mask mask, Reg v) { _mm256_maskstore_ps(p, mask, v); }
+constexpr bool kTransposeBFloat16 = false;  // AVX2 has no bfloat16 conversions: the scalar copies serve it
+#endif
+
+#if defined(GSANET_REGISTER_TRANSPOSE)
+constexpr int kT = kVectorBytes / static_cast<int>(sizeof(float));  // lanes = positions per transposed block
+
+// Row pass (positions contiguous): kT x kT blocks of (lane, position) transposed in registers.
 template <typename X>
-void gather_transposed(const Lanes<X, 16>& lanes_of, int64_t sc, int64_t C, int64_t S, float* dst) {
-  __m512 r[16];
+void gather_transposed(const Lanes<X, kT>& lanes_of, int64_t sc, int64_t C, int64_t S, float* dst) {
+  Reg r[kT];
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t x0 = 0; x0 < S; x0 += 16) {
-      const int n = static_cast<int>(std::min<int64_t>(16, S - x0));
-      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
-      for (int i = 0; i < 16; ++i)
-        r[i] = i < lanes_of.count ? load16(lanes_of.ptr[i] + c * sc + x0, mask) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int k = 0; k < n; ++k) _mm512_storeu_ps(dst + (c * S + x0 + k) * 16, r[k]);
+    for (int64_t x0 = 0; x0 < S; x0 += kT) {
+      const int n = static_cast<int>(std::min<int64_t>(kT, S - x0));
+      const Mask mask = tail_mask(n);
+      for (int i = 0; i < kT; ++i)
+        r[i] = i < lanes_of.count ? load_tail(lanes_of.ptr[i] + c * sc + x0, mask) : reg_zero();
+      transpose(r);
+      for (int k = 0; k < n; ++k) reg_store(dst + (c * S + x0 + k) * kT, r[k]);
     }
 }
 
 template <typename X>
-void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t sc, const Lanes<X, 16>& lanes_of) {
-  __m512 r[16];
+void scatter_transposed(const float* src, int64_t C, int64_t S, int64_t sc, const Lanes<X, kT>& lanes_of) {
+  Reg r[kT];
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t x0 = 0; x0 < S; x0 += 16) {
-      const int n = static_cast<int>(std::min<int64_t>(16, S - x0));
-      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
-      for (int k = 0; k < 16; ++k) r[k] = k < n ? _mm512_loadu_ps(src + (c * S + x0 + k) * 16) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int i = 0; i < lanes_of.count; ++i)
-        store16(lanes_of.ptr[i] + c * sc + x0, mask, r[i]);
+    for (int64_t x0 = 0; x0 < S; x0 += kT) {
+      const int n = static_cast<int>(std::min<int64_t>(kT, S - x0));
+      const Mask mask = tail_mask(n);
+      for (int k = 0; k < kT; ++k) r[k] = k < n ? reg_load(src + (c * S + x0 + k) * kT) : reg_zero();
+      transpose(r);
+      for (int i = 0; i < lanes_of.count; ++i) store_tail(lanes_of.ptr[i] + c * sc + x0, mask, r[i]);
     }
 }
 
@@ -173,11 +228,11 @@ constexpr bool kTransposes =
 
 // Scratch X[c][x] (one vector of lanes each) at X + (c * S + x) * V, from / to the strided tensor. Lanes innermost
 // when lanes are adjacent in memory (the column pass); for the row pass (positions contiguous) a register transpose
-// on AVX-512, else each lane's line read in order.
+// on AVX-512 and AVX2, else each lane's line read in order.
 template <typename X, typename T>
 void gather(const Strided<X>& t, const Lanes<X, lanes<T>()>& lanes_of, int64_t C, int64_t S, T* dst) {
   constexpr int V = lanes<T>();
-#if defined(__AVX512F__)
+#if defined(GSANET_REGISTER_TRANSPOSE)
   if constexpr (kTransposes<X, T>) {
     if (t.ss == 1) return gather_transposed(lanes_of, t.sc, C, S, dst);
   }
@@ -205,7 +260,7 @@ void gather(const Strided<X>& t, const Lanes<X, lanes<T>()>& lanes_of, int64_t C
 template <typename T, typename X>
 void scatter(const T* src, int64_t C, int64_t S, const Strided<X>& t, const Lanes<X, lanes<T>()>& lanes_of) {
   constexpr int V = lanes<T>();
-#if defined(__AVX512F__)
+#if defined(GSANET_REGISTER_TRANSPOSE)
   if constexpr (kTransposes<X, T>) {
     if (t.ss == 1) return scatter_transposed(src, C, S, t.sc, lanes_of);
   }
@@ -451,7 +506,9 @@ at::Tensor axial_backward(const at::Tensor& q, const at::Tensor& v, const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY(gsanet_axial, m) {
+// TORCH_LIBRARY pastes its namespace argument into identifiers; one more macro level expands ours first.
+#define GSANET_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+GSANET_LIBRARY(GSANET_OPS_NAMESPACE, m) {
   m.def("forward(Tensor q, Tensor v, Tensor rows, Tensor(a!) out) -> ()");
   m.def("backward(Tensor q, Tensor v, Tensor rows, Tensor grad, Tensor(a!) grad_q, Tensor(b!) grad_v) -> Tensor");
   m.impl("forward", c10::DispatchKey::CPU, TORCH_FN(axial_forward));
