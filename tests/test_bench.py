@@ -108,6 +108,22 @@ def test_model_bench_measures_and_records_unregistered(tmp_path: Path) -> None:
     assert missing["status"].startswith("skipped:") and "not registered" in missing["status"]
 
 
+def test_model_bench_pairs_gsa_with_its_conv_twin(tmp_path: Path) -> None:
+    """The pair table: GSA over conv training images/s beside the FLOP ceiling, at the tiny pair's own inputs."""
+    from gsanet.bench.model import MODELS, PAIR_COLUMNS
+
+    cases = [m for m in MODELS if m.name.endswith("resnet26_tiny")]
+    table = run_model_bench(_cfg(tmp_path, time_budget_s=1.0), models=cases)
+    paths = table.save(tmp_path)
+    assert [r["status"] for r in table.rows] == ["ok", "ok"] and all(r["batch"] == 2 for r in table.rows)
+    columns, (pair,) = _read_csv(tmp_path / f"{result_stem('model', 'cpu', 'fp32', cpu_isa())}_pairs.csv")
+    assert columns == PAIR_COLUMNS and len(paths) == 3
+    gsa, conv = table.rows
+    assert float(pair["speed_ratio"]) == pytest.approx(gsa["train_img_s"] / conv["train_img_s"], rel=1e-3)
+    assert float(pair["flop_ceiling"]) == pytest.approx(conv["fwd_bwd_gflop"] / gsa["fwd_bwd_gflop"], rel=1e-3)
+    assert 0.5 < float(pair["flop_ceiling"]) < 1.5  # near-equal multiply-adds by design
+
+
 def test_cli_prints_table_and_names_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "module", "--quick", "--shapes", "8x8x16", "--layers", "gsa", "conv3x3", "--out", str(tmp_path)]
     from gsanet.cli import main

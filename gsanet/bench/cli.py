@@ -134,7 +134,7 @@ def _run(kind: str, cfg: BenchConfig, args: argparse.Namespace) -> BenchTable:
 
     models = None
     if hasattr(args, "models"):
-        models = [m for name in args.models for m in ([m for m in MODELS if m[0] == name] or [(name, 224, "")])]
+        models = [m for name in args.models for m in ([m for m in MODELS if m.name == name] or [(name, 224, "")])]
     return run_model_bench(cfg, models=models)
 
 

@@ -1,8 +1,10 @@
 """Model benchmark: training throughput, inference latency and achieved FLOP/s of whole ResNet-50-class networks.
 
 For gsanet's ``gsa_resnet50`` and ``conv_resnet50`` (registered in timm by ``import gsanet``) and timm's ``resnet50``,
-``lambda_resnet50ts``, ``halonet50ts`` and ``botnet50ts_256``: training images/s (forward, backward and an SGD step,
-batch 8, random inputs and labels), inference latency at batch 1 and at the training batch (``torch.inference_mode``),
+``lambda_resnet50ts``, ``halonet50ts`` and ``botnet50ts_256``, and the main job's pair ``gsa_resnet26_tiny`` /
+``conv_resnet26_tiny`` (1x28x28 inputs, 10 classes, batch 128 as in training): training images/s (forward, backward
+and an SGD step, batch 8 unless the model's case says otherwise, random inputs and labels), inference latency at
+batch 1 and at the training batch (``torch.inference_mode``),
 and the achieved GFLOP/s of a training step (``FlopCounterMode`` FLOPs of forward+backward over the median step time)
 beside a float32 matrix-product peak measured in the same run.
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm
 import torch
@@ -32,20 +34,38 @@ from .timing import (
     time_fn,
 )
 
-__all__ = ["COLUMNS", "MODELS", "run_model_bench"]
+__all__ = ["COLUMNS", "MODELS", "PAIRS", "ModelCase", "run_model_bench"]
 
 _LOGGER = logging.getLogger(__name__)
 
-MODELS: list[tuple[str, int, str]] = [
-    ("gsa_resnet50", 224, ""),
-    ("conv_resnet50", 224, ""),
-    ("resnet50", 224, ""),
-    ("lambda_resnet50ts", 224, ""),
-    ("resnet50", 256, "reference for the 256 rows"),
-    ("halonet50ts", 256, "256: stage-3 maps must divide by its block size 8"),
-    ("botnet50ts_256", 256, "fixed input size 256"),
+
+class ModelCase(NamedTuple):
+    """One model of the benchmark: timm name, input side, note, input channels, classes and batch (None: the
+    benchmark's batch and the model's default classes)."""
+
+    name: str
+    img_size: int
+    note: str = ""
+    in_chans: int = 3
+    num_classes: int | None = None
+    batch: int | None = None
+
+
+MODELS: list[ModelCase] = [
+    ModelCase("gsa_resnet50", 224),
+    ModelCase("conv_resnet50", 224),
+    ModelCase("resnet50", 224),
+    ModelCase("lambda_resnet50ts", 224),
+    ModelCase("resnet50", 256, "reference for the 256 rows"),
+    ModelCase("halonet50ts", 256, "256: stage-3 maps must divide by its block size 8"),
+    ModelCase("botnet50ts_256", 256, "fixed input size 256"),
+    ModelCase("gsa_resnet26_tiny", 28, "the main job's model: 1x28x28, 10 classes, batch 128", 1, 10, 128),
+    ModelCase("conv_resnet26_tiny", 28, "its conv twin, same inputs", 1, 10, 128),
 ]
-"""(timm model name, input side, note)."""
+"""The models, in order."""
+
+PAIRS: list[tuple[str, str]] = [("gsa_resnet50", "conv_resnet50"), ("gsa_resnet26_tiny", "conv_resnet26_tiny")]
+"""(GSA network, its conv twin): the pair table gives their training-throughput ratio beside the FLOP ceiling."""
 
 COLUMNS = [
     "model",
@@ -74,21 +94,24 @@ COLUMNS = [
 _MD_COLUMNS = COLUMNS[:13]
 
 
-def _create(name: str) -> torch.nn.Module:
+def _create(case: ModelCase) -> torch.nn.Module:
     import gsanet  # noqa: F401  (registers gsanet's models in timm)
 
-    if not timm.is_model(name):
-        raise LookupError(f"skipped: {name} is not registered in timm (gsanet.models does not define it yet)")
-    return timm.create_model(name)
+    if not timm.is_model(case.name):
+        raise LookupError(f"skipped: {case.name} is not registered in timm (gsanet.models does not define it yet)")
+    kwargs: dict[str, Any] = {"in_chans": case.in_chans}
+    if case.num_classes is not None:
+        kwargs["num_classes"] = case.num_classes
+    return timm.create_model(case.name, **kwargs)
 
 
-def _bench_one(name: str, size: int, *, batch: int, repeats: int, warmup: int, cfg: BenchConfig) -> dict[str, Any]:
-    device = cfg.device
+def _bench_one(case: ModelCase, *, batch: int, repeats: int, warmup: int, cfg: BenchConfig) -> dict[str, Any]:
+    device, size = cfg.device, case.img_size
     torch.manual_seed(cfg.seed)
-    model = _create(name).to(device)
+    model = _create(case).to(device)
     row: dict[str, Any] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     num_classes = getattr(model, "num_classes", 1000) or 1000
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = torch.randn(batch, case.in_chans, size, size, device=device)
     target = torch.randint(0, num_classes, (batch,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
@@ -125,30 +148,34 @@ def _bench_one(name: str, size: int, *, batch: int, repeats: int, warmup: int, c
     return row
 
 
-def run_model_bench(cfg: BenchConfig, *, models: Sequence[tuple[str, int, str]] | None = None) -> BenchTable:
+def run_model_bench(cfg: BenchConfig, *, models: Sequence[tuple] | None = None) -> BenchTable:
     """Runs the model benchmark.
 
     Args:
         cfg: shared options; defaults here are batch 8, 10 repeats, 1 warm-up step after the FLOP-counting step.
-        models: (timm name, input side, note) list; default :data:`MODELS`.
+            An explicit ``--batch`` applies to every model; otherwise a case's own batch (the tiny pair's 128) wins.
+        models: :class:`ModelCase` tuples (at least name, input side, note); default :data:`MODELS`.
 
     Returns:
         The table, one row per model and input size; models that are not registered or fail are rows with a reason.
     """
     batch, repeats, warmup = cfg.resolved(batch=8, repeats=10, warmup=1)
-    models = list(models or MODELS)
+    models = [ModelCase(*m) for m in (models or MODELS)]
     env = environment(cfg.device, cfg.precision)
     peak_n = 1024 if cfg.quick else 2048
     peaks: list[float] = []
     rows: list[dict[str, Any]] = []
-    for name, size, note in models:
-        row: dict[str, Any] = {"model": name, "img_size": size, "note": note, "batch": batch}
-        row.update({k: env[k] for k in ("torch", "device", "precision", "threads")})
+    for case in models:
+        name, size = case.name, case.img_size
+        explicit = cfg.batch is not None or cfg.quick  # --batch (or --quick's batch) applies to every model
+        case_batch = batch if explicit or case.batch is None else case.batch
+        row: dict[str, Any] = {"model": name, "img_size": size, "note": case.note, "batch": case_batch}
+        row.update({k: env.get(k) for k in ("torch", "device", "precision", "threads", "isa")})
         try:
             peak = matmul_peak_gflops(cfg.device, n=peak_n, repeats=10)["best"]  # now: the machine is shared
             peaks.append(peak)
             row["matmul_peak_gflops"] = peak
-            row.update(_bench_one(name, size, batch=batch, repeats=repeats, warmup=warmup, cfg=cfg))
+            row.update(_bench_one(case, batch=case_batch, repeats=repeats, warmup=warmup, cfg=cfg))
             row["pct_of_matmul_peak"] = 100 * row["achieved_gflops"] / peak
             row["load_1m"] = load_average()
             row["status"] = "ok"
@@ -170,6 +197,7 @@ def run_model_bench(cfg: BenchConfig, *, models: Sequence[tuple[str, int, str]] 
         + (f" ({min(peaks):.0f} to {max(peaks):.0f} GFLOP/s in this run)." if peaks else "."),
         load_note(rows),
     ]
+    pairs = _pair_rows(rows)
     return BenchTable(
         kind="model",
         columns=COLUMNS,
@@ -177,5 +205,50 @@ def run_model_bench(cfg: BenchConfig, *, models: Sequence[tuple[str, int, str]] 
         rows=rows,
         title="Whole models: training throughput, inference latency, achieved FLOP/s",
         notes=notes,
+        extra_tables=[("GSA networks against their conv twins (training)", "pairs", PAIR_COLUMNS, pairs)]
+        if pairs
+        else [],
         env=env,
     )
+
+
+PAIR_COLUMNS = [
+    "gsa",
+    "conv",
+    "img_size",
+    "batch",
+    "gsa_img_s",
+    "conv_img_s",
+    "speed_ratio",
+    "flop_ceiling",
+    "of_ceiling",
+]
+
+
+def _pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each of :data:`PAIRS` measured in this run: training images/s of the GSA network over its twin's
+    (``speed_ratio``), the ratio their forward+backward FLOPs allow at equal FLOP/s (``flop_ceiling`` = conv FLOPs /
+    GSA FLOPs), and how much of that ceiling is reached."""
+    ok = {(r["model"], r["img_size"]): r for r in rows if r.get("status") == "ok"}
+    out = []
+    for gsa, conv in PAIRS:
+        for (name, size), g in ok.items():
+            c = ok.get((conv, size))
+            if name != gsa or c is None:
+                continue
+            speed = g["train_img_s"] / c["train_img_s"]
+            ceiling = c["fwd_bwd_gflop"] / g["fwd_bwd_gflop"]
+            out.append(
+                dict(
+                    gsa=gsa,
+                    conv=conv,
+                    img_size=size,
+                    batch=g["batch"],
+                    gsa_img_s=g["train_img_s"],
+                    conv_img_s=c["train_img_s"],
+                    speed_ratio=speed,
+                    flop_ceiling=ceiling,
+                    of_ceiling=speed / ceiling,
+                )
+            )
+    return out
