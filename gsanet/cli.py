@@ -1,6 +1,7 @@
 """The ``gsanet`` command line: one entry point, one module per command.
 
-Each command module exposes ``main(argv: list[str] | None) -> int``; this file only dispatches.
+Each command module exposes ``main(argv: list[str] | None) -> int``; this file only dispatches, after setting the
+process's memory-reuse policy (:mod:`gsanet.runtime`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"gsanet: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # before the command allocates anything (GSANET_MALLOC=default opts out)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -36,6 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from gsanet.runtime import allocator_policy
+
 __all__ = [
     "MEMORY_METHOD",
     "BenchConfig",
@@ -392,6 +394,7 @@ def environment(device: str, precision: str) -> dict[str, Any]:
     env["axial_path"] = _axial_path(device)
     if torch.device(device).type == "cpu":
         env["isa"] = isa_description()
+        env["malloc"] = allocator_policy()
     return env
 
 
