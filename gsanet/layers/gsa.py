@@ -32,6 +32,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 from . import axial_kernel
@@ -318,8 +319,14 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
         return grad_q, grad_v, grad_rows.to(rows.dtype)
 
 
+@register_notrace_module  # a leaf for FX (timm's feature_cls="fx", create_feature_extractor): its shapes drive Python
 class GlobalSelfAttention(nn.Module):
     """GSA module: content attention plus axial positional attention, a drop-in for a 3x3 convolution.
+
+    Under FX symbolic tracing the module is a leaf: timm registers it as one (``timm.layers.register_notrace_module``),
+    so ``timm.create_model(..., features_only=True, feature_cls="fx")``, ``timm.layers.create_feature_extractor`` and
+    ``timm.layers.get_graph_node_names`` work; with torchvision's functions directly, pass
+    ``tracer_kwargs={"leaf_modules": [GlobalSelfAttention]}``.
 
     Args:
         dim: input channels.
@@ -436,6 +443,12 @@ class GlobalSelfAttention(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def _check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError(
+                "GlobalSelfAttention cannot be traced through by FX (its computation depends on the input's shape): "
+                "trace it as a leaf module, as timm.layers.create_feature_extractor does, or pass "
+                "tracer_kwargs={'leaf_modules': [GlobalSelfAttention]} to torchvision's create_feature_extractor"
+            )
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"GlobalSelfAttention expects a tensor, got {type(x).__name__}")
         if x.ndim != 4:
