@@ -558,3 +558,27 @@ def test_axial_function_bf16_gradients_close_to_float64(chunk: int, monkeypatch:
     for a, e, name in zip(actual, expected, ("q", "v", "rows"), strict=True):
         assert a.dtype == torch.bfloat16, name
         assert rel_error(a.double(), e) < 3e-2, name
+
+
+# ---------------------------------------------------------------------------------------------- empty batch
+@pytest.mark.parametrize("path", ["fused", "gemm"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(stride=2), dict(pos_span=3), dict(pos_softmax=True), dict(rel_pos=False), dict(axial=False)],
+    ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "default",
+)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_empty_batch(path: str, kwargs: dict, train: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 0 images gives an empty output of the right shape on every path, and backward gives zero
+    gradients (as a convolution does) instead of failing."""
+    if path == "gemm":
+        monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
+    m = GlobalSelfAttention(16, heads=2, feat_size=8, **kwargs).train(train)
+    x = torch.randn(0, 16, 7, 5, requires_grad=True)
+    y = m(x)
+    stride = kwargs.get("stride", 1)
+    assert y.shape == (0, 16, -(-7 // stride), -(-5 // stride))
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in m.named_parameters():
+        assert p.grad is not None and not p.grad.any(), name

@@ -126,6 +126,8 @@ def _chunks(device: torch.device, heads: int, images: int, lines: int, per_line:
     A block is a group of heads (when a whole head fits), or a group of whole images of one head, or a range of the
     lines of one image and head.
     """
+    if heads * images * lines == 0:
+        return []  # an empty batch (or map): nothing to compute
     fit = max(1, _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS) // per_line)  # lines per block
     if fit >= images * lines:
         return [(h0, h1, 0, images, 0, lines) for h0, h1 in _split(heads, fit // (images * lines))]
@@ -194,7 +196,7 @@ def _oriented_empty(t: torch.Tensor, channels: int) -> torch.Tensor:
 
 def _lines_per_block(blocks: list[_Block]) -> int:
     """The most (head, line) pairs in one block: the scratch size."""
-    return max((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks)
+    return max(((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks), default=0)
 
 
 def _block_weights(
