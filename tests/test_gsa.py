@@ -582,3 +582,15 @@ def test_empty_batch(path: str, kwargs: dict, train: bool, monkeypatch: pytest.M
     assert x.grad.shape == x.shape
     for name, p in m.named_parameters():
         assert p.grad is not None and not p.grad.any(), name
+
+
+def test_loop_free_axial_product_matches_the_blocked_function() -> None:
+    """The single-block formulation that exporters record computes what ``AxialRelPosAttention`` computes."""
+    torch.manual_seed(0)
+    B, h, dk, dv, L, S = 3, 2, 4, 5, 6, 7
+    q, v = torch.randn(B, h, dk, L, S, dtype=torch.float64), torch.randn(B, h, dv, L, S, dtype=torch.float64)
+    keys = torch.randn(h, S, dk, S, dtype=torch.float64)
+    expected = gsa_module.AxialRelPosAttention.apply(q, v, keys)
+    torch.testing.assert_close(gsa_module._axial_matmul(q, v, keys), expected, rtol=1e-12, atol=1e-12)
+    plain = torch.einsum("bhclx,hxcy,bhdly->bhdlx", q, keys, v)  # out[x] = sum_x' (q_x . r_(x'-x)) v_x'
+    torch.testing.assert_close(expected, plain, rtol=1e-12, atol=1e-12)

@@ -216,6 +216,34 @@ def _block_weights(
     return q_blk, keys_blk, weights.transpose(1, 2).reshape(g * m, S, S)
 
 
+def _exporting() -> bool:
+    """Whether the module runs under an exporter or tracer (``torch.export``, ONNX, ``torch.jit.trace``).
+
+    Such graphs must hold for any batch size, where the blocks of ``AxialRelPosAttention`` depend on its value (a
+    symbolic batch becomes a division by it in the graph, and a loop unrolled for the example's size).
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _axial_matmul(q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``AxialRelPosAttention`` as two batched matmuls over the whole tensors: one block, no loop, no scratch.
+
+    The same products as the blocked function (weights ``Q_x E_x`` per position x, then applied to the values of each
+    line), with all ``B x h x L`` lines' ``S x S`` weights in memory at once: what exporters and tracers record.
+
+    Args:
+        q: ``(B, h, dk, L, S)``.
+        v: ``(B, h, dv, L, S)``.
+        keys: ``(h, S, dk, S)``, ``keys[:, x, :, x'] = r_(x'-x)``.
+
+    Returns:
+        ``(B, h, dv, L, S)``.
+    """
+    weights = torch.matmul(q.permute(0, 1, 4, 3, 2), keys.unsqueeze(0))  # (B, h, x, L, x')
+    out = torch.matmul(weights.transpose(2, 3), v.permute(0, 1, 3, 4, 2))  # (B, h, L, x, dv)
+    return out.permute(0, 1, 4, 2, 3)
+
+
 class AxialRelPosAttention(torch.autograd.Function):
     """One axial positional layer without softmax: ``out[x] = sum_x' (q_x . r_(x'-x)) v_x'``.
 
@@ -529,7 +557,10 @@ class GlobalSelfAttention(nn.Module):
         if table is not None and not self.pos_softmax:
             if axial_kernel.usable(q, values):  # the table is cast to their dtype
                 return FusedAxialRelPosAttention.apply(q, values, self._head_rows(table, S, q.dtype))
-            return AxialRelPosAttention.apply(q, values, self._head_keys(table, S, q.dtype))
+            keys = self._head_keys(table, S, q.dtype)
+            if _exporting():  # one loop-free graph for any (symbolic) batch size
+                return _axial_matmul(q, values, keys)
+            return AxialRelPosAttention.apply(q, values, keys)
         inside = self._span_mask(S, q.device)
         if table is None:
             weights = inside.to(values.dtype)
