@@ -7,6 +7,7 @@ tensors. So the file stays fast on 2 CPU cores.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -273,19 +274,36 @@ def test_smaller_inputs_just_work(name: str, size: tuple[int, int], in_chans: in
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-def test_larger_inputs_need_img_size() -> None:
-    x = torch.randn(1, 3, 48, 40)
-    with pytest.raises(ValueError, match=r"larger than the relative position tables cover.*resize_rel_pos"):
-        create("gsa_resnet26_tiny")(x)
-    model = create("gsa_resnet26_tiny", img_size=(48, 40)).eval()
-    assert model.pretrained_cfg["input_size"] == (3, 32, 32)  # the default cfg is unchanged
+@pytest.mark.parametrize("size", [(64, 64), (48, 40)])
+def test_larger_inputs_just_work(size: tuple[int, int]) -> None:
+    """Beyond the img_size the tables were built for, the model extends them at forward time: the output equals that
+    of a copy enlarged by ``resize_rel_pos`` and of a model built with ``img_size`` holding the same weights."""
+    x = torch.randn(2, 3, *size)
+    model = create_calibrated("gsa_resnet26_tiny", x, in_chans=3)  # batch statistics at the large size
+    assert all(layer.max_size[0] < size[0] for layer in gsa_layers(model.stages[0]))
+    resized = gsanet.resize_rel_pos(copy.deepcopy(model), size)
+    assert all(layer.max_size == (size[0], size[1]) for layer in gsa_layers(resized.stages[0]))
+    built = create("gsa_resnet26_tiny", img_size=size, in_chans=3).eval()
+    assert built.pretrained_cfg["input_size"] == model.pretrained_cfg["input_size"]  # the default cfg is unchanged
+    built.load_state_dict(resized.state_dict())
     with torch.no_grad():
-        assert torch.isfinite(model(x)).all()
-    resized = gsanet.resize_rel_pos(create("gsa_resnet26_tiny").eval(), (48, 40))
+        out = model(x)
+        torch.testing.assert_close(resized(x), out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(built(x), out, rtol=1e-5, atol=1e-5)
+    assert out.shape == (2, model.num_classes) and torch.isfinite(out).all() and out.std() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "size"), [("gsa_resnet50", (288, 288)), ("gsa_resnet50", (225, 257))])
+def test_larger_inputs_of_the_imagenet_models(name: str, size: tuple[int, int]) -> None:
+    model = create(name).eval()
     with torch.no_grad():
-        assert torch.isfinite(resized(x)).all()
-    with pytest.raises(ValueError, match="larger than the relative position tables cover"):
-        create("gsa_resnet26")(torch.randn(1, 3, 256, 256))  # checked before any compute of the big stage
+        out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+    features = create(name, features_only=True).eval()
+    with torch.no_grad():
+        maps = features(torch.randn(1, 3, 256, 256))
+    assert [m.shape[-1] for m in maps] == [128, 64, 32, 16, 8]
 
 
 # ---------------------------------------------------------------------------------------------------- metadata, FLOPs

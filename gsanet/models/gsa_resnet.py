@@ -17,8 +17,10 @@ What is this project's choice (``shared/spec/gsa.md`` section 2):
     * ``heads = min(8, max(1, width // 8))``: 8 heads at full width; a width multiplier keeps >= 8 channels a head;
     * the relative position tables of each GSA module are sized for its feature map at the model's ``img_size``
       (the default input size unless given), rounded up to a multiple of the network stride so that every
-      ceil-mode downsampling stays covered. Smaller inputs run as they are; larger ones need ``img_size`` at creation
-      (or ``gsanet.resize_rel_pos`` on a built model), otherwise the GSA module raises a ``ValueError``.
+      ceil-mode downsampling stays covered. Any input size runs (``fixed_input_size=False``): on larger inputs the
+      GSA modules extend their tables at forward time by edge replication (``gsanet.layers.extend_rel_pos``), so
+      ``img_size`` only decides which offsets get learned embeddings of their own. Pretrained weights load at any
+      ``img_size``: ``gsanet.layers.fit_rel_pos_state`` (the ``pretrained_filter_fn``) fits their tables.
 
 Every registered model is a ``GsaResNetArch`` below; a variant (GSA in the last two stages only, content attention
 only, ...) is a ``dataclasses.replace`` of it. Every entrypoint also takes ``width_mult``, ``gsa_stages`` and
@@ -40,7 +42,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from torch import nn
 
-from ..layers import GlobalSelfAttention
+from ..layers import GlobalSelfAttention, fit_rel_pos_state
 from .pretrained import shipped_overlay
 
 __all__ = [
@@ -170,8 +172,8 @@ class GsaResNet(ByobNet):
 
     Args:
         cfg: the architecture config.
-        img_size: the largest input (height, width) the GSA modules' relative tables must cover; ``None`` leaves
-            the GSA modules at their default table size.
+        img_size: the input (height, width) the GSA modules' relative tables are sized for (larger inputs extend
+            them at forward time); ``None`` leaves the GSA modules at their default table size.
         **kwargs: ``ByobNet`` arguments (``num_classes``, ``in_chans``, ``global_pool``, ``drop_rate``,
             ``drop_path_rate``, ...) and ``GsaResNetCfg`` fields to override.
     """
@@ -337,6 +339,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> GsaResNet:
         variant,
         pretrained,
         model_cfg=make_model_cfg(arch),
+        pretrained_filter_fn=fit_rel_pos_state,
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
     )
