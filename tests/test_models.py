@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -23,6 +24,7 @@ from gsanet.layers import GlobalSelfAttention
 from gsanet.models import count_macs, count_params, gsa_macs, model_archs, model_meta
 from gsanet.models import summary as summary_cmd
 from gsanet.models.gsa_resnet import DEPTHS, GsaResNetArch, conv_counterpart, gsa_heads
+from gsanet.models.pretrained import SHIPPED
 
 MODELS = list(model_archs)
 GSA_MODELS = [name for name in MODELS if model_archs[name].gsa_stages]
@@ -41,8 +43,9 @@ def one_thread():
 
 
 def small_input(name: str) -> tuple[int, int, int]:
-    """The smallest (C, H, W) whose last stage is 1x1: every stage runs, at the lowest cost."""
-    return (3, 8, 8) if model_archs[name].small_input else (3, 32, 32)
+    """The smallest (C, H, W) whose last stage is 1x1: every stage runs, at the lowest cost (C: the default cfg's)."""
+    in_chans = timm.get_pretrained_cfg(name).input_size[0]
+    return (in_chans, 8, 8) if model_archs[name].small_input else (in_chans, 32, 32)
 
 
 def create(name: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -81,6 +84,10 @@ def create_calibrated(name: str, x: torch.Tensor, **kwargs) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------- registry, cfg
 def test_registry_holds_exactly_our_models() -> None:
     assert set(timm.list_models(module="gsa_resnet")) == set(MODELS) == set(model_meta)
+    assert set(timm.list_models(module="gsa_resnet", pretrained=True)) == {
+        "gsa_resnet26_tiny.fmnist",
+        "conv_resnet26_tiny.fmnist",
+    }
     expected = {
         f"{kind}_resnet{d}{suffix}" for kind in ("gsa", "conv") for d in (26, 38, 50, 101) for suffix in ("", "_s32")
     }
@@ -105,6 +112,21 @@ def test_default_cfg_names_real_modules(name: str) -> None:
         (1, 1) if small else (2, 2)
     )
     assert isinstance(getattr(model.stem, "pool", None), nn.MaxPool2d) != small
+
+
+def test_default_cfgs_claim_only_the_shipped_weights() -> None:
+    """The tiny members describe Fashion-MNIST (the shipped weights are their default tag), the other models timm's
+    defaults for a model without weights: no config names a dataset no weights were trained on."""
+    for name in MODELS:
+        cfg = timm.get_pretrained_cfg(name)
+        shipped = SHIPPED.get(name)
+        assert bool(cfg.has_weights) == (shipped is not None) == timm.is_model_pretrained(name), name
+        if shipped is not None:
+            assert cfg.tag == shipped.tag and cfg.file == str(shipped.path) and cfg.label_names == shipped.label_names
+        if "_tiny" in name:
+            assert (cfg.input_size, cfg.num_classes, cfg.mean) == ((1, 28, 28), 10, (0.2860,)), name
+        else:
+            assert cfg.input_size[0] == 3 and cfg.num_classes == 1000 and cfg.mean == IMAGENET_DEFAULT_MEAN, name
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -385,7 +407,7 @@ def test_flop_counter_ignores_norms_softmax_and_pooling() -> None:
 
 
 def test_count_macs_leaves_the_model_as_it_was() -> None:
-    model = create("gsa_resnet26_tiny").train()
+    model = create("gsa_resnet26_tiny", in_chans=3).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     count = count_macs(model, (3, 32, 32), module_depth=1)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -418,7 +440,7 @@ def test_onnx_export_with_a_dynamic_batch_matches_eager(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_torch_compile_matches_eager() -> None:
     x = torch.randn(2, 3, 32, 32)
-    model = create_calibrated("gsa_resnet26_tiny", x, num_classes=10)
+    model = create_calibrated("gsa_resnet26_tiny", x, in_chans=3, num_classes=10)
     with torch.no_grad():
         expected = model(x)
         actual = torch.compile(model)(x)
