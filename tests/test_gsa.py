@@ -642,3 +642,19 @@ def test_larger_input_under_windowed_span_and_uniform_averaging() -> None:
     for kwargs in (dict(pos_span=3), dict(rel_pos=False)):
         m = GlobalSelfAttention(8, heads=2, feat_size=4, **kwargs).eval()
         assert m(torch.randn(1, 8, 11, 6)).shape == (1, 8, 11, 6)
+
+
+# ---------------------------------------------------------------------------------------------- TorchScript
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_torchscript_script_refused_clearly_trace_works() -> None:
+    """``torch.jit.script`` (deprecated upstream) is refused with the reason and the alternatives, for the module and
+    for any model holding it; ``torch.jit.trace`` records the loop-free path and runs at another batch size."""
+    torch.manual_seed(0)
+    m = GlobalSelfAttention(8, heads=2, feat_size=6).eval()
+    for obj in (m, torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), m)):
+        with pytest.raises(RuntimeError, match=r"does not support torch.jit.script.*torch.jit.trace, torch.export"):
+            torch.jit.script(obj)
+    traced = torch.jit.trace(m, torch.randn(2, 8, 5, 7))
+    x = torch.randn(3, 8, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), m(x), rtol=1e-5, atol=1e-5)

@@ -476,6 +476,19 @@ class GlobalSelfAttention(nn.Module):
                 s += f", {flag}={getattr(self, flag)}"
         return s
 
+    def __prepare_scriptable__(self) -> GlobalSelfAttention:
+        """``torch.jit.script`` calls this on every submodule first: refuse with the reason and the alternatives.
+
+        TorchScript is deprecated upstream, and the module's forward is Python that scripting cannot compile (custom
+        autograd functions, the fused kernel's dispatch, shape-dependent blocking); ``torch.jit.trace``,
+        ``torch.export`` / ``torch.onnx.export(..., dynamo=True)`` and ``torch.compile`` all work.
+        """
+        raise RuntimeError(
+            "GlobalSelfAttention does not support torch.jit.script (TorchScript is deprecated in PyTorch and cannot "
+            "compile its custom autograd functions and kernel dispatch); use torch.jit.trace, torch.export, "
+            "torch.onnx.export(..., dynamo=True) or torch.compile instead"
+        )
+
     # ------------------------------------------------------------------ checks
     def _check_input(self, x: torch.Tensor) -> None:
         if isinstance(x, torch.fx.Proxy):
