@@ -8,6 +8,7 @@ environment, so nothing is downloaded.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -33,11 +34,14 @@ print("ok")
 
 
 def test_wheel_installs_and_builds_the_kernel(tmp_path: Path) -> None:
-    dist, target = tmp_path / "dist", tmp_path / "site"
+    dist, target, source = tmp_path / "dist", tmp_path / "site", tmp_path / "source"
+    source.mkdir()  # a copy of the sources: the build writes its build/ folder beside them
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "gsanet", source / "gsanet", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run(
-        [*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(dist), "-q"], check=True, cwd=tmp_path
-    )
+    build = [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(dist), "-q"]
+    subprocess.run(build, check=True, cwd=tmp_path)
     (wheel,) = dist.glob("gsanet-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
