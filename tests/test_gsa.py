@@ -248,8 +248,6 @@ def test_resize_rel_pos_keeps_learned_offsets() -> None:
     x_small = torch.randn(1, 8, 6, 5)
     with torch.no_grad():
         before = m(x_small)
-    with pytest.raises(ValueError, match="resize_rel_pos"):
-        m(torch.randn(1, 8, 10, 12))
     resize_rel_pos(m, (10, 12))
     assert m.max_size == (10, 12) and m.rel_col.shape[0] == 19 and m.rel_row.shape[0] == 23
     with torch.no_grad():
@@ -301,8 +299,6 @@ def test_bad_inputs() -> None:
         m(torch.randn(16, 8, 8))
     with pytest.raises(ValueError, match=r"8 channels but the module was built for dim=16"):
         m(torch.randn(1, 8, 8, 8))
-    with pytest.raises(ValueError, match=r"larger than the relative position tables cover \(8x8\).*feat_size"):
-        m(torch.randn(1, 16, 9, 8))
     with pytest.raises(TypeError, match="floating-point"):
         m(torch.ones(1, 16, 4, 4, dtype=torch.long))
 
@@ -644,3 +640,107 @@ def test_module_takes_the_gemm_path_beyond_the_measured_sizes(monkeypatch: pytes
     assert sizes == [5]  # the column pass (S = 9) took the GEMM path, the row pass the kernel
     monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
     torch.testing.assert_close(fused_rows, m(x), rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------- empty batch
+@pytest.mark.parametrize("path", ["fused", "gemm"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(stride=2), dict(pos_span=3), dict(pos_softmax=True), dict(rel_pos=False), dict(axial=False)],
+    ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "default",
+)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_empty_batch(path: str, kwargs: dict, train: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 0 images gives an empty output of the right shape on every path, and backward gives zero
+    gradients (as a convolution does) instead of failing."""
+    if path == "gemm":
+        monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
+    m = GlobalSelfAttention(16, heads=2, feat_size=8, **kwargs).train(train)
+    x = torch.randn(0, 16, 7, 5, requires_grad=True)
+    y = m(x)
+    stride = kwargs.get("stride", 1)
+    assert y.shape == (0, 16, -(-7 // stride), -(-5 // stride))
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in m.named_parameters():
+        assert p.grad is not None and not p.grad.any(), name
+
+
+def test_loop_free_axial_product_matches_the_blocked_function() -> None:
+    """The single-block formulation that exporters record computes what ``AxialRelPosAttention`` computes."""
+    torch.manual_seed(0)
+    B, h, dk, dv, L, S = 3, 2, 4, 5, 6, 7
+    q, v = torch.randn(B, h, dk, L, S, dtype=torch.float64), torch.randn(B, h, dv, L, S, dtype=torch.float64)
+    keys = torch.randn(h, S, dk, S, dtype=torch.float64)
+    expected = gsa_module.AxialRelPosAttention.apply(q, v, keys)
+    torch.testing.assert_close(gsa_module._axial_matmul(q, v, keys), expected, rtol=1e-12, atol=1e-12)
+    plain = torch.einsum("bhclx,hxcy,bhdly->bhdlx", q, keys, v)  # out[x] = sum_x' (q_x . r_(x'-x)) v_x'
+    torch.testing.assert_close(expected, plain, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- larger inputs
+def test_extend_rel_pos_replicates_the_edge_offsets() -> None:
+    table = torch.randn(5, 3, dtype=torch.float64)  # offsets -2 .. 2
+    assert gsa_module.extend_rel_pos(table, 3) is table and gsa_module.extend_rel_pos(table, 2) is table
+    grown = gsa_module.extend_rel_pos(table, 5)  # offsets -4 .. 4
+    assert grown.shape == (9, 3)
+    torch.testing.assert_close(grown[2:7], table, rtol=0, atol=0)
+    for row in (0, 1):
+        torch.testing.assert_close(grown[row], table[0], rtol=0, atol=0)
+        torch.testing.assert_close(grown[8 - row], table[4], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["fused", "gemm", "pos_softmax", "non_axial"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_larger_input_equals_explicit_resize_rel_pos(path: str, stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond ``feat_size`` the module extends its tables at forward time: the output and every gradient equal those
+    of a copy whose tables ``resize_rel_pos`` enlarged (the extra rows' gradients summed into the edge rows), and the
+    per-pixel reference run on that copy."""
+    if path == "gemm":
+        monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
+    kwargs = dict(pos_softmax=path == "pos_softmax", axial=path != "non_axial")
+    H, W = 9, 7
+    m, resized = (
+        randomize_(GlobalSelfAttention(8, heads=2, feat_size=(4, 3), stride=stride, **kwargs).double(), 3).train()
+        for _ in range(2)
+    )
+    resize_rel_pos(resized, (H, W))
+    assert resized.rel_col.shape[0] == 2 * H - 1 and m.rel_col.shape[0] == 7
+    x = torch.randn(2, 8, H, W, dtype=torch.float64)
+    grad_out = torch.randn_like(m(x))
+    out = m(x)
+    out.backward(grad_out)
+    expected = resized(x)
+    expected.backward(grad_out)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference_forward(resized, x), rtol=1e-9, atol=1e-9)
+    for (name, p), q in zip(m.named_parameters(), resized.parameters(), strict=True):
+        g = q.grad
+        if name in ("rel_col", "rel_row"):  # fold the extra rows of the resized table onto the edge rows
+            extra = (g.shape[0] - p.shape[0]) // 2
+            edges = g[: extra + 1].sum(0, keepdim=True), g[-extra - 1 :].sum(0, keepdim=True)
+            g = torch.cat([edges[0], g[extra + 1 : -extra - 1], edges[1]])
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_larger_input_under_windowed_span_and_uniform_averaging() -> None:
+    for kwargs in (dict(pos_span=3), dict(rel_pos=False)):
+        m = GlobalSelfAttention(8, heads=2, feat_size=4, **kwargs).eval()
+        assert m(torch.randn(1, 8, 11, 6)).shape == (1, 8, 11, 6)
+
+
+# ---------------------------------------------------------------------------------------------- TorchScript
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_torchscript_script_refused_clearly_trace_works() -> None:
+    """``torch.jit.script`` (deprecated upstream) is refused with the reason and the alternatives, for the module and
+    for any model holding it; ``torch.jit.trace`` records the loop-free path and runs at another batch size."""
+    torch.manual_seed(0)
+    m = GlobalSelfAttention(8, heads=2, feat_size=6).eval()
+    for obj in (m, torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), m)):
+        with pytest.raises(RuntimeError, match=r"does not support torch.jit.script.*torch.jit.trace, torch.export"):
+            torch.jit.script(obj)
+    traced = torch.jit.trace(m, torch.randn(2, 8, 5, 7))
+    x = torch.randn(3, 8, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), m(x), rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ tensors. So the file stays fast on 2 CPU cores.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -22,6 +24,7 @@ from gsanet.layers import GlobalSelfAttention
 from gsanet.models import count_macs, count_params, gsa_macs, model_archs, model_meta
 from gsanet.models import summary as summary_cmd
 from gsanet.models.gsa_resnet import DEPTHS, GsaResNetArch, conv_counterpart, gsa_heads
+from gsanet.models.pretrained import SHIPPED
 
 MODELS = list(model_archs)
 GSA_MODELS = [name for name in MODELS if model_archs[name].gsa_stages]
@@ -40,8 +43,9 @@ def one_thread():
 
 
 def small_input(name: str) -> tuple[int, int, int]:
-    """The smallest (C, H, W) whose last stage is 1x1: every stage runs, at the lowest cost."""
-    return (3, 8, 8) if model_archs[name].small_input else (3, 32, 32)
+    """The smallest (C, H, W) whose last stage is 1x1: every stage runs, at the lowest cost (C: the default cfg's)."""
+    in_chans = timm.get_pretrained_cfg(name).input_size[0]
+    return (in_chans, 8, 8) if model_archs[name].small_input else (in_chans, 32, 32)
 
 
 def create(name: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -80,6 +84,10 @@ def create_calibrated(name: str, x: torch.Tensor, **kwargs) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------- registry, cfg
 def test_registry_holds_exactly_our_models() -> None:
     assert set(timm.list_models(module="gsa_resnet")) == set(MODELS) == set(model_meta)
+    assert set(timm.list_models(module="gsa_resnet", pretrained=True)) == {
+        "gsa_resnet26_tiny.fmnist",
+        "conv_resnet26_tiny.fmnist",
+    }
     expected = {
         f"{kind}_resnet{d}{suffix}" for kind in ("gsa", "conv") for d in (26, 38, 50, 101) for suffix in ("", "_s32")
     }
@@ -104,6 +112,21 @@ def test_default_cfg_names_real_modules(name: str) -> None:
         (1, 1) if small else (2, 2)
     )
     assert isinstance(getattr(model.stem, "pool", None), nn.MaxPool2d) != small
+
+
+def test_default_cfgs_claim_only_the_shipped_weights() -> None:
+    """The tiny members describe Fashion-MNIST (the shipped weights are their default tag), the other models timm's
+    defaults for a model without weights: no config names a dataset no weights were trained on."""
+    for name in MODELS:
+        cfg = timm.get_pretrained_cfg(name)
+        shipped = SHIPPED.get(name)
+        assert bool(cfg.has_weights) == (shipped is not None) == timm.is_model_pretrained(name), name
+        if shipped is not None:
+            assert cfg.tag == shipped.tag and cfg.file == str(shipped.path) and cfg.label_names == shipped.label_names
+        if "_tiny" in name:
+            assert (cfg.input_size, cfg.num_classes, cfg.mean) == ((1, 28, 28), 10, (0.2860,)), name
+        else:
+            assert cfg.input_size[0] == 3 and cfg.num_classes == 1000 and cfg.mean == IMAGENET_DEFAULT_MEAN, name
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -273,19 +296,36 @@ def test_smaller_inputs_just_work(name: str, size: tuple[int, int], in_chans: in
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-def test_larger_inputs_need_img_size() -> None:
-    x = torch.randn(1, 3, 48, 40)
-    with pytest.raises(ValueError, match=r"larger than the relative position tables cover.*resize_rel_pos"):
-        create("gsa_resnet26_tiny")(x)
-    model = create("gsa_resnet26_tiny", img_size=(48, 40)).eval()
-    assert model.pretrained_cfg["input_size"] == (3, 32, 32)  # the default cfg is unchanged
+@pytest.mark.parametrize("size", [(64, 64), (48, 40)])
+def test_larger_inputs_just_work(size: tuple[int, int]) -> None:
+    """Beyond the img_size the tables were built for, the model extends them at forward time: the output equals that
+    of a copy enlarged by ``resize_rel_pos`` and of a model built with ``img_size`` holding the same weights."""
+    x = torch.randn(2, 3, *size)
+    model = create_calibrated("gsa_resnet26_tiny", x, in_chans=3)  # batch statistics at the large size
+    assert all(layer.max_size[0] < size[0] for layer in gsa_layers(model.stages[0]))
+    resized = gsanet.resize_rel_pos(copy.deepcopy(model), size)
+    assert all(layer.max_size == (size[0], size[1]) for layer in gsa_layers(resized.stages[0]))
+    built = create("gsa_resnet26_tiny", img_size=size, in_chans=3).eval()
+    assert built.pretrained_cfg["input_size"] == model.pretrained_cfg["input_size"]  # the default cfg is unchanged
+    built.load_state_dict(resized.state_dict())
     with torch.no_grad():
-        assert torch.isfinite(model(x)).all()
-    resized = gsanet.resize_rel_pos(create("gsa_resnet26_tiny").eval(), (48, 40))
+        out = model(x)
+        torch.testing.assert_close(resized(x), out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(built(x), out, rtol=1e-5, atol=1e-5)
+    assert out.shape == (2, model.num_classes) and torch.isfinite(out).all() and out.std() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "size"), [("gsa_resnet50", (288, 288)), ("gsa_resnet50", (225, 257))])
+def test_larger_inputs_of_the_imagenet_models(name: str, size: tuple[int, int]) -> None:
+    model = create(name).eval()
     with torch.no_grad():
-        assert torch.isfinite(resized(x)).all()
-    with pytest.raises(ValueError, match="larger than the relative position tables cover"):
-        create("gsa_resnet26")(torch.randn(1, 3, 256, 256))  # checked before any compute of the big stage
+        out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+    features = create(name, features_only=True).eval()
+    with torch.no_grad():
+        maps = features(torch.randn(1, 3, 256, 256))
+    assert [m.shape[-1] for m in maps] == [128, 64, 32, 16, 8]
 
 
 # ---------------------------------------------------------------------------------------------------- metadata, FLOPs
@@ -367,7 +407,7 @@ def test_flop_counter_ignores_norms_softmax_and_pooling() -> None:
 
 
 def test_count_macs_leaves_the_model_as_it_was() -> None:
-    model = create("gsa_resnet26_tiny").train()
+    model = create("gsa_resnet26_tiny", in_chans=3).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     count = count_macs(model, (3, 32, 32), module_depth=1)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -377,26 +417,30 @@ def test_count_macs_leaves_the_model_as_it_was() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- export, compile
-def test_onnx_export_matches_eager(tmp_path: Path) -> None:
+def test_onnx_export_with_a_dynamic_batch_matches_eager(tmp_path: Path) -> None:
+    """Exported once with a symbolic batch axis, the graph runs in onnxruntime at other batch sizes."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    x = torch.randn(2, 3, 32, 32)
-    model = create_calibrated("gsa_resnet26_tiny", x, num_classes=10)
-    with torch.no_grad():
-        expected = model(x)
+    x = torch.randn(8, 3, 32, 32)
+    model = create_calibrated("gsa_resnet26_tiny", x, in_chans=3, num_classes=10)
     path = tmp_path / "model.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=True)  # the legacy exporter cannot export Tensor.unfold
+    # the legacy exporter cannot export Tensor.unfold
+    torch.onnx.export(model, (x[:2],), str(path), dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(actual), expected, rtol=1e-4, atol=1e-4)
+    assert session.get_inputs()[0].shape[0] not in (2, "2")  # the batch axis is symbolic
+    for batch in (x[:1], x[1:4], x):
+        with torch.no_grad():
+            expected = model(batch)
+        (actual,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+        torch.testing.assert_close(torch.from_numpy(actual), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
 def test_torch_compile_matches_eager() -> None:
     x = torch.randn(2, 3, 32, 32)
-    model = create_calibrated("gsa_resnet26_tiny", x, num_classes=10)
+    model = create_calibrated("gsa_resnet26_tiny", x, in_chans=3, num_classes=10)
     with torch.no_grad():
         expected = model(x)
         actual = torch.compile(model)(x)

@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.data import resolve_data_config
 
 import gsanet  # noqa: F401  (registers the models)
 from gsanet.models.pretrained import SHIPPED, evaluate_shipped, shipped_overlay
@@ -35,28 +36,44 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _create(name: str) -> torch.nn.Module:
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=shipped_overlay(name))
+def _create(name: str, **kwargs: object) -> torch.nn.Module:
+    return timm.create_model(name, pretrained=True, **kwargs)
 
 
 def test_registry_is_consistent() -> None:
     assert {"gsa_resnet26_tiny", "conv_resnet26_tiny"} <= set(SHIPPED)
     for name, entry in SHIPPED.items():
-        assert entry.model == name and entry.path.is_file(), name
+        assert entry.model == name and entry.name == f"{name}.{entry.tag}" and entry.path.is_file(), name
         assert entry.path.stat().st_size < 5_000_000  # a few MB at most
         assert (entry.num_classes, entry.in_chans, entry.input_size) == (10, 1, (1, 28, 28))
         assert entry.dataset == "fashion-mnist" and len(entry.label_names) == 10
         assert "gsanet train" in entry.command and f"--model {name}" in entry.command
         assert 0 < entry.test_top1 <= 100 and 0 < entry.test_top1_first1000 <= 100
-        overlay = shipped_overlay(name)
+        overlay = shipped_overlay(name)  # kept for callers that pass it
         assert overlay["file"] == str(entry.path) and overlay["num_classes"] == 10
         assert overlay["input_size"] == (1, 28, 28) and overlay["mean"] == entry.mean
     assert shipped_overlay("gsa_resnet50") is None
 
 
+def test_weights_are_timm_pretrained_tags() -> None:
+    """timm's own machinery sees the weights: listed, pretrained, the default tag, a complete config."""
+    listed = set(timm.list_models(pretrained=True))
+    for name, entry in SHIPPED.items():
+        assert entry.name in listed and name in timm.list_models(pretrained=True, include_tags=False)
+        assert timm.is_model_pretrained(name) and timm.is_model_pretrained(entry.name)
+        cfg = timm.get_pretrained_cfg(entry.name)
+        assert timm.get_pretrained_cfg(name) == cfg  # the default tag
+        assert (cfg.architecture, cfg.tag, cfg.file) == (name, entry.tag, str(entry.path))
+        assert (cfg.num_classes, cfg.input_size, cfg.mean, cfg.std) == (10, (1, 28, 28), entry.mean, entry.std)
+        assert cfg.label_names == entry.label_names and cfg.pool_size == entry.pool_size and cfg.crop_pct == 1.0
+    with pytest.raises(RuntimeError, match="Invalid pretrained tag"):
+        timm.create_model("gsa_resnet26_tiny.cifar100", pretrained=True)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_pretrained_loads_the_shipped_file(name: str) -> None:
-    model = _create(name)
+@pytest.mark.parametrize("tagged", [False, True], ids=["name", "tag"])
+def test_pretrained_loads_the_shipped_file(name: str, tagged: bool) -> None:
+    model = _create(SHIPPED[name].name if tagged else name)
     assert model.num_classes == 10 and model.pretrained_cfg["input_size"] == (1, 28, 28)
     stored = load_file(str(SHIPPED[name].path))
     state = model.state_dict()
@@ -65,18 +82,25 @@ def test_pretrained_loads_the_shipped_file(name: str) -> None:
         torch.testing.assert_close(state[key], value, rtol=0, atol=0)
     assert sum(p.numel() for p in model.parameters()) == SHIPPED[name].params
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    untrained = timm.create_model(name)  # the same default config, without the weights
+    assert untrained.num_classes == 10 and untrained.stem.conv.in_channels == 1
+    assert not torch.equal(untrained.head.fc.weight, model.head.fc.weight)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_plain_pretrained_true_uses_the_shipped_weights(name: str) -> None:
-    """``timm.create_model(name, pretrained=True)`` alone: the entrypoints apply ``shipped_overlay`` themselves."""
-    model = timm.create_model(name, pretrained=True)
-    assert model.num_classes == 10 and model.pretrained_cfg["input_size"] == (1, 28, 28)
-    stored = load_file(str(SHIPPED[name].path))
-    state = model.state_dict()
-    for key, value in stored.items():
-        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
-    assert timm.create_model(name).num_classes != 10  # without pretrained=True the defaults stay (CIFAR-100 cfg)
+def test_three_channel_input_as_timm_scripts_ask(name: str) -> None:
+    """timm's scripts build the model with ``in_chans=3``: timm adapts the 1-channel first convolution, and the model's
+    config (what ``resolve_data_config`` reads) says 3 channels with the weights' statistics repeated. A grey image
+    given as RGB then gives the 1-channel model's output."""
+    grey, rgb = _create(name).eval(), _create(name, in_chans=3).eval()
+    data = resolve_data_config({}, model=rgb)
+    assert data["input_size"] == (3, 28, 28) and data["mean"] == SHIPPED[name].mean * 3
+    assert rgb.stem.conv.in_channels == 3 and timm.get_pretrained_cfg(name).input_size == (1, 28, 28)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rgb(x.expand(-1, 3, -1, -1)), grey(x), rtol=1e-5, atol=1e-5)
+    features = timm.create_model(name, pretrained=True, in_chans=3, features_only=True)
+    assert resolve_data_config({}, model=features)["input_size"][0] == 3
 
 
 def test_pretrained_without_shipped_weights_says_so() -> None:
@@ -97,3 +121,29 @@ def test_accuracy_on_the_first_1000_test_images(name: str) -> None:
 def test_accuracy_on_the_full_test_set(name: str) -> None:
     accuracy = evaluate_shipped(_create(name))
     assert accuracy == pytest.approx(SHIPPED[name].test_top1, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("img_size", [16, 64, (40, 56)])
+def test_pretrained_at_another_img_size(img_size: int | tuple[int, int]) -> None:
+    """The loaded tables are fitted to a model built for another ``img_size`` (extended, or kept whole when longer):
+    it computes what the model at the weights' own size computes, at that size and at a larger one."""
+    name = "gsa_resnet26_tiny"
+    reference = timm.create_model(name, pretrained=True).eval()
+    model = timm.create_model(name, pretrained=True, img_size=img_size).eval()
+
+    def lengths(net: torch.nn.Module) -> list[int]:
+        return [len(m.rel_col) for m in net.modules() if getattr(m, "rel_col", None) is not None]
+
+    built = lengths(timm.create_model(name, img_size=img_size))  # the tables' lengths before loading
+    assert built != lengths(reference)
+    assert lengths(model) == [max(a, b) for a, b in zip(built, lengths(reference), strict=True)]
+    stored = load_file(str(SHIPPED[name].path))["stages.0.0.self_attn.rel_col"]  # (2 * 32 - 1, 16)
+    loaded = model.state_dict()["stages.0.0.self_attn.rel_col"]
+    n = min(len(stored), len(loaded))
+    torch.testing.assert_close(loaded[(len(loaded) - n) // 2 :][:n], stored[(len(stored) - n) // 2 :][:n])
+    for size in ((28, 28), (64, 48)):
+        x = torch.randn(2, 1, *size)
+        with torch.no_grad():
+            expected = reference(x)
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+        assert torch.isfinite(expected).all()

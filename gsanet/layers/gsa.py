@@ -32,6 +32,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 from . import axial_kernel
@@ -40,6 +41,8 @@ __all__ = [
     "AxialRelPosAttention",
     "FusedAxialRelPosAttention",
     "GlobalSelfAttention",
+    "extend_rel_pos",
+    "fit_rel_pos_state",
     "relative_to_absolute",
     "resize_rel_pos",
     "skew",
@@ -125,6 +128,8 @@ def _chunks(device: torch.device, heads: int, images: int, lines: int, per_line:
     A block is a group of heads (when a whole head fits), or a group of whole images of one head, or a range of the
     lines of one image and head.
     """
+    if heads * images * lines == 0:
+        return []  # an empty batch (or map): nothing to compute
     fit = max(1, _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS) // per_line)  # lines per block
     if fit >= images * lines:
         return [(h0, h1, 0, images, 0, lines) for h0, h1 in _split(heads, fit // (images * lines))]
@@ -193,7 +198,7 @@ def _oriented_empty(t: torch.Tensor, channels: int) -> torch.Tensor:
 
 def _lines_per_block(blocks: list[_Block]) -> int:
     """The most (head, line) pairs in one block: the scratch size."""
-    return max((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks)
+    return max(((h1 - h0) * (b1 - b0) * (l1 - l0) for h0, h1, b0, b1, l0, l1 in blocks), default=0)
 
 
 def _block_weights(
@@ -211,6 +216,34 @@ def _block_weights(
     m = q_blk.shape[1]
     weights = torch.bmm(q_blk, keys_blk, out=w_buf(g * S, m, S)).view(g, S, m, S)  # [head, x, line, x']
     return q_blk, keys_blk, weights.transpose(1, 2).reshape(g * m, S, S)
+
+
+def _exporting() -> bool:
+    """Whether the module runs under an exporter or tracer (``torch.export``, ONNX, ``torch.jit.trace``).
+
+    Such graphs must hold for any batch size, where the blocks of ``AxialRelPosAttention`` depend on its value (a
+    symbolic batch becomes a division by it in the graph, and a loop unrolled for the example's size).
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _axial_matmul(q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``AxialRelPosAttention`` as two batched matmuls over the whole tensors: one block, no loop, no scratch.
+
+    The same products as the blocked function (weights ``Q_x E_x`` per position x, then applied to the values of each
+    line), with all ``B x h x L`` lines' ``S x S`` weights in memory at once: what exporters and tracers record.
+
+    Args:
+        q: ``(B, h, dk, L, S)``.
+        v: ``(B, h, dv, L, S)``.
+        keys: ``(h, S, dk, S)``, ``keys[:, x, :, x'] = r_(x'-x)``.
+
+    Returns:
+        ``(B, h, dv, L, S)``.
+    """
+    weights = torch.matmul(q.permute(0, 1, 4, 3, 2), keys.unsqueeze(0))  # (B, h, x, L, x')
+    out = torch.matmul(weights.transpose(2, 3), v.permute(0, 1, 3, 4, 2))  # (B, h, L, x, dv)
+    return out.permute(0, 1, 4, 2, 3)
 
 
 class AxialRelPosAttention(torch.autograd.Function):
@@ -323,8 +356,14 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
         return grad_q, grad_v, grad_rows.to(rows.dtype), None
 
 
+@register_notrace_module  # a leaf for FX (timm's feature_cls="fx", create_feature_extractor): its shapes drive Python
 class GlobalSelfAttention(nn.Module):
     """GSA module: content attention plus axial positional attention, a drop-in for a 3x3 convolution.
+
+    Under FX symbolic tracing the module is a leaf: timm registers it as one (``timm.layers.register_notrace_module``),
+    so ``timm.create_model(..., features_only=True, feature_cls="fx")``, ``timm.layers.create_feature_extractor`` and
+    ``timm.layers.get_graph_node_names`` work; with torchvision's functions directly, pass
+    ``tracer_kwargs={"leaf_modules": [GlobalSelfAttention]}``.
 
     Args:
         dim: input channels.
@@ -333,8 +372,11 @@ class GlobalSelfAttention(nn.Module):
         dim_key: query/key channels (default ``dim_out``).
         stride: 1, or 2 for a 2x2 average pool after the module.
         pos_span: ``None`` for a global positional span, or an odd window length L.
-        feat_size: the largest input (height, width) the global relative tables cover (default 64x64);
-            timm's ``ByobNet`` passes the stage's feature size here. Windowed spans cover any size.
+        feat_size: the input (height, width) the global relative tables are sized for (default 64x64), i.e. the
+            offsets that get their own learned embedding; timm's ``ByobNet`` passes the stage's feature size here.
+            Any input size runs: on a larger input the tables are extended at forward time by edge replication
+            (``extend_rel_pos``, what ``resize_rel_pos`` stores), so the parameters never change shape. Windowed
+            spans cover any size.
         content: use the content attention layer.
         positional: use the positional attention layer.
         pos_softmax: softmax over the neighbours' positional logits (the paper has none).
@@ -439,8 +481,27 @@ class GlobalSelfAttention(nn.Module):
                 s += f", {flag}={getattr(self, flag)}"
         return s
 
+    def __prepare_scriptable__(self) -> GlobalSelfAttention:
+        """``torch.jit.script`` calls this on every submodule first: refuse with the reason and the alternatives.
+
+        TorchScript is deprecated upstream, and the module's forward is Python that scripting cannot compile (custom
+        autograd functions, the fused kernel's dispatch, shape-dependent blocking); ``torch.jit.trace``,
+        ``torch.export`` / ``torch.onnx.export(..., dynamo=True)`` and ``torch.compile`` all work.
+        """
+        raise RuntimeError(
+            "GlobalSelfAttention does not support torch.jit.script (TorchScript is deprecated in PyTorch and cannot "
+            "compile its custom autograd functions and kernel dispatch); use torch.jit.trace, torch.export, "
+            "torch.onnx.export(..., dynamo=True) or torch.compile instead"
+        )
+
     # ------------------------------------------------------------------ checks
     def _check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError(
+                "GlobalSelfAttention cannot be traced through by FX (its computation depends on the input's shape): "
+                "trace it as a leaf module, as timm.layers.create_feature_extractor does, or pass "
+                "tracer_kwargs={'leaf_modules': [GlobalSelfAttention]} to torchvision's create_feature_extractor"
+            )
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"GlobalSelfAttention expects a tensor, got {type(x).__name__}")
         if x.ndim != 4:
@@ -455,13 +516,6 @@ class GlobalSelfAttention(nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"GlobalSelfAttention expects a floating-point input, got {x.dtype}")
-        H, W = x.shape[-2:]
-        if self.rel_col is not None and self.pos_span is None and (H > self.max_size[0] or W > self.max_size[1]):
-            raise ValueError(
-                f"input {H}x{W} is larger than the relative position tables cover ({self.max_size[0]}x"
-                f"{self.max_size[1]}); build the module with feat_size=({H}, {W}) or larger, or enlarge a built "
-                f"model with gsanet.resize_rel_pos(model, ({H}, {W}))"
-            )
 
     # ------------------------------------------------------------------ branches
     def _content(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -494,13 +548,19 @@ class GlobalSelfAttention(nn.Module):
         rel = torch.matmul(q.reshape(B, h, L * S, dk), self._head_rows(table, S, q.dtype))  # (B, h, L*S, 2S-1)
         return skew(rel.view(B, h, L, S, 2 * S - 1), S)
 
+    def _covering(self, table: torch.Tensor, size: int) -> torch.Tensor:
+        """The table, extended to every offset of an axis of ``size`` when it is global and smaller."""
+        return extend_rel_pos(table, size) if self.pos_span is None else table
+
     def _head_rows(self, table: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
         """``(h, dk, 2S-1)``: each head's slice of the span's embedding rows."""
+        table = self._covering(table, size)
         rows = _offset_rows(table.to(dtype), self._center(table), size)  # (2S-1, h*dk)
         return rows.view(2 * size - 1, self.heads, -1).permute(1, 2, 0)
 
     def _head_keys(self, table: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
         """``(h, S, dk, S)``: each head's absolute keys ``[x, :, x'] = r_(x'-x)``, zero outside the span."""
+        table = self._covering(table, size)
         keys = relative_to_absolute(table.to(dtype), self._center(table), size)  # (S, S, h*dk)
         return keys.view(size, size, self.heads, -1).permute(2, 0, 3, 1).contiguous()
 
@@ -519,7 +579,10 @@ class GlobalSelfAttention(nn.Module):
         if table is not None and not self.pos_softmax:
             if axial_kernel.usable(q, values):  # the table is cast to their dtype
                 return FusedAxialRelPosAttention.apply(q, values, self._head_rows(table, S, q.dtype))
-            return AxialRelPosAttention.apply(q, values, self._head_keys(table, S, q.dtype))
+            keys = self._head_keys(table, S, q.dtype)
+            if _exporting():  # one loop-free graph for any (symbolic) batch size
+                return _axial_matmul(q, values, keys)
+            return AxialRelPosAttention.apply(q, values, keys)
         inside = self._span_mask(S, q.device)
         if table is None:
             weights = inside.to(values.dtype)
@@ -575,13 +638,36 @@ class GlobalSelfAttention(nn.Module):
         return out
 
 
+def extend_rel_pos(table: torch.Tensor, size: int) -> torch.Tensor:
+    """A global relative table extended by edge replication to cover an axis of ``size``.
+
+    Offsets the table covers keep their embeddings; each farther offset gets the embedding of the farthest learned
+    offset on its side, the choice of ``resize_rel_pos`` (which stores the result) and the one that keeps every
+    learned embedding unchanged: an attention learned at one size sees at a larger size the same embeddings for the
+    offsets it knows and a constant one beyond. Differentiable (the extra rows' gradients flow to the edge rows).
+
+    Args:
+        table: ``(2M-1, C)`` embeddings of offsets ``-(M-1) .. M-1``.
+        size: axis length S.
+
+    Returns:
+        ``table`` itself when ``S <= M``, else ``(2S-1, C)``.
+    """
+    extra = size - (table.shape[0] + 1) // 2
+    if extra <= 0:
+        return table
+    return F.pad(table.t()[None], (extra, extra), mode="replicate")[0].t()
+
+
 @torch.no_grad()
 def resize_rel_pos(module: nn.Module, size: int | tuple[int, int]) -> nn.Module:
     """Enlarges the global relative tables of every GSA module in ``module`` in place.
 
     Offsets the old tables cover keep their learned embeddings; the new, farther offsets copy the embedding of the
-    farthest learned offset (edge replication). Modules with a windowed span, or tables already large enough, are
-    unchanged. In a strided network the inner modules grow by the same factor as the outermost one.
+    farthest learned offset (edge replication, ``extend_rel_pos``). The modules compute exactly that at forward time
+    on larger inputs, so this changes no output: it is for giving the farther offsets trainable embeddings of their
+    own (fine-tuning at a larger size). Modules with a windowed span, or tables already large enough, are unchanged.
+    In a strided network the inner modules grow by the same factor as the outermost one.
 
     Args:
         module: a ``GlobalSelfAttention`` or any model containing them.
@@ -603,7 +689,43 @@ def resize_rel_pos(module: nn.Module, size: int | tuple[int, int]) -> nn.Module:
             if new == old:
                 continue
             table = getattr(m, name)  # (2 * old - 1, C)
-            grown = F.pad(table.t()[None], (new - old, new - old), mode="replicate")[0].t()  # (2 * new - 1, C)
+            grown = extend_rel_pos(table, new)  # (2 * new - 1, C)
             setattr(m, name, nn.Parameter(grown.contiguous(), requires_grad=table.requires_grad))
         m.max_size = target
     return module
+
+
+def fit_rel_pos_state(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Fits the global relative tables of a state dict to the GSA modules of ``model`` before loading it.
+
+    A model built for another input size (``img_size``) has tables of another length. A loaded table shorter than the
+    module's is extended by edge replication (``extend_rel_pos``, exactly what the module computes at forward time);
+    a longer one is kept whole: the module's table grows to its length (``max_size`` with it), so no learned
+    embedding is dropped. Either way the loaded model computes on any input what the saved model computed. Used as
+    timm's ``pretrained_filter_fn``; other shape mismatches are left for ``load_state_dict`` to report.
+
+    Args:
+        state_dict: the weights to load (not modified; a new dict is returned).
+        model: the model about to load them (its longer-than-built tables are enlarged in place).
+
+    Returns:
+        the state dict, with fitted tables.
+    """
+    state_dict = dict(state_dict)
+    for name, m in model.named_modules():
+        if not isinstance(m, GlobalSelfAttention) or m.rel_col is None or m.pos_span is not None:
+            continue
+        for axis, attr in enumerate(("rel_col", "rel_row")):
+            key = f"{name}.{attr}" if name else attr
+            param, loaded = getattr(m, attr), state_dict.get(key)
+            if loaded is None or loaded.ndim != 2 or loaded.shape[1:] != param.shape[1:] or loaded.shape[0] % 2 == 0:
+                continue
+            if loaded.shape[0] < param.shape[0]:
+                state_dict[key] = extend_rel_pos(loaded, (param.shape[0] + 1) // 2)
+            elif loaded.shape[0] > param.shape[0]:
+                grown = torch.empty(loaded.shape, device=param.device, dtype=param.dtype)
+                setattr(m, attr, nn.Parameter(grown, requires_grad=param.requires_grad))
+                size = list(m.max_size)
+                size[axis] = (loaded.shape[0] + 1) // 2
+                m.max_size = (size[0], size[1])
+    return state_dict

@@ -17,8 +17,10 @@ What is this project's choice (``shared/spec/gsa.md`` section 2):
     * ``heads = min(8, max(1, width // 8))``: 8 heads at full width; a width multiplier keeps >= 8 channels a head;
     * the relative position tables of each GSA module are sized for its feature map at the model's ``img_size``
       (the default input size unless given), rounded up to a multiple of the network stride so that every
-      ceil-mode downsampling stays covered. Smaller inputs run as they are; larger ones need ``img_size`` at creation
-      (or ``gsanet.resize_rel_pos`` on a built model), otherwise the GSA module raises a ``ValueError``.
+      ceil-mode downsampling stays covered. Any input size runs (``fixed_input_size=False``): on larger inputs the
+      GSA modules extend their tables at forward time by edge replication (``gsanet.layers.extend_rel_pos``), so
+      ``img_size`` only decides which offsets get learned embeddings of their own. Pretrained weights load at any
+      ``img_size``: ``gsanet.layers.fit_rel_pos_state`` (the ``pretrained_filter_fn``) fits their tables.
 
 Every registered model is a ``GsaResNetArch`` below; a variant (GSA in the last two stages only, content attention
 only, ...) is a ``dataclasses.replace`` of it. Every entrypoint also takes ``width_mult``, ``gsa_stages`` and
@@ -36,12 +38,12 @@ from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import make_divisible, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from torch import nn
 
-from ..layers import GlobalSelfAttention
-from .pretrained import shipped_overlay
+from ..layers import GlobalSelfAttention, fit_rel_pos_state
+from .pretrained import _FMNIST_MEAN, _FMNIST_STD, SHIPPED, shipped_cfg
 
 __all__ = [
     "BLOCK_WIDTHS",
@@ -68,8 +70,6 @@ BLOCK_WIDTHS = (64, 128, 256, 512)  # bottleneck (3x3 conv / GSA) width of stage
 EXPANSION = 4  # block output = 4 x bottleneck width
 STEM_WIDTH = 64
 MAX_HEADS = 8
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 # ---------------------------------------------------------------------------------------------------- architecture
@@ -170,8 +170,8 @@ class GsaResNet(ByobNet):
 
     Args:
         cfg: the architecture config.
-        img_size: the largest input (height, width) the GSA modules' relative tables must cover; ``None`` leaves
-            the GSA modules at their default table size.
+        img_size: the input (height, width) the GSA modules' relative tables are sized for (larger inputs extend
+            them at forward time); ``None`` leaves the GSA modules at their default table size.
         **kwargs: ``ByobNet`` arguments (``num_classes``, ``in_chans``, ``global_pool``, ``drop_rate``,
             ``drop_path_rate``, ...) and ``GsaResNetCfg`` fields to override.
     """
@@ -266,7 +266,8 @@ class ModelMeta:
     algorithmic_macs: int
 
 
-# At the default config of each model (default_cfgs below), as printed by `gsanet summary --meta`;
+# At the default config of each model (default_cfgs below: 3x224x224 / 3x32x32 with 1000 classes, 1x28x28 with 10 for
+# the tiny members), as printed by `gsanet summary --meta`;
 # tests/test_models.py recomputes them and fails on a drift of more than 0.5 %.
 model_meta: dict[str, ModelMeta] = {
     "gsa_resnet26": ModelMeta(params=10_487_336, macs=2_309_742_592, algorithmic_macs=2_309_742_592),
@@ -277,20 +278,20 @@ model_meta: dict[str, ModelMeta] = {
     "conv_resnet38": ModelMeta(params=19_626_792, macs=3_215_720_448, algorithmic_macs=3_215_720_448),
     "conv_resnet50": ModelMeta(params=25_557_032, macs=4_089_184_256, algorithmic_macs=4_089_184_256),
     "conv_resnet101": ModelMeta(params=44_549_160, macs=7_801_405_440, algorithmic_macs=7_801_405_440),
-    "gsa_resnet26_s32": ModelMeta(params=8_567_972, macs=691_412_992, algorithmic_macs=691_412_992),
-    "gsa_resnet38_s32": ModelMeta(params=12_442_020, macs=891_297_792, algorithmic_macs=891_297_792),
-    "gsa_resnet50_s32": ModelMeta(params=16_316_068, macs=1_091_182_592, algorithmic_macs=1_091_182_592),
-    "gsa_resnet101_s32": ModelMeta(params=28_762_788, macs=1_902_256_128, algorithmic_macs=1_902_256_128),
-    "conv_resnet26_s32": ModelMeta(params=11_844_772, macs=727_588_864, algorithmic_macs=727_588_864),
-    "conv_resnet38_s32": ModelMeta(params=17_775_012, macs=1_012_801_536, algorithmic_macs=1_012_801_536),
-    "conv_resnet50_s32": ModelMeta(params=23_705_252, macs=1_298_014_208, algorithmic_macs=1_298_014_208),
-    "conv_resnet101_s32": ModelMeta(params=42_697_380, macs=2_510_168_064, algorithmic_macs=2_510_168_064),
-    "gsa_resnet26_tiny": ModelMeta(params=596_852, macs=50_497_536, algorithmic_macs=50_497_536),
-    "conv_resnet26_tiny": ModelMeta(params=784_756, macs=45_844_480, algorithmic_macs=45_844_480),
-    "gsa_resnet26_tiny_content": ModelMeta(params=574_324, macs=41_977_856, algorithmic_macs=41_977_856),
-    "gsa_resnet26_tiny_positional": ModelMeta(params=596_852, macs=48_859_136, algorithmic_macs=48_859_136),
-    "gsa_resnet26_tiny_last2": ModelMeta(params=602_484, macs=45_123_584, algorithmic_macs=45_123_584),
-    "gsa_resnet26_tiny_last1": ModelMeta(params=690_548, macs=47_155_200, algorithmic_macs=47_155_200),
+    "gsa_resnet26_s32": ModelMeta(params=10_412_072, macs=693_256_192, algorithmic_macs=693_256_192),
+    "gsa_resnet38_s32": ModelMeta(params=14_286_120, macs=893_140_992, algorithmic_macs=893_140_992),
+    "gsa_resnet50_s32": ModelMeta(params=18_160_168, macs=1_093_025_792, algorithmic_macs=1_093_025_792),
+    "gsa_resnet101_s32": ModelMeta(params=30_606_888, macs=1_904_099_328, algorithmic_macs=1_904_099_328),
+    "conv_resnet26_s32": ModelMeta(params=13_688_872, macs=729_432_064, algorithmic_macs=729_432_064),
+    "conv_resnet38_s32": ModelMeta(params=19_619_112, macs=1_014_644_736, algorithmic_macs=1_014_644_736),
+    "conv_resnet50_s32": ModelMeta(params=25_549_352, macs=1_299_857_408, algorithmic_macs=1_299_857_408),
+    "conv_resnet101_s32": ModelMeta(params=44_541_480, macs=2_512_011_264, algorithmic_macs=2_512_011_264),
+    "gsa_resnet26_tiny": ModelMeta(params=550_394, macs=38_324_224, algorithmic_macs=38_324_224),
+    "conv_resnet26_tiny": ModelMeta(params=738_298, macs=36_130_048, algorithmic_macs=36_130_048),
+    "gsa_resnet26_tiny_content": ModelMeta(params=527_866, macs=32_616_704, algorithmic_macs=32_616_704),
+    "gsa_resnet26_tiny_positional": ModelMeta(params=550_394, macs=37_069_824, algorithmic_macs=37_069_824),
+    "gsa_resnet26_tiny_last2": ModelMeta(params=556_026, macs=34_862_080, algorithmic_macs=34_862_080),
+    "gsa_resnet26_tiny_last1": ModelMeta(params=644_090, macs=36_555_520, algorithmic_macs=36_555_520),
 }
 
 
@@ -314,32 +315,84 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 def _cfg_s32(**kwargs: Any) -> dict[str, Any]:
+    """A 32x32 small-stem model without weights: timm's defaults for the rest (1000 classes, ImageNet statistics)."""
     small = dict(input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0, first_conv="stem.conv")
-    return _cfg(**{**small, "num_classes": 100, "mean": CIFAR100_MEAN, "std": CIFAR100_STD, **kwargs})
+    return _cfg(**{**small, **kwargs})
 
 
-default_cfgs = generate_default_cfgs(
-    {name: _cfg_s32() if arch.small_input else _cfg() for name, arch in model_archs.items()}
-)
+def _cfg_fmnist(**kwargs: Any) -> dict[str, Any]:
+    """The tiny members: Fashion-MNIST's 1x28x28 inputs and 10 classes, the dataset they are trained and compared on
+    (shipped weights, ``gsanet experiment``); weights only where ``kwargs`` has them."""
+    fmnist = dict(num_classes=10, input_size=(1, 28, 28), mean=_FMNIST_MEAN, std=_FMNIST_STD)
+    return _cfg_s32(**{**fmnist, **kwargs})
+
+
+def _default_cfgs() -> dict[str, dict[str, Any]]:
+    """Every model's configs: ImageNet-stem models 3x224x224, small-stem ones 3x32x32, the tiny ones Fashion-MNIST's
+    1x28x28; a model with shipped weights has them as its tag (``gsa_resnet26_tiny.fmnist``), which timm makes its
+    default config (a tag with weights comes first)."""
+    cfgs = {}
+    for name, arch in model_archs.items():
+        shipped = SHIPPED.get(name)
+        if shipped is not None:
+            cfgs[shipped.name] = _cfg_fmnist(**shipped_cfg(shipped))
+        elif "_tiny" in name:
+            cfgs[name] = _cfg_fmnist()
+        else:
+            cfgs[name] = _cfg_s32() if arch.small_input else _cfg()
+    return cfgs
+
+
+default_cfgs = generate_default_cfgs(_default_cfgs())
+
+
+def _per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    if len(values) == channels:
+        return tuple(values)
+    return (sum(values) / len(values),) * channels  # one value (grey) repeated, or the mean of the colours
+
+
+def _match_input_channels(model: nn.Module, in_chans: int) -> None:
+    """Makes the model's ``pretrained_cfg`` describe the input it takes when it differs from the weights' channels.
+
+    timm adapts the first convolution of weights with other channels (``adapt_input_conv``); the scripts then read
+    the input size and normalisation from ``model.pretrained_cfg`` (``resolve_data_config``): they must say
+    ``in_chans`` channels, with the weights' statistics per channel.
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not cfg or cfg.get("input_size", (in_chans,))[0] == in_chans:
+        return
+    cfg = dict(cfg)
+    for key in ("input_size", "test_input_size", "min_input_size"):
+        if cfg.get(key) is not None:
+            cfg[key] = (in_chans, *cfg[key][1:])
+    for key in ("mean", "std"):
+        cfg[key] = _per_channel(cfg[key], in_chans)
+    model.pretrained_cfg = model.default_cfg = cfg
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> GsaResNet:
     overrides = {k: kwargs.pop(k) for k in ("width_mult", "gsa_stages", "gsa_kwargs") if k in kwargs}
     arch = dataclasses.replace(model_archs[variant], **overrides)
-    if pretrained and kwargs.get("pretrained_cfg_overlay") is None and kwargs.get("pretrained_cfg") is None:
-        # Weights shipped with the package (gsanet/weights): loaded offline, with their dataset's classes and input.
-        kwargs["pretrained_cfg_overlay"] = shipped_overlay(variant)
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    )
     if kwargs.get("img_size") is None:
-        overlay = kwargs.get("pretrained_cfg_overlay") or {}
-        kwargs["img_size"] = tuple(overlay.get("input_size") or default_cfgs[variant].default.input_size)[-2:]
-    return build_model_with_cfg(
+        kwargs["img_size"] = tuple(cfg.input_size[-2:])  # the tables' size: that of the config's input
+    model = build_model_with_cfg(
         GsaResNet,
         variant,
         pretrained,
         model_cfg=make_model_cfg(arch),
+        pretrained_filter_fn=fit_rel_pos_state,
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
     )
+    if kwargs.get("in_chans") is not None:
+        _match_input_channels(model, kwargs["in_chans"])
+    return model
 
 
 @register_model

@@ -1,19 +1,17 @@
-"""Weights shipped with gsanet (``gsanet/weights/*.safetensors``) and how timm loads them offline.
+"""Weights shipped with gsanet (``gsanet/weights/*.safetensors``), registered as timm pretrained tags.
 
 Each entry of :data:`SHIPPED` records, next to the weight file, what the weights expect (dataset, classes, channels,
 input size, normalisation), the accuracy they were measured at, and the commands that produced them
 (torchvision's weights ``meta``). The files hold the model's ``state_dict`` only (float32, no training state).
 
-:func:`shipped_overlay` turns an entry into a timm ``pretrained_cfg_overlay`` whose ``file`` points at the local
-weights, so that::
-
-    timm.create_model("gsa_resnet26_tiny", pretrained=True, pretrained_cfg_overlay=shipped_overlay("gsa_resnet26_tiny"))
-
-builds the 10-class, 1-channel, 28x28 Fashion-MNIST model and loads the weights without any download (timm resolves a
-``file`` source before any hub or URL, ``timm.models._builder._resolve_pretrained_source``; ``num_classes`` and the
-channel count of ``input_size`` become the model's defaults, ``_update_default_model_kwargs``; a non-empty source
-resets ``custom_load`` to False). The registered entrypoints apply the overlay themselves when ``pretrained=True``
-(``gsanet/models/gsa_resnet.py``), so ``timm.create_model(name, pretrained=True)`` is enough there.
+:func:`shipped_cfg` turns an entry into the timm pretrained config of the tag ``<model>.<tag>`` (e.g.
+``gsa_resnet26_tiny.fmnist``) in the models' ``default_cfgs`` (``gsanet/models/gsa_resnet.py``), whose ``file``
+points at the local weights. timm's own machinery then does the rest, offline: ``timm.list_models(pretrained=True)``
+and ``timm.is_model_pretrained`` list them, the tag is the model's default config (timm puts a tag with weights
+first), and ``timm.create_model("gsa_resnet26_tiny", pretrained=True)`` builds the 10-class, 1-channel, 28x28
+Fashion-MNIST model and loads the file (timm resolves a ``file`` source before any hub or URL). Asked for 3 input
+channels, as timm's scripts do by default, timm adapts the 1-channel first convolution (``adapt_input_conv``: the
+weights repeated and divided by 3, so a grey image given as RGB gives the same output).
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ __all__ = [
     "ShippedWeights",
     "evaluate_shipped",
     "export_weights",
+    "shipped_cfg",
     "shipped_overlay",
     "shipped_path",
 ]
@@ -52,6 +51,7 @@ class ShippedWeights:
 
     Attributes:
         model: The timm model name the weights belong to.
+        tag: The timm pretrained tag (``timm.create_model(f"{model}.{tag}", pretrained=True)``).
         file: File name in :data:`WEIGHTS_DIR`.
         dataset: Training dataset.
         num_classes: Classifier outputs.
@@ -71,6 +71,7 @@ class ShippedWeights:
     """
 
     model: str
+    tag: str
     file: str
     dataset: str
     num_classes: int
@@ -93,6 +94,11 @@ class ShippedWeights:
         """Absolute path of the weight file."""
         return WEIGHTS_DIR / self.file
 
+    @property
+    def name(self) -> str:
+        """The model name with its tag, as ``timm.list_models(pretrained=True)`` lists it."""
+        return f"{self.model}.{self.tag}"
+
 
 _NOTES = (
     "seed-0 run of the full-recipe comparison (results/experiment_full_recipe/experiment_compare.md): the main recipe "
@@ -111,6 +117,7 @@ _TRAIN = (
 def _fmnist(model: str, **kwargs: Any) -> ShippedWeights:
     return ShippedWeights(
         model=model,
+        tag="fmnist",
         file=f"{model}_fmnist.safetensors",
         dataset="fashion-mnist",
         num_classes=10,
@@ -143,19 +150,15 @@ def shipped_path(model_name: str) -> Path | None:
     return entry.path if entry is not None else None
 
 
-def shipped_overlay(model_name: str) -> dict[str, Any] | None:
-    """A timm ``pretrained_cfg_overlay`` loading the shipped weights of ``model_name`` offline, or None.
+def shipped_cfg(entry: ShippedWeights) -> dict[str, Any]:
+    """The timm pretrained config of a shipped weight file (the keys of ``timm.models.PretrainedCfg``).
 
-    Returns None when the model has no shipped weights or the file is missing (e.g. a source checkout without the
-    weights), so that callers fall back to the model's own pretrained config.
+    It describes the weights completely: where they are (``file``), the classes and their names, the input channels
+    and size (``input_size``, which timm reads as the weights' channel count when it adapts the first convolution),
+    the normalisation and the evaluation crop (none: the whole 28x28 image).
     """
-    entry = SHIPPED.get(model_name)
-    if entry is None or not entry.path.is_file():
-        return None
     return {
         "file": str(entry.path),
-        "url": "",
-        "hf_hub_id": None,
         "num_classes": entry.num_classes,
         "input_size": entry.input_size,
         "test_input_size": entry.input_size,
@@ -164,11 +167,24 @@ def shipped_overlay(model_name: str) -> dict[str, Any] | None:
         "interpolation": "bilinear",
         "mean": entry.mean,
         "std": entry.std,
-        "tag": entry.dataset,
         "label_names": entry.label_names,
         "license": "apache-2.0",
-        "notes": (f"gsanet shipped weights: test top-1 {entry.test_top1:.2f}% on {entry.dataset}",),
+        "description": f"gsanet {entry.model} trained on {entry.dataset}",
+        "notes": (f"test top-1 {entry.test_top1:.2f}%, top-5 {entry.test_top5:.2f}% on {entry.dataset}", entry.notes),
     }
+
+
+def shipped_overlay(model_name: str) -> dict[str, Any] | None:
+    """The config of the shipped weights of ``model_name`` as a timm ``pretrained_cfg_overlay``, or None.
+
+    Not needed any more (``timm.create_model(model_name, pretrained=True)`` loads them: they are its default tag);
+    kept for callers that pass it. Returns None when the model has no shipped weights or the file is missing (e.g. a
+    source checkout without the weights).
+    """
+    entry = SHIPPED.get(model_name)
+    if entry is None or not entry.path.is_file():
+        return None
+    return shipped_cfg(entry)
 
 
 def export_weights(checkpoint: str | Path, dest: str | Path, *, model_name: str | None = None) -> Path:
