@@ -1,6 +1,6 @@
 """Checkpoints that lose nothing and never unpickle: one safetensors file per checkpoint.
 
-Layout of ``<run>/checkpoints/{last,best}.safetensors``:
+Layout of ``<run>/checkpoints/{last,best}.safetensors``, written together by :func:`commit_checkpoints`:
 
 * tensors ``model.<name>``: the model's state dict (what ``gsanet eval`` loads);
 * tensors ``ema.<name>``: the EMA weights, when the run keeps an EMA;
@@ -14,10 +14,17 @@ Loading reads safetensors and JSON only: no pickle, no ``torch.load``. The metad
 :func:`read_metadata`, checks every known key's type and bounds against a schema (unknown keys are dropped), and the
 ``model_args`` it lets through are exactly the arguments of :func:`gsanet.train.engine.create_model`, with
 ``model_kwargs`` checked by :func:`~gsanet.train.config.check_model_kwargs` (no ``checkpoint_path`` or
-``pretrained_cfg`` reaches timm, no input size beyond :data:`~gsanet.train.config.MAX_IMG_SIZE`). A file is written to a temporary name in the
-same directory, flushed, fsynced, and moved over the old one with ``os.replace``: a process killed at any moment
-leaves either the previous or the new checkpoint, never a torn one. A checkpoint written by another run (another run
-id) is never overwritten.
+``pretrained_cfg`` reaches timm, no input size beyond :data:`~gsanet.train.config.MAX_IMG_SIZE`).
+
+A file is written to a temporary name in the same directory, flushed, fsynced, and moved over the old one with
+``os.replace``: a process killed at any moment leaves either the previous or the new checkpoint, never a torn one.
+A checkpoint written by another run (another run id) is never overwritten.
+
+The pair ``last``/``best`` is kept consistent by one rule: ``last`` is the commit point and its metadata ``best``
+names the best epoch; when that is the epoch of ``last`` itself, ``best.safetensors`` must be a copy of it. The copy
+is made right after ``last`` is written; a process stopped in between (SIGKILL, Ctrl-C, a full disk) leaves a
+``best`` that :func:`repair_best` completes from ``last`` on resume, and that :func:`best_checkpoint` (``gsanet
+eval``/``visualize`` of a run directory) does not use meanwhile: it uses ``last``, which is then the best epoch.
 """
 
 from __future__ import annotations
@@ -50,13 +57,16 @@ __all__ = [
     "check_finite",
     "check_state_dict",
     "atomic_path",
+    "best_checkpoint",
     "clean_stale_tmp",
+    "commit_checkpoints",
     "copy_checkpoint",
     "ensure_writable",
     "json_safe",
     "load_checkpoint",
     "pack_state",
     "read_metadata",
+    "repair_best",
     "require_meta",
     "restore_rng_state",
     "save_checkpoint",
@@ -260,7 +270,9 @@ def _is_int(value: Any, low: int = 0, high: int = 2**62) -> bool:
 
 
 def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and low <= value <= high
 
 
 def _is_text(value: Any, max_len: int = 4096) -> bool:
@@ -486,6 +498,81 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     except OSError as e:
         raise _write_error(dst, e) from e
     return dst
+
+
+def commit_checkpoints(
+    folder: str | Path,
+    meta: Mapping[str, Any],
+    model_state: Mapping[str, torch.Tensor],
+    *,
+    ema_state: Mapping[str, torch.Tensor] | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/last.safetensors`` and, when ``meta["best"]["epoch"] == meta["epoch"]``, its copy ``best``.
+
+    ``last`` is written first: it is the commit point. If the process stops before the copy, ``last`` records a
+    best epoch that is its own, which :func:`repair_best` and :func:`best_checkpoint` recognise.
+
+    Raises:
+        CheckpointError: A file belongs to another run, or cannot be written (disk full, read-only).
+    """
+    folder = Path(folder)
+    last = save_checkpoint(folder / "last.safetensors", meta, model_state, ema_state=ema_state, state=state)
+    if meta["best"]["epoch"] == meta["epoch"]:
+        copy_checkpoint(last, folder / "best.safetensors")
+    return last
+
+
+def _best_is_stale(last_meta: Mapping[str, Any], best: Path) -> bool:
+    """Whether ``best`` misses the copy of ``last`` that ``last``'s metadata promises."""
+    if last_meta.get("best", {}).get("epoch") != last_meta.get("epoch"):
+        return False
+    try:
+        best_meta = read_metadata(best)
+    except CheckpointError:
+        return True
+    return best_meta.get("epoch") != last_meta.get("epoch") or best_meta.get("run_id") != last_meta.get("run_id")
+
+
+def repair_best(folder: str | Path) -> bool:
+    """Complete a commit that stopped between ``last`` and ``best`` (copy ``last`` to ``best``); True if it did.
+
+    Raises:
+        CheckpointError: ``best`` cannot be written.
+    """
+    folder = Path(folder)
+    last, best = folder / "last.safetensors", folder / "best.safetensors"
+    if not last.is_file():
+        return False
+    meta = read_metadata(last)
+    if not _best_is_stale(meta, best):
+        return False
+    copy_checkpoint(last, best)  # refuses to replace a file of another run
+    _logger.warning("completed the interrupted checkpoint commit: %s is now epoch %s", best, meta.get("epoch"))
+    return True
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The best checkpoint of a run directory: ``checkpoints/best.safetensors``, or ``last`` while ``best`` misses
+    the copy an interrupted commit did not make (then ``last`` is the best epoch).
+
+    Raises:
+        CheckpointError: The run has neither.
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    last, best = folder / "last.safetensors", folder / "best.safetensors"
+    if last.is_file():
+        try:
+            stale = _best_is_stale(read_metadata(last), best)
+        except CheckpointError:
+            stale = False
+        if stale:
+            _logger.warning("%s misses the last commit (the run was interrupted): using %s, the best epoch", best, last)
+            return last
+    if best.is_file():
+        return best
+    raise CheckpointError(f"{run_dir} has no checkpoints/best.safetensors; give the checkpoint file itself")
 
 
 def load_checkpoint(path: str | Path, *, with_state: bool = True, map_location: str = "cpu") -> Checkpoint:

@@ -276,7 +276,8 @@ def check_model_kwargs(kwargs: Any, where: str = "model_kwargs") -> None:
         if key not in kwargs or kwargs[key] is None:
             continue
         sizes = kwargs[key] if isinstance(kwargs[key], (list, tuple)) else [kwargs[key]]
-        if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMG_SIZE for v in sizes):
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMG_SIZE for v in sizes)
+        if not sizes or not ok:
             raise ConfigError(f"{where}.{key} must be an int (or ints) in 1..{MAX_IMG_SIZE}, got {kwargs[key]!r}")
 
 

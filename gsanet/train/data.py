@@ -457,8 +457,9 @@ def _fashion_mnist(
             needed, memory = len(images) * size * size, _memory_bytes()
             if memory is not None and needed > memory // 2:
                 raise DataError(
-                    f"Fashion-MNIST {split} at {size}x{size} needs {needed / 2**30:.1f} GiB in memory, more than half "
-                    f"of this machine's {memory / 2**30:.1f} GiB; use a smaller --img-size or --train-subset/--val-subset"
+                    f"Fashion-MNIST {split} at {size}x{size} needs {needed / 2**30:.1f} GiB in memory, more than "
+                    f"half of this machine's {memory / 2**30:.1f} GiB; use a smaller --img-size or "
+                    "--train-subset/--val-subset"
                 )
             images = _resize_uint8(images, size)
         train = split == "train" and augment
