@@ -327,7 +327,7 @@ def test_d7_output_that_is_a_file(fmnist: Path, tmp_path: Path, capsys: pytest.C
     (tmp_path / "hostname").write_text("x\n")
     args = tiny_args(fmnist, tmp_path / "hostname", "r", "--train-subset", "16", "--val-subset", "8")
     code, _, err = _run(args, capsys)
-    assert code == 2 and "cannot create a run directory in --output" in err
+    assert code == 2 and "is a file, not a directory" in err
 
 
 # ------------------------------------------------------------------------------------------------ unclear failures

@@ -204,6 +204,8 @@ def _new_run_dir(cfg: TrainConfig, info_name: str) -> Path:
         ConfigError: The directory exists (with ``--name``), or ``--output`` is not a writable directory.
     """
     output = Path(cfg.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a directory; give the directory for the run directories")
     try:
         output.mkdir(parents=True, exist_ok=True)
         if cfg.name is not None:

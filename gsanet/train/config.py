@@ -268,8 +268,8 @@ def check_model_kwargs(kwargs: Any, where: str = "model_kwargs") -> None:
     reserved = sorted(RESERVED_MODEL_KWARGS & set(kwargs))
     if reserved:
         raise ConfigError(
-            f"{where} may not set {', '.join(reserved)}: these load weights/files or have their own key "
-            "(--num-classes comes from the data, --drop-rate, --drop-path-rate); remove them"
+            f"{where} may not set {', '.join(reserved)}: these make timm load weights or files, or are set elsewhere "
+            "(num_classes and in_chans come from the data, --drop-rate, --drop-path-rate); remove them"
         )
     _check_json_value(kwargs, where)
     for key in ("img_size", "feat_size"):
