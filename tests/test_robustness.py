@@ -176,6 +176,8 @@ def test_d3_eval_and_resume_refuse_non_finite_weights(
     err = capsys.readouterr().err
     assert "non-finite weights" in err and key in err
     assert not (tmp_path / "nan-eval.json").exists()
+    code, out, err = _run(["--resume", str(bad), "--epochs", "2"], capsys)
+    assert code == 2 and "non-finite weights" in err and "epoch 2/2" not in out
 
 
 # ------------------------------------------------------------------------------------------ wrong results in silence
