@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsanet.layers import GlobalSelfAttention
+from gsanet.train.config import TrainError
 
 __all__ = [
     "AttentionMaps",
@@ -106,6 +107,7 @@ def load_subject(
 
     Raises:
         ValueError: Neither or both of checkpoint and model, or no shipped weights for ``model``.
+        TrainError: A missing, corrupt, malformed or non-finite checkpoint (``gsanet.train.config``).
     """
     import timm
 
@@ -114,18 +116,26 @@ def load_subject(
     if (checkpoint is None) == (model is None):
         raise ValueError("give either --checkpoint or --model")
     if checkpoint is not None:
-        from gsanet.train.checkpoint import check_state_dict, load_checkpoint
+        from gsanet.train.checkpoint import (
+            best_checkpoint,
+            check_finite,
+            check_state_dict,
+            load_checkpoint,
+            require_meta,
+        )
         from gsanet.train.engine import create_model
 
         path = Path(checkpoint)
         if path.is_dir():
-            path = path / "checkpoints" / "best.safetensors"
+            path = best_checkpoint(path)
         ckpt = load_checkpoint(path, with_state=False)
         meta = ckpt.meta
+        require_meta(meta, ("model", "model_args", "data"), path)
         net = create_model(meta["model"], **meta["model_args"])
         check_state_dict(
             net.state_dict(), ckpt.model_state, model_name=meta["model"], checkpoint_model=meta["model"], path=path
         )
+        check_finite(ckpt.model_state, path)
         net.load_state_dict(ckpt.model_state)
         data = meta["data"]
         size = int(data["img_size"])
@@ -365,8 +375,13 @@ def load_image(
     if image is not None:
         from PIL import Image
 
-        with Image.open(image) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        from gsanet.train.data import _to_8bit
+
+        try:
+            with Image.open(image) as img:
+                array = np.asarray(_to_8bit(img).convert("RGB"), dtype=np.float32) / 255.0
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"image {image} is too large to decode safely ({e}); use a smaller image") from e
         return array, Path(image).name
     raise ValueError("give --image, --fmnist-index or --skimage")
 
@@ -547,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         array, caption = load_image(
             image=args.image, fmnist_index=args.fmnist_index, skimage_name=args.skimage, data_dir=args.data_dir
         )
-    except (ValueError, OSError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError, TrainError) as e:
         print(f"gsanet visualize: error: {e}", file=sys.stderr)
         return 2
     modules = gsa_modules(subject.model)

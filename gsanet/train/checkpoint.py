@@ -1,6 +1,6 @@
 """Checkpoints that lose nothing and never unpickle: one safetensors file per checkpoint.
 
-Layout of ``<run>/checkpoints/{last,best}.safetensors``:
+Layout of ``<run>/checkpoints/{last,best}.safetensors``, written together by :func:`commit_checkpoints`:
 
 * tensors ``model.<name>``: the model's state dict (what ``gsanet eval`` loads);
 * tensors ``ema.<name>``: the EMA weights, when the run keeps an EMA;
@@ -10,17 +10,30 @@ Layout of ``<run>/checkpoints/{last,best}.safetensors``:
   by a reference ``{"__tensor__": "state.<n>"}`` (tuples and non-string dict keys are encoded explicitly, so the
   optimizer state dict comes back exactly).
 
-Loading reads safetensors and JSON only: no pickle, no ``torch.load``. A file is written to a temporary name in the
-same directory, flushed, fsynced, and moved over the old one with ``os.replace``: a process killed at any moment
-leaves either the previous or the new checkpoint, never a torn one. A checkpoint written by another run (another run
-id) is never overwritten.
+Loading reads safetensors and JSON only: no pickle, no ``torch.load``. The metadata is untrusted input: one reader,
+:func:`read_metadata`, checks every known key's type and bounds against a schema (unknown keys are dropped), and the
+``model_args`` it lets through are exactly the arguments of :func:`gsanet.train.engine.create_model`, with
+``model_kwargs`` checked by :func:`~gsanet.train.config.check_model_kwargs` (no ``checkpoint_path`` or
+``pretrained_cfg`` reaches timm, no input size beyond :data:`~gsanet.train.config.MAX_IMG_SIZE`).
+
+A file is written to a temporary name in the same directory, flushed, fsynced, and moved over the old one with
+``os.replace``: a process killed at any moment leaves either the previous or the new checkpoint, never a torn one.
+A checkpoint written by another run (another run id) is never overwritten.
+
+The pair ``last``/``best`` is kept consistent by one rule: ``last`` is the commit point and its metadata ``best``
+names the best epoch; when that is the epoch of ``last`` itself, ``best.safetensors`` must be a copy of it. The copy
+is made right after ``last`` is written; a process stopped in between (SIGKILL, Ctrl-C, a full disk) leaves a
+``best`` that :func:`repair_best` completes from ``last`` on resume, and that :func:`best_checkpoint` (``gsanet
+eval``/``visualize`` of a run directory) does not use meanwhile: it uses ``last``, which is then the best epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -35,18 +48,26 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import CheckpointError
+from .config import MAX_IMG_SIZE, CheckpointError, ConfigError, check_model_kwargs
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
     "capture_rng_state",
+    "check_finite",
     "check_state_dict",
     "atomic_path",
+    "best_checkpoint",
+    "clean_stale_tmp",
+    "commit_checkpoints",
     "copy_checkpoint",
+    "ensure_writable",
+    "json_safe",
     "load_checkpoint",
     "pack_state",
     "read_metadata",
+    "repair_best",
+    "require_meta",
     "restore_rng_state",
     "save_checkpoint",
     "unpack_state",
@@ -98,6 +119,8 @@ def unpack_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     """Inverse of :func:`pack_state`."""
     if isinstance(obj, dict):
         if set(obj) == {_TENSOR}:
+            if obj[_TENSOR] not in tensors:
+                raise CheckpointError(f"the training state refers to a tensor {obj[_TENSOR]!r} the file does not hold")
             return tensors[obj[_TENSOR]]
         if set(obj) == {_TUPLE}:
             return tuple(unpack_state(v, tensors) for v in obj[_TUPLE])
@@ -106,6 +129,17 @@ def unpack_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         return {k: unpack_state(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
         return [unpack_state(v, tensors) for v in obj]
+    return obj
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so that ``json.dumps(allow_nan=False)`` succeeds."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -163,8 +197,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
         yield Path(tmp)
+        # the permissions of a plainly created file, not mkstemp's 0600; set after the block, because a writer may
+        # replace the temporary file by one of its own (safetensors' save_file creates a 0600 file)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -172,6 +208,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def clean_stale_tmp(folder: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when its process was killed; return them."""
+    removed = []
+    for stale in Path(folder).glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+def _write_error(path: Path, error: OSError) -> CheckpointError:
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        fix = "free disk space (or use another --output)"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make the directory writable (or use another --output)"
+    else:
+        fix = "check the disk and the directory"
+    return CheckpointError(f"cannot write {path}: {reason}; {fix}")
+
+
+def ensure_writable(folder: str | Path) -> None:
+    """Create ``folder`` if needed and check a file can be written in it (a probe file, then removed).
+
+    Raises:
+        CheckpointError: The folder cannot be created or written (read-only, no permission, not a directory, full).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
+    except OSError as e:
+        raise _write_error(folder, e) from e
 
 
 def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -188,11 +265,123 @@ def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _is_int(value: Any, low: int = 0, high: int = 2**62) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and low <= value <= high
+
+
+def _is_text(value: Any, max_len: int = 4096) -> bool:
+    return isinstance(value, str) and len(value) <= max_len
+
+
+def _model_args_problem(args: Any) -> str | None:
+    keys = {"num_classes", "in_chans", "img_size", "drop_rate", "drop_path_rate", "model_kwargs"}
+    if not isinstance(args, dict) or set(args) != keys:
+        return f"must be a mapping of exactly {', '.join(sorted(keys))}"
+    if not _is_int(args["num_classes"], 1, 1_000_000):
+        return f"num_classes must be an int in 1..1000000, got {args['num_classes']!r}"
+    if not _is_int(args["in_chans"], 1, 1024):
+        return f"in_chans must be an int in 1..1024, got {args['in_chans']!r}"
+    if args["img_size"] is not None and not _is_int(args["img_size"], 1, MAX_IMG_SIZE):
+        return f"img_size must be an int in 1..{MAX_IMG_SIZE}, got {args['img_size']!r}"
+    for key in ("drop_rate", "drop_path_rate"):
+        if not _is_number(args[key], 0.0, 1.0):
+            return f"{key} must be a number in [0, 1], got {args[key]!r}"
+    try:
+        check_model_kwargs(args["model_kwargs"], "model_kwargs")
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def _data_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "must be a mapping"
+    if not _is_text(data.get("name")):
+        return "name must be a string"
+    if not _is_int(data.get("num_classes"), 1, 1_000_000) or not _is_int(data.get("in_chans"), 1, 1024):
+        return "num_classes and in_chans must be positive ints"
+    if not _is_int(data.get("img_size"), 1, MAX_IMG_SIZE):
+        return f"img_size must be an int in 1..{MAX_IMG_SIZE}, got {data.get('img_size')!r}"
+    for key, low in (("mean", -math.inf), ("std", 1e-12)):
+        values = data.get(key)
+        if not isinstance(values, list) or len(values) != data["in_chans"] or not all(
+            _is_number(v, low) for v in values
+        ):
+            return f"{key} must be a list of {data['in_chans']} finite numbers" + (" > 0" if key == "std" else "")
+    names = data.get("class_names")
+    if not isinstance(names, list) or not all(_is_text(n, 1000) for n in names):
+        return "class_names must be a list of strings"
+    if names and len(names) != data["num_classes"]:
+        return f"class_names has {len(names)} names for {data['num_classes']} classes"
+    return None
+
+
+def _history_problem(history: Any) -> str | None:
+    if not isinstance(history, list) or len(history) > 1_000_000:
+        return "must be a list of epoch rows"
+    for row in history:
+        if not isinstance(row, dict) or not all(
+            isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+            for k, v in row.items()
+        ):
+            return "rows must be mappings of metric name to number"
+    return None
+
+
+def _config_problem(config: Any) -> str | None:
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        return "must be a mapping"
+    for key in ("data", "data_dir", "model"):
+        if key in config and not _is_text(config[key]):
+            return f"{key} must be a string"
+    return None
+
+
+def _check(ok: bool, problem: str) -> str | None:
+    return None if ok else problem
+
+
+_SCHEMA: dict[str, Any] = {
+    "format": lambda v: _check(_is_text(v, 100), "must be a string"),
+    "run_id": lambda v: _check(_is_text(v, 200) and bool(v), "must be a non-empty string"),
+    "model": lambda v: _check(_is_text(v, 200) and bool(v), "must be a model name"),
+    "model_args": _model_args_problem,
+    "data": _data_problem,
+    "config": _config_problem,
+    "world_size": lambda v: _check(_is_int(v, 1, 1_000_000), "must be a positive int"),
+    "updates_per_epoch": lambda v: _check(_is_int(v, 1), "must be a positive int"),
+    "versions": lambda v: _check(
+        isinstance(v, dict) and all(_is_text(k, 100) and _is_text(x, 200) for k, x in v.items()), "must map str to str"
+    ),
+    "epoch": lambda v: _check(_is_int(v, 0, 10_000_000), "must be an int >= 0"),
+    "num_updates": lambda v: _check(_is_int(v), "must be an int >= 0"),
+    "train_seconds": lambda v: _check(_is_number(v, 0.0), "must be a finite number >= 0"),
+    "history": _history_problem,
+    "best": lambda v: _check(
+        isinstance(v, dict) and set(v) == {"epoch", "top1"} and _is_int(v["epoch"]) and _is_number(v["top1"]),
+        "must be {epoch: int, top1: number}",
+    ),
+    "saved": lambda v: _check(_is_text(v, 100), "must be a string"),
+    "has_ema": lambda v: _check(isinstance(v, bool), "must be true or false"),
+    "state": lambda v: _check(isinstance(v, dict), "must be a mapping"),
+}
+"""The known metadata keys and a check of each (None = fine, else what is wrong)."""
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The gsanet metadata of a checkpoint (reads the header only).
+    """The gsanet metadata of a checkpoint (reads the header only), checked against the schema.
+
+    Only the known keys are returned; each one present has been checked for type and bounds. Which keys a caller
+    needs, it asks :func:`require_meta` for.
 
     Raises:
-        CheckpointError: The file is missing, not safetensors, or not written by gsanet.
+        CheckpointError: The file is missing, not safetensors, not written by gsanet, or its metadata is malformed.
     """
     path = Path(path)
     if not path.is_file():
@@ -204,13 +393,49 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); use another checkpoint") from e
     if _META_KEY not in header:
         raise CheckpointError(f"{path} has no gsanet metadata (not written by gsanet train); use one that was")
-    meta = json.loads(header[_META_KEY])
+    try:
+        meta = json.loads(header[_META_KEY])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path} has malformed gsanet metadata (not JSON: {e}); use another checkpoint") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has malformed gsanet metadata (not a JSON object); use another checkpoint")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {meta.get('format')!r}, this gsanet reads {CHECKPOINT_FORMAT!r}; "
             "use the gsanet version that wrote it"
         )
-    return meta
+    unknown = sorted(set(meta) - set(_SCHEMA))
+    if unknown:
+        _logger.debug("%s: ignoring unknown metadata keys %s", path, ", ".join(unknown[:10]))
+    checked = {}
+    for key, check in _SCHEMA.items():
+        if key in meta:
+            problem = check(meta[key])
+            if problem is not None:
+                raise CheckpointError(f"{path} has malformed metadata: {key} {problem}; use another checkpoint")
+            checked[key] = meta[key]
+    return checked
+
+
+def require_meta(meta: dict[str, Any], keys: tuple[str, ...], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless ``meta`` (from :func:`read_metadata`) has every one of ``keys``."""
+    missing = [key for key in keys if key not in meta]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks the metadata {', '.join(missing)} (not a complete gsanet train checkpoint); use one that "
+            "gsanet train wrote"
+        )
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], path: str | Path, what: str = "weights") -> None:
+    """Raise :class:`CheckpointError` if a floating-point tensor of ``tensors`` holds NaN or infinity."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{path} holds non-finite {what} (NaN or infinity in {', '.join(bad[:3])}{more}): the training diverged "
+            "before it was saved; use an earlier checkpoint"
+        )
 
 
 def _guard_overwrite(path: Path, run_id: str) -> None:
@@ -245,7 +470,7 @@ def save_checkpoint(
         state: Training state (optimizer, scheduler, scaler, RNG, ...): nested containers of tensors and scalars.
 
     Raises:
-        CheckpointError: ``path`` holds a checkpoint of another run.
+        CheckpointError: ``path`` holds a checkpoint of another run, or cannot be written (disk full, read-only).
     """
     path = Path(path)
     _guard_overwrite(path, meta["run_id"])
@@ -254,8 +479,12 @@ def save_checkpoint(
         tensors.update({f"ema.{k}": v for k, v in ema_state.items()})
     document = dict(meta, format=CHECKPOINT_FORMAT, has_ema=ema_state is not None)
     document["state"] = pack_state(dict(state or {}), tensors)
-    with atomic_path(path) as tmp:
-        save_file(_storable(tensors), str(tmp), metadata={"format": "pt", _META_KEY: json.dumps(document)})
+    text = json.dumps(json_safe(document), allow_nan=False)  # standard JSON: no bare NaN
+    try:
+        with atomic_path(path) as tmp:
+            save_file(_storable(tensors), str(tmp), metadata={"format": "pt", _META_KEY: text})
+    except OSError as e:
+        raise _write_error(path, e) from e
     return path
 
 
@@ -263,9 +492,87 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Copy a checkpoint atomically (e.g. ``last`` to ``best``), refusing to overwrite another run's file."""
     src, dst = Path(src), Path(dst)
     _guard_overwrite(dst, read_metadata(src)["run_id"])
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    try:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    except OSError as e:
+        raise _write_error(dst, e) from e
     return dst
+
+
+def commit_checkpoints(
+    folder: str | Path,
+    meta: Mapping[str, Any],
+    model_state: Mapping[str, torch.Tensor],
+    *,
+    ema_state: Mapping[str, torch.Tensor] | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/last.safetensors`` and, when ``meta["best"]["epoch"] == meta["epoch"]``, its copy ``best``.
+
+    ``last`` is written first: it is the commit point. If the process stops before the copy, ``last`` records a
+    best epoch that is its own, which :func:`repair_best` and :func:`best_checkpoint` recognise.
+
+    Raises:
+        CheckpointError: A file belongs to another run, or cannot be written (disk full, read-only).
+    """
+    folder = Path(folder)
+    last = save_checkpoint(folder / "last.safetensors", meta, model_state, ema_state=ema_state, state=state)
+    if meta["best"]["epoch"] == meta["epoch"]:
+        copy_checkpoint(last, folder / "best.safetensors")
+    return last
+
+
+def _best_is_stale(last_meta: Mapping[str, Any], best: Path) -> bool:
+    """Whether ``best`` misses the copy of ``last`` that ``last``'s metadata promises."""
+    if last_meta.get("best", {}).get("epoch") != last_meta.get("epoch"):
+        return False
+    try:
+        best_meta = read_metadata(best)
+    except CheckpointError:
+        return True
+    return best_meta.get("epoch") != last_meta.get("epoch") or best_meta.get("run_id") != last_meta.get("run_id")
+
+
+def repair_best(folder: str | Path) -> bool:
+    """Complete a commit that stopped between ``last`` and ``best`` (copy ``last`` to ``best``); True if it did.
+
+    Raises:
+        CheckpointError: ``best`` cannot be written.
+    """
+    folder = Path(folder)
+    last, best = folder / "last.safetensors", folder / "best.safetensors"
+    if not last.is_file():
+        return False
+    meta = read_metadata(last)
+    if not _best_is_stale(meta, best):
+        return False
+    copy_checkpoint(last, best)  # refuses to replace a file of another run
+    _logger.warning("completed the interrupted checkpoint commit: %s is now epoch %s", best, meta.get("epoch"))
+    return True
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The best checkpoint of a run directory: ``checkpoints/best.safetensors``, or ``last`` while ``best`` misses
+    the copy an interrupted commit did not make (then ``last`` is the best epoch).
+
+    Raises:
+        CheckpointError: The run has neither.
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    last, best = folder / "last.safetensors", folder / "best.safetensors"
+    if last.is_file():
+        try:
+            stale = _best_is_stale(read_metadata(last), best)
+        except CheckpointError:
+            stale = False
+        if stale:
+            _logger.warning("%s misses the last commit (the run was interrupted): using %s, the best epoch", best, last)
+            return last
+    if best.is_file():
+        return best
+    raise CheckpointError(f"{run_dir} has no checkpoints/best.safetensors; give the checkpoint file itself")
 
 
 def load_checkpoint(path: str | Path, *, with_state: bool = True, map_location: str = "cpu") -> Checkpoint:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import yaml
 
 __all__ = [
     "AMP_CHOICES",
+    "MAX_IMG_SIZE",
+    "RESERVED_MODEL_KWARGS",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -30,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "TrainError",
     "build_parser",
+    "check_model_kwargs",
     "config_to_dict",
     "error_message",
     "load_yaml",
@@ -40,6 +44,16 @@ __all__ = [
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 _OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsproptf", "lion")
 _SCHEDULERS = ("cosine", "poly", "none")
+MAX_IMG_SIZE = 2048
+"""Largest accepted input size: larger ones ask for allocations no machine has (also bounds checkpoint metadata)."""
+RESERVED_MODEL_KWARGS = frozenset(
+    {
+        "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "pretrained_strict",
+        "features_only", "num_classes", "in_chans", "drop_rate", "drop_path_rate",
+    }
+)  # fmt: skip
+"""``model_kwargs`` keys refused: ones that load files or weights from elsewhere, or have their own config key."""
+_MAX_SEED = 2**32 - 1
 
 C = TypeVar("C")
 
@@ -61,7 +75,7 @@ class CheckpointError(TrainError):
 
 
 class NonFiniteLossError(TrainError):
-    """The training loss became NaN or infinite; no optimizer step was taken with it."""
+    """The training loss, the weights or the validation loss became NaN or infinite; nothing non-finite was saved."""
 
 
 def error_message(error: BaseException) -> str:
@@ -146,25 +160,30 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             _check_min(key, getattr(self, key), 1)
         _check_min("workers", self.workers, 0)
-        for key in ("train_subset", "val_subset", "img_size"):
+        _check_range("seed", self.seed, 0, _MAX_SEED)
+        for key in ("train_subset", "val_subset"):
             if getattr(self, key) is not None:
                 _check_min(key, getattr(self, key), 1)
-        for key in (
-            "lr",
-            "warmup_epochs",
-            "weight_decay",
-            "drop_rate",
-            "drop_path_rate",
-            "reprob",
-            "mixup",
-            "cutmix",
-            "smoothing",
-        ):
-            _check_min(key, getattr(self, key), 0)
+        if self.img_size is not None:
+            _check_range("img_size", self.img_size, 1, MAX_IMG_SIZE)
+        for key in ("lr", "warmup_lr", "min_lr", "warmup_epochs", "weight_decay", "momentum", "mixup", "cutmix"):
+            _check_finite_min(key, getattr(self, key), 0)
+        if self.lr == 0:
+            raise ConfigError("lr must be > 0, got 0.0: a zero learning rate trains nothing")
+        for key in ("drop_rate", "drop_path_rate", "smoothing"):
+            _check_range(key, getattr(self, key), 0, 1, include_max=False)
+        _check_range("reprob", self.reprob, 0, 1)
+        _check_range("model_ema_decay", self.model_ema_decay, 0, 1, include_max=False)
+        if self.clip_grad is not None and not (math.isfinite(self.clip_grad) and self.clip_grad > 0):
+            raise ConfigError(
+                f"clip_grad must be a finite number > 0 (the largest gradient norm kept), got {self.clip_grad!r}; "
+                "use e.g. 1.0, or none for no clipping"
+            )
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch_size, got {self.batch_size}: use {self.batch_size + 1}")
         if self.name is not None and (not self.name or Path(self.name).name != self.name):
             raise ConfigError(f"name must be a plain directory name, got {self.name!r}: use --output for the parent")
+        check_model_kwargs(self.model_kwargs, "model_kwargs")
 
 
 @dataclass
@@ -205,6 +224,61 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_min(key: str, value: float, minimum: float) -> None:
     if value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+
+
+def _check_finite_min(key: str, value: float, minimum: float) -> None:
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{key} must be a finite number >= {minimum}, got {value!r}")
+
+
+def _check_range(key: str, value: float, low: float, high: float, *, include_max: bool = True) -> None:
+    """Raise :class:`ConfigError` unless ``low <= value <= high`` (``< high`` without ``include_max``); NaN fails."""
+    ok = low <= value <= high if include_max else low <= value < high
+    if not ok:
+        bracket = "]" if include_max else ")"
+        raise ConfigError(f"{key} must be in [{low}, {high}{bracket}, got {value!r}")
+
+
+def _check_json_value(value: Any, where: str, depth: int = 0) -> None:
+    if depth > 8:
+        raise ConfigError(f"{where} is nested too deeply")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where} has a non-string key {k!r}")
+            _check_json_value(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_json_value(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be finite, got {value!r}")
+    elif not (value is None or isinstance(value, (bool, int, float, str))):
+        raise ConfigError(f"{where} must be a number, string, bool, list or mapping, got {type(value).__name__}")
+
+
+def check_model_kwargs(kwargs: Any, where: str = "model_kwargs") -> None:
+    """Raise :class:`ConfigError` unless ``kwargs`` is a mapping of plain values that may go to ``timm.create_model``.
+
+    Refused: keys that make timm load a file or pretrained weights (``checkpoint_path``, ``pretrained_cfg``, ...)
+    or duplicate a config key (``num_classes``, ``drop_rate``, ...); non-finite numbers; an ``img_size`` or
+    ``feat_size`` above :data:`MAX_IMG_SIZE`.
+    """
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(kwargs).__name__}")
+    reserved = sorted(RESERVED_MODEL_KWARGS & set(kwargs))
+    if reserved:
+        raise ConfigError(
+            f"{where} may not set {', '.join(reserved)}: these make timm load weights or files, or are set elsewhere "
+            "(num_classes and in_chans come from the data, --drop-rate, --drop-path-rate); remove them"
+        )
+    _check_json_value(kwargs, where)
+    for key in ("img_size", "feat_size"):
+        if key not in kwargs or kwargs[key] is None:
+            continue
+        sizes = kwargs[key] if isinstance(kwargs[key], (list, tuple)) else [kwargs[key]]
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMG_SIZE for v in sizes)
+        if not sizes or not ok:
+            raise ConfigError(f"{where}.{key} must be an int (or ints) in 1..{MAX_IMG_SIZE}, got {kwargs[key]!r}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

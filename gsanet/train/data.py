@@ -2,14 +2,19 @@
 
 * ``fashion-mnist``: the four idx(.gz) files are looked for in ``data_dir``, ``data_dir/FashionMNIST/raw``,
   ``data_dir/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``), else
-  downloaded by torchvision into ``data_dir``. The images stay in memory as uint8; the augmentation (our choice: a
+  downloaded by torchvision into ``data_dir``; a folder of ``data_dir`` holding only some of the four files is an
+  error (never a silent fall-back to another copy). The subsets are taken before any resize. The images stay in
+  memory as uint8; the augmentation (our choice: a
   random 28x28 crop of the image padded by 2, and a horizontal flip) is drawn per epoch from the run's seed and the
   sample index, so it is identical whatever the number of processes or loader workers. The test split is the
   validation set; mean/std 0.2860/0.3530.
 * ``cifar10`` / ``cifar100``: torchvision's layout under ``data_dir`` (downloaded when missing and allowed); random
   crop with padding 4 and flip, optional timm RandAugment and random erasing.
 * any other value is a folder with ``train/`` and ``val/`` (or ``validation/``) subfolders of one folder per class
-  (the ImageNet layout), read with timm's image-folder reader and transformed with ``timm.data.create_transform``.
+  (the ImageNet layout), transformed with ``timm.data.create_transform``. The class of an image is the top-level
+  folder under ``train/`` (or ``val/``) that holds it, at any depth below; symlinked folders are followed once each
+  (a link loop or a second link to a folder already read is skipped). 16-bit images are scaled to 8 bits. The
+  training split needs at least two classes, each with an image.
 
 Loaders shard with a ``DistributedSampler`` (also for one process, so one process and N processes with the same
 global batch see the same batches); :func:`set_epoch` reseeds the sampler, the loader's worker seeds and the
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +38,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset, create_transform
+from timm.data.readers.img_extensions import get_img_extensions
+from timm.data.readers.reader import Reader
+from timm.utils.misc import natural_key
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .config import DataError
+from .config import MAX_IMG_SIZE, DataError
 from .distributed import DistContext, ShardSampler
 
 __all__ = [
@@ -44,10 +54,12 @@ __all__ = [
     "SYSTEM_FASHION_MNIST_DIR",
     "CheckedImageDataset",
     "DataInfo",
+    "FolderReader",
     "TensorImageDataset",
     "create_datasets",
     "create_loader",
     "epoch_seed",
+    "find_class_images",
     "find_fashion_mnist",
     "read_idx",
     "set_epoch",
@@ -80,6 +92,7 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_MAX_IDX_BYTES = 2**34  # 16 GiB: a header asking for more is corrupt (and is refused before anything is read)
 
 
 @dataclass(frozen=True)
@@ -101,38 +114,49 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- idx files
-def _open_maybe_gz(path: Path) -> bytes:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        return f.read()
+def _read_exactly(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    return data if data is not None else b""
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
     """Read an idx file (the MNIST format), gzip-compressed if its name ends in ``.gz``.
 
+    The header is read first and the payload is read only up to the size it announces (at most 16 GiB), so a
+    decompression bomb or a corrupt header cannot exhaust the memory.
+
     Raises:
-        DataError: The file cannot be read or is not a valid idx file.
+        DataError: The file cannot be read, is corrupt (bad magic, truncated, trailing bytes, broken compression)
+            or is not a valid idx file.
     """
     path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    fix = "replace it with an intact copy"
     try:
-        raw = _open_maybe_gz(path)
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read idx file {path}: {e}; replace it with an intact copy") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an idx file (bad magic number); replace it with an intact copy")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated (incomplete header); replace it with an intact copy")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
+        with opener(path, "rb") as f:
+            magic = _read_exactly(f, 4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise DataError(f"{path} is not an idx file (bad magic number); {fix}")
+            ndim = magic[3]
+            dims = _read_exactly(f, 4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path} is truncated (incomplete header); {fix}")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if expected > _MAX_IDX_BYTES:
+                raise DataError(f"{path} announces {tuple(shape)} {dtype} elements ({expected} bytes): corrupt; {fix}")
+            payload = _read_exactly(f, expected)
+            extra = _read_exactly(f, 1)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a broken deflate stream is not
+        raise DataError(f"cannot read idx file {path}: {e}; {fix}") from e
+    if len(payload) != expected or extra:
+        found = 4 + 4 * ndim + len(payload) + len(extra)
+        more = "or more " if extra else ""
         raise DataError(
-            f"{path} has {len(raw)} bytes but its header {tuple(shape)} needs {expected}; "
-            "replace it with an intact copy"
+            f"{path} has {found} {more}bytes but its header {tuple(shape)} needs {4 + 4 * ndim + expected}; {fix}"
         )
-    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
 
@@ -158,7 +182,12 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
 
 
 def find_fashion_mnist(data_dir: str | Path | None) -> Path | None:
-    """The first folder holding the four Fashion-MNIST idx files (plain or ``.gz``), or None."""
+    """The first folder holding the four Fashion-MNIST idx files (plain or ``.gz``), or None.
+
+    Raises:
+        DataError: A folder under ``data_dir`` holds some of the four files but not all (a broken copy: using the
+            system copy instead would train on other data than the user gave).
+    """
     candidates = []
     if data_dir is not None:
         root = Path(data_dir)
@@ -166,8 +195,15 @@ def find_fashion_mnist(data_dir: str | Path | None) -> Path | None:
     candidates.append(SYSTEM_FASHION_MNIST_DIR)
     stems = [stem for pair in _FASHION_MNIST_FILES.values() for stem in pair]
     for folder in candidates:
-        if all(_idx_file(folder, stem) is not None for stem in stems):
+        found = [stem for stem in stems if _idx_file(folder, stem) is not None]
+        if len(found) == len(stems):
             return folder
+        if found:
+            missing = [stem + "(.gz)" for stem in stems if stem not in found]
+            raise DataError(
+                f"{folder} holds only part of Fashion-MNIST: {', '.join(missing)} missing; copy the missing file(s) "
+                "there, or remove the partial copy to use another"
+            )
     return None
 
 
@@ -186,6 +222,9 @@ class TensorImageDataset(Dataset):
         pad: Zero padding of the random crop (0 = no crop).
         hflip: Random horizontal flip.
         seed: Run seed.
+        ids: Index of each image in the full dataset it was taken from (a subset); the augmentation of an image
+            depends on this index, so a subset is augmented exactly as the same images of the full set.
+        total: Size of that full dataset (default: ``len(images)``).
     """
 
     def __init__(
@@ -198,6 +237,8 @@ class TensorImageDataset(Dataset):
         pad: int = 0,
         hflip: bool = False,
         seed: int = 0,
+        ids: torch.Tensor | None = None,
+        total: int | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images.dtype} {tuple(images.shape)}")
@@ -207,14 +248,18 @@ class TensorImageDataset(Dataset):
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.pad, self.hflip, self.seed = pad, hflip, seed
+        self.ids = ids
+        self.total = total if total is not None else len(self.targets)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the crop offsets and flips of every sample for ``epoch``."""
-        n = len(self.targets)
+        n = self.total
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         self._offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator)
         self._flips = torch.rand(n, generator=generator) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
+        if self.ids is not None:
+            self._offsets, self._flips = self._offsets[self.ids], self._flips[self.ids]
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -228,16 +273,37 @@ class TensorImageDataset(Dataset):
         return image, int(self.targets[index])
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit (``I;16*``, ``I``) and float (``F``) images as 8-bit ``L``: PIL's ``convert`` would clip them to white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        array = np.asarray(img, dtype=np.float64) / 257.0  # 0..65535 -> 0..255 (16-bit PNG/TIFF data)
+    elif img.mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+    else:
+        return img
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
+
+
 class CheckedImageDataset(ImageDataset):
-    """timm's :class:`~timm.data.ImageDataset` that stops on an unreadable image instead of skipping it."""
+    """timm's :class:`~timm.data.ImageDataset` that stops on an unreadable image instead of skipping it.
+
+    16-bit images are scaled to 8 bits before the conversion to the input mode; an image over PIL's pixel limit
+    (a decompression bomb) is a :class:`DataError` like any unreadable file.
+    """
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path = self.reader.filename(index, absolute=True)
         file = None
         try:
             file, target = self.reader[index]
-            img = Image.open(file).convert(self.input_img_mode or "RGB")  # decodes the pixels
-        except OSError as e:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+            img = _to_8bit(Image.open(file))
+            img = img.convert(self.input_img_mode or "RGB")  # decodes the pixels
+        except Image.DecompressionBombError as e:
+            raise DataError(
+                f"image {path} is too large to decode safely ({e}); shrink or remove it, or raise "
+                "PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+            ) from e
+        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError and truncated files are OSErrors
             raise DataError(f"cannot read image {path}: {e}; delete or replace the file, then run again") from e
         finally:
             if hasattr(file, "close"):
@@ -247,8 +313,99 @@ class CheckedImageDataset(ImageDataset):
         return img, target
 
 
+class FolderReader(Reader):
+    """A timm reader over a fixed list of ``(path, class index)`` samples (see :func:`find_class_images`)."""
+
+    def __init__(self, root: str | Path, samples: Sequence[tuple[str, int]]) -> None:
+        super().__init__()
+        self.root = str(root)
+        self.samples = list(samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        return open(path, "rb"), target
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
+        filename = self.samples[index][0]
+        if basename:
+            return os.path.basename(filename)
+        return filename if absolute else os.path.relpath(filename, self.root)
+
+
+def _dir_key(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def find_class_images(folder: Path, class_names: Sequence[str]) -> dict[str, list[str]]:
+    """The image files under each ``folder/<class>`` (at any depth), walking each real folder at most once.
+
+    Symlinked folders are followed, but a folder already walked (a link loop, or a second link to it) and the
+    folders of the other classes are skipped, so no image is counted twice and no walk loops.
+
+    Raises:
+        DataError: A folder cannot be listed.
+    """
+    extensions = get_img_extensions(as_set=True)
+    class_keys = {name: _dir_key(folder / name) for name in class_names}
+    found: dict[str, list[str]] = {}
+    for name in class_names:
+        seen = {key for other, key in class_keys.items() if other != name and key is not None}
+        files: list[str] = []
+        stack = [str(folder / name)]
+        while stack:
+            current = stack.pop()
+            key = _dir_key(current)
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            try:
+                entries = list(os.scandir(current))
+            except OSError as e:
+                raise DataError(f"cannot list {current}: {e.strerror or e}; check its permissions") from e
+            for entry in entries:
+                try:
+                    if entry.is_dir():
+                        stack.append(entry.path)
+                    elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
+                        files.append(entry.path)
+                except OSError:  # a dangling link or an entry removed meanwhile
+                    continue
+        found[name] = sorted(files, key=natural_key)
+    return found
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of uint8 ``N x C x H x W`` images, a chunk at a time (bounded float memory)."""
+    out = torch.empty(*images.shape[:2], size, size, dtype=torch.uint8)
+    chunk = max(1, 2**24 // (size * size * images.shape[1]))  # ~64 MB of float32 per chunk
+    for start in range(0, len(images), chunk):
+        part = F.interpolate(images[start : start + chunk].float(), size=(size, size), mode="bilinear", antialias=True)
+        out[start : start + chunk] = part.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
 def _fashion_mnist(
-    splits: Sequence[str], data_dir: str, download: bool, img_size: int | None, augment: bool, seed: int
+    splits: Sequence[str],
+    data_dir: str,
+    download: bool,
+    img_size: int | None,
+    augment: bool,
+    seed: int,
+    subsets: dict[str, int | None],
 ) -> tuple[dict[str, Dataset], DataInfo]:
     folder = find_fashion_mnist(data_dir)
     tensors = {}
@@ -256,9 +413,15 @@ def _fashion_mnist(
         if folder is not None:
             images_stem, labels_stem = _FASHION_MNIST_FILES[split]
             images, labels = read_idx(_idx_file(folder, images_stem)), read_idx(_idx_file(folder, labels_stem))
+            where = f"Fashion-MNIST {split} files in {folder}"
+            if images.dtype != torch.uint8 or labels.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32):
+                raise DataError(
+                    f"{where} hold {images.dtype} images and {labels.dtype} labels, not uint8 images and integer "
+                    "labels; replace them with intact copies"
+                )
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise DataError(
-                    f"Fashion-MNIST {split} files in {folder} do not match: images {tuple(images.shape)}, labels "
+                    f"{where} do not match: images {tuple(images.shape)}, labels "
                     f"{tuple(labels.shape)}; replace them with intact copies"
                 )
         elif not download:
@@ -279,20 +442,31 @@ def _fashion_mnist(
             images, labels = ds.data, ds.targets
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
             raise DataError(f"Fashion-MNIST {split} labels outside 0..9; replace the label file with an intact copy")
-        tensors[split] = (images, labels)
+        tensors[split] = (images, labels.long())
     if folder is not None:
         _logger.info("Fashion-MNIST idx files: %s", folder)
     size = img_size or 28
     datasets = {}
     for split, (images, labels) in tensors.items():
+        total = len(labels)
+        ids = _subset_indices(total, subsets.get(split))
+        if ids is not None:  # subset first: only the kept images are resized
+            images, labels = images[ids], labels[ids]
         images = images.unsqueeze(1)  # N x 1 x 28 x 28
         if size != images.shape[-1]:
-            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
-            images = images.round().clamp(0, 255).to(torch.uint8)
+            needed, memory = len(images) * size * size, _memory_bytes()
+            if memory is not None and needed > memory // 2:
+                raise DataError(
+                    f"Fashion-MNIST {split} at {size}x{size} needs {needed / 2**30:.1f} GiB in memory, more than "
+                    f"half of this machine's {memory / 2**30:.1f} GiB; use a smaller --img-size or "
+                    "--train-subset/--val-subset"
+                )
+            images = _resize_uint8(images, size)
         train = split == "train" and augment
         datasets[split] = TensorImageDataset(
-            images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=2 if train else 0, hflip=train, seed=seed
-        )
+            images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=2 if train else 0, hflip=train, seed=seed,
+            ids=ids, total=total,
+        )  # fmt: skip
     info = DataInfo("fashion-mnist", 10, 1, size, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_CLASSES)
     return datasets, info
 
@@ -403,29 +577,57 @@ def _image_folder(
             )
     datasets = {}
     for split, folder in folders.items():
-        extra = sorted({p.name for p in folder.iterdir() if p.is_dir()} - set(class_to_idx))
+        present = {p.name for p in folder.iterdir() if p.is_dir()}
+        extra = sorted(present - set(class_to_idx))
         if extra:
             raise DataError(
                 f"{folder} has classes the model does not know: {', '.join(extra[:10])}; every split must use the "
                 "class folders of the training split"
             )
-        try:
-            datasets[split] = CheckedImageDataset(str(folder), transform=transforms[split], class_map=class_to_idx)
-        except RuntimeError as e:  # "Found 0 images in subfolders of ..."
+        images = find_class_images(folder, [name for name in class_to_idx if name in present])
+        if not any(images.values()):
             raise DataError(
-                f"no images found in {folder} ({e}); put the images in one subfolder per class, e.g. "
-                f"{folder}/<class>/0001.jpg"
-            ) from e
+                f"no images found in {folder} (extensions {', '.join(sorted(get_img_extensions()))}); put the images "
+                f"in one subfolder per class, e.g. {folder}/<class>/0001.jpg"
+            )
+        if split == "train" and len(class_to_idx) < 2:
+            raise DataError(
+                f"{folder} has one class folder ({next(iter(class_to_idx))}): a classifier needs at least two; add "
+                "a folder per class"
+            )
+        empty = [name for name in class_to_idx if not images.get(name)]
+        if empty and split == "train":
+            raise DataError(
+                f"class folder(s) {', '.join(empty[:10])} in {folder} hold no images; add images or remove the folder"
+            )
+        if empty:
+            _logger.warning("%s has no images of class(es) %s", folder, ", ".join(empty[:10]))
+        loose = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in get_img_extensions()]
+        if loose:
+            _logger.warning("%d image(s) directly in %s are in no class folder and are left out", len(loose), folder)
+        samples = sorted(
+            ((path, class_to_idx[name]) for name, paths in images.items() for path in paths),
+            key=lambda sample: natural_key(sample[0]),
+        )
+        datasets[split] = CheckedImageDataset(
+            str(folder), reader=FolderReader(folder, samples), transform=transforms[split]
+        )
     names = tuple(sorted(class_to_idx, key=class_to_idx.get))
     return datasets, DataInfo(str(root), len(names), 3, size, tuple(mean), tuple(std), names)
 
 
+def _subset_indices(length: int, size: int | None) -> torch.Tensor | None:
+    """Sorted indices of a fixed random subset (independent of the run seed, so runs with different seeds share
+    it), or None for the whole set."""
+    if size is None or size >= length:
+        return None
+    return torch.randperm(length, generator=torch.Generator().manual_seed(0))[:size].sort().values
+
+
 def _subset(dataset: Dataset, size: int | None) -> Dataset:
-    """A fixed random subset (independent of the run seed, so runs with different seeds share it)."""
-    if size is None or size >= len(dataset):
-        return dataset
-    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size].sort().values
-    return Subset(dataset, indices.tolist())
+    """A fixed random subset (see :func:`_subset_indices`)."""
+    indices = _subset_indices(len(dataset), size)
+    return dataset if indices is None else Subset(dataset, indices.tolist())
 
 
 def create_datasets(
@@ -467,18 +669,21 @@ def create_datasets(
     unknown = set(splits) - {"train", "val"}
     if unknown:
         raise ValueError(f"splits are train and val, got {sorted(unknown)}")
+    subsets = {"train": train_subset, "val": val_subset}
+    if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
+        raise DataError(f"img_size must be in 1..{MAX_IMG_SIZE}, got {img_size}")
     if data == "fashion-mnist":
         if auto_augment or reprob:
             raise DataError("auto_augment and reprob are not implemented for fashion-mnist; remove them")
-        datasets, info = _fashion_mnist(splits, data_dir, download, img_size, augment, seed)
+        datasets, info = _fashion_mnist(splits, data_dir, download, img_size, augment, seed, subsets)
+        subsets = {}  # taken before the resize
     elif data in CIFAR_STATS:
         datasets, info = _cifar(data, splits, data_dir, download, img_size, augment, auto_augment, reprob)
     else:
         datasets, info = _image_folder(
             Path(data), splits, img_size, model_name, augment, auto_augment, reprob, class_names
         )
-    subsets = {"train": train_subset, "val": val_subset}
-    datasets = {split: _subset(ds, subsets[split]) for split, ds in datasets.items()}
+    datasets = {split: _subset(ds, subsets.get(split)) for split, ds in datasets.items()}
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise DataError(f"the {split} split of {data} is empty; check its files")

@@ -25,10 +25,19 @@ from timm.utils import unwrap_model
 from torch import nn
 from tqdm import tqdm
 
-from .config import ConfigError, NonFiniteLossError
+from .config import ConfigError, NonFiniteLossError, check_model_kwargs
 from .distributed import DistContext, all_reduce_sum
 
-__all__ = ["autocast", "create_model", "evaluate", "native_bf16", "resolve_amp", "seed_everything", "train_one_epoch"]
+__all__ = [
+    "autocast",
+    "check_finite_model",
+    "create_model",
+    "evaluate",
+    "native_bf16",
+    "resolve_amp",
+    "seed_everything",
+    "train_one_epoch",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -84,9 +93,13 @@ def create_model(
 
     The gsa_* models are in timm's registry already: importing this module imported ``gsanet``.
 
+    ``model_kwargs`` pass :func:`~gsanet.train.config.check_model_kwargs` first: nothing that makes timm read a file
+    or pretrained weights gets through.
+
     Raises:
-        ConfigError: Unknown model name or arguments the model rejects.
+        ConfigError: Unknown model name, refused ``model_kwargs``, or arguments the model rejects.
     """
+    check_model_kwargs(dict(model_kwargs or {}))
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -109,6 +122,12 @@ def create_model(
         return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model {name} rejected its arguments {sorted(kwargs)}: {e}; fix --model-kwargs") from e
+
+
+def check_finite_model(model: nn.Module) -> list[str]:
+    """Names of the parameters and floating-point buffers of ``model`` that hold NaN or infinity (empty: all finite)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> Any:

@@ -8,11 +8,15 @@ Usage::
 The model name and arguments (classes, channels, input size, extra kwargs) come from the checkpoint's metadata;
 the EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). Writes
 ``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--output``.
+A checkpoint with NaN or infinite weights is refused. An explicit ``--output`` is checked for writing before the
+evaluation; when the default place (next to the checkpoint, e.g. a read-only run) cannot be written, the results are
+still printed, with a warning that the report was not saved.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,15 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpoint import check_state_dict, load_checkpoint
+from .checkpoint import (
+    best_checkpoint,
+    check_finite,
+    check_state_dict,
+    ensure_writable,
+    json_safe,
+    load_checkpoint,
+    require_meta,
+)
 from .cli import configure_logging
 from .config import (
     CheckpointError,
@@ -39,14 +51,11 @@ from .plots import plot_confusion_matrix
 
 __all__ = ["main", "run_evaluation"]
 
+_logger = logging.getLogger("gsanet.eval")
+
 
 def _checkpoint_file(path: Path) -> Path:
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.safetensors", path / "best.safetensors"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{path} has no checkpoints/best.safetensors; give the checkpoint file itself")
-    return path
+    return best_checkpoint(path) if path.is_dir() else path
 
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
@@ -60,7 +69,12 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     path = _checkpoint_file(Path(cfg.checkpoint))
     checkpoint = load_checkpoint(path, with_state=cfg.ema)
     meta = checkpoint.meta
+    require_meta(meta, ("model", "model_args", "data", "config", "epoch"), path)
     train_cfg, model_args = meta["config"], meta["model_args"]
+    if not isinstance(train_cfg.get("data"), str) or not isinstance(train_cfg.get("data_dir"), str):
+        raise CheckpointError(f"{path} has malformed metadata: config lacks data/data_dir; use another checkpoint")
+    if cfg.output:
+        ensure_writable(cfg.output)  # before the work: an explicit --output must take the report
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     data = cfg.data or train_cfg["data"]
@@ -84,6 +98,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     model = create_model(meta["model"], **model_args)
     weights = checkpoint.ema_state if cfg.ema and checkpoint.ema_state is not None else checkpoint.model_state
     check_state_dict(model.state_dict(), weights, model_name=meta["model"], checkpoint_model=meta["model"], path=path)
+    check_finite(weights, path, "EMA weights" if weights is checkpoint.ema_state else "weights")
     model.load_state_dict(weights)
     model.to(device)
     if cfg.channels_last:
@@ -101,13 +116,6 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         progress=cfg.progress,
     )
     out_dir = Path(cfg.output) if cfg.output else path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    confusion_png = plot_confusion_matrix(
-        stats["confusion"],
-        info.class_names,
-        out_dir / f"{path.stem}-confusion.png",
-        title=f"{meta['model']} on {Path(info.name).name}",
-    )
     report = {
         "checkpoint": str(path),
         "model": meta["model"],
@@ -123,11 +131,24 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "none",
         "confusion_matrix": stats["confusion"].tolist(),
         "class_names": list(info.class_names),
-        "confusion_png": str(confusion_png),
     }
     report_path = out_dir / f"{path.stem}-eval.json"
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    report["report"] = str(report_path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        confusion_png = plot_confusion_matrix(
+            stats["confusion"],
+            info.class_names,
+            out_dir / f"{path.stem}-confusion.png",
+            title=f"{meta['model']} on {Path(info.name).name}",
+        )
+        report["confusion_png"] = str(confusion_png)
+        report_path.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+        report["report"] = str(report_path)
+    except OSError as e:
+        _logger.warning(
+            "could not write the report and confusion matrix in %s (%s); pass --output DIR to keep them",
+            out_dir, e.strerror or e,
+        )  # fmt: skip
     return report
 
 
@@ -152,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['images']} images: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
         f"loss {report['loss']:.4f}  {report['images_per_s']:.0f} img/s"
     )
-    print(f"confusion matrix: {report['confusion_png']}")
-    print(f"report: {report['report']}")
+    if "report" in report:
+        print(f"confusion matrix: {report['confusion_png']}")
+        print(f"report: {report['report']}")
     return 0
 
 
