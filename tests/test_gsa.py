@@ -744,3 +744,25 @@ def test_torchscript_script_refused_clearly_trace_works() -> None:
     x = torch.randn(3, 8, 5, 7)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_enabled_block_forces_either_path_in_its_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kernel_enabled(False)`` keeps the GEMM path, ``kernel_enabled(True)`` takes the kernel beyond the measured
+    bound; the setting holds in the calling thread only."""
+    import threading
+
+    _require_kernel()
+    variant = axial_kernel.selected_variant()
+    monkeypatch.setitem(axial_kernel.MEASURED, variant, (4, axial_kernel.MEASURED[variant][1]))
+    q = torch.randn(1, 1, 2, 3, 6)
+    assert not axial_kernel.usable(q)  # S = 6 is beyond the (patched) measured bound
+    with axial_kernel.kernel_enabled(True):
+        assert axial_kernel.usable(q)
+        with axial_kernel.kernel_enabled(False):
+            assert not axial_kernel.usable(q[..., :3])
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(axial_kernel.usable(q)))
+        worker.start()
+        worker.join()
+        assert seen == [False]  # another thread keeps the default rule
+    assert not axial_kernel.usable(q)

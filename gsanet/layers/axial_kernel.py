@@ -44,6 +44,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ MEASURED: dict[str, tuple[int, tuple[str, ...]]] = {
 
 _state: dict[str, dict[str, object]] = {}  # variant -> {"loaded": bool, "error": str}
 _warned: list[str] = []
-_override: list[bool] = []  # innermost kernel_enabled() setting last
+_override = threading.local()  # .stack: this thread's kernel_enabled() settings, innermost last
 
 
 def _cpu_flags() -> frozenset[str] | None:
@@ -296,13 +297,14 @@ def prefer_kernel(variant: str, size: int) -> bool:
 
 @contextlib.contextmanager
 def kernel_enabled(enabled: bool) -> Iterator[None]:
-    """Within the block, forward passes take (``True``: wherever the kernel can run, measured faster or not) or
-    avoid (``False``) the kernel; their backward passes follow. For A/B measurements and tests."""
-    _override.append(bool(enabled))
+    """Within the block (in this thread), forward passes take (``True``: wherever the kernel can run, measured faster
+    or not) or avoid (``False``) the kernel; their backward passes follow. For A/B measurements and tests."""
+    stack = _override.__dict__.setdefault("stack", [])
+    stack.append(bool(enabled))
     try:
         yield
     finally:
-        _override.pop()
+        stack.pop()
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -324,6 +326,7 @@ def usable(*tensors: torch.Tensor) -> bool:
             _LOGGER.warning("%s; using the batched-GEMM path", e)
         return False
     size = tensors[0].shape[-1] if tensors[0].dim() else 0
-    if _override and not _override[-1]:
+    stack = _override.__dict__.get("stack") or [None]
+    if stack[-1] is False:
         return False
-    return (bool(_override) or prefer_kernel(variant, size)) and available(variant)
+    return (stack[-1] is True or prefer_kernel(variant, size)) and available(variant)
