@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -546,6 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unwritable(out: Path) -> str:
+    """Why figures cannot be written into ``out`` (created if missing), or "" when they can."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".gsanet-write-check-"):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gsanet visualize``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -553,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    out = Path(args.out)
+    if not args.list_layers and (problem := _unwritable(out)):
+        message = f"cannot write figures to {out}: {problem}; choose another --out"
+        print(f"gsanet visualize: error: {message}", file=sys.stderr)
+        return 2
     try:
         subject = load_subject(
             checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, img_size=args.img_size
@@ -593,8 +610,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{subject.name} ({subject.description}) - GSA module {args.layer} `{name}`, input {H}x{W}, "
         f"{module.heads} heads\n{caption}{pred}"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     source = (
         f"fmnist{args.fmnist_index}"
         if args.fmnist_index is not None

@@ -129,3 +129,17 @@ def test_skimage_photo_is_prepared_at_model_size() -> None:
     grey = visualize.Subject(torch.nn.Identity(), "m", 1, (28, 28), (0.5,), (0.25,), False, "untrained")
     x, shown = visualize.prepare(array, grey)
     assert x.shape == (1, 1, 28, 28) and shown.shape == (28, 28)
+
+
+def test_unwritable_out_is_a_one_line_error_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An --out that cannot hold files (here: below a regular file) fails at once with exit 2, no traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    loaded = []
+    monkeypatch.setattr(visualize, "load_subject", lambda **kwargs: loaded.append(kwargs))
+    assert visualize.main(["--model", "gsa_resnet26_tiny", "--out", str(blocker / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gsanet visualize: error: cannot write figures to") and "--out" in err
+    assert len(err.strip().splitlines()) == 1 and not loaded  # nothing loaded before the check
