@@ -14,7 +14,6 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +35,9 @@ from .test_data import write_fake_fashion_mnist, write_image_folder
 from .test_train import TINY, tiny_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
 @pytest.fixture(scope="module")
