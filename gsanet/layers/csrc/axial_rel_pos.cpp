@@ -7,8 +7,9 @@
 //
 // Why a kernel: with 8 channels per head the GEMMs of the batched path are 8 wide and run far from the CPU's
 // peak, and they write and re-read every weight W[x, x'] through memory. Here each vector lane carries one line:
-// a work item is V lines of one head (V = 16 floats in a 512-bit register; lines of all images, so small maps fill
-// the lanes), copied into contiguous scratch X[c][x][lane]. For each query position x the weights row W[x, :] is
+// a work item is V lines of one head (V floats fill one register of the build's instruction set: 16 for AVX-512,
+// 8 for AVX2, 4 for the portable build; lines of all images, so small maps fill the lanes), copied into contiguous
+// scratch X[c][x][lane]. For each query position x the weights row W[x, :] is
 // computed with q[:, x] in registers and the embeddings broadcast, then applied at once, from registers and L1;
 // nothing of size S^2 per line reaches memory. No arithmetic crosses lanes, so every load is a whole aligned
 // vector. Work items run in parallel (at::parallel_for); the gradient of the shared embedding rows is summed per
