@@ -140,11 +140,10 @@ def _run(kind: str, cfg: BenchConfig, args: argparse.Namespace) -> BenchTable:
 
 def _reexec_at(isa: str, argv: list[str]) -> None:
     """Replaces this process by the same ``gsanet bench`` command with the environment of ``--isa``."""
-    if isa not in ("generic",):
-        from gsanet.layers import axial_kernel
+    from gsanet.layers import axial_kernel
 
-        if isa not in axial_kernel.host_variants():
-            raise SystemExit(f"gsanet bench: error: --isa {isa}: this CPU cannot execute {isa} code")
+    if isa not in axial_kernel.host_variants():  # "generic" always is
+        raise SystemExit(f"gsanet bench: error: --isa {isa}: this CPU cannot execute {isa} code")
     env = {**os.environ, **ISA_ENV[isa]}
     print(f"gsanet bench: re-running at {isa}: " + " ".join(f"{k}={v}" for k, v in ISA_ENV[isa].items()), flush=True)
     os.execve(sys.executable, [sys.executable, "-m", "gsanet.cli", "bench", *argv], env)

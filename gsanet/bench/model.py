@@ -232,23 +232,12 @@ def _pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ok = {(r["model"], r["img_size"]): r for r in rows if r.get("status") == "ok"}
     out = []
     for gsa, conv in PAIRS:
-        for (name, size), g in ok.items():
-            c = ok.get((conv, size))
-            if name != gsa or c is None:
-                continue
+        for size in sorted({size for name, size in ok if name == gsa and (conv, size) in ok}):
+            g, c = ok[(gsa, size)], ok[(conv, size)]
             speed = g["train_img_s"] / c["train_img_s"]
             ceiling = c["fwd_bwd_gflop"] / g["fwd_bwd_gflop"]
             out.append(
-                dict(
-                    gsa=gsa,
-                    conv=conv,
-                    img_size=size,
-                    batch=g["batch"],
-                    gsa_img_s=g["train_img_s"],
-                    conv_img_s=c["train_img_s"],
-                    speed_ratio=speed,
-                    flop_ceiling=ceiling,
-                    of_ceiling=speed / ceiling,
-                )
-            )
+                dict(gsa=gsa, conv=conv, img_size=size, batch=g["batch"], gsa_img_s=g["train_img_s"],
+                     conv_img_s=c["train_img_s"], speed_ratio=speed, flop_ceiling=ceiling, of_ceiling=speed / ceiling)
+            )  # fmt: skip
     return out

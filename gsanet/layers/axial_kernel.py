@@ -38,6 +38,7 @@ module logs one warning and the GEMM path runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -128,6 +129,7 @@ _warned: list[str] = []
 _override = threading.local()  # .stack: this thread's kernel_enabled() settings, innermost last
 
 
+@functools.cache  # read once: every forward pass asks which build runs
 def _cpu_flags() -> frozenset[str] | None:
     """The CPU's instruction-set flags from ``/proc/cpuinfo`` (x86 Linux), or None where they cannot be read."""
     try:

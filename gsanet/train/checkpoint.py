@@ -53,17 +53,18 @@ from .config import MAX_IMG_SIZE, CheckpointError, ConfigError, check_model_kwar
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
+    "atomic_path",
+    "best_checkpoint",
     "capture_rng_state",
     "check_finite",
     "check_state_dict",
-    "atomic_path",
-    "best_checkpoint",
     "clean_stale_tmp",
     "commit_checkpoints",
     "copy_checkpoint",
     "ensure_writable",
     "json_safe",
     "load_checkpoint",
+    "nonfinite_names",
     "pack_state",
     "read_metadata",
     "repair_best",
@@ -427,9 +428,14 @@ def require_meta(meta: dict[str, Any], keys: tuple[str, ...], path: str | Path) 
         )
 
 
+def nonfinite_names(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``tensors`` (a state dict) that hold NaN or infinity."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], path: str | Path, what: str = "weights") -> None:
     """Raise :class:`CheckpointError` if a floating-point tensor of ``tensors`` holds NaN or infinity."""
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_names(tensors)
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
         raise CheckpointError(

@@ -66,6 +66,7 @@ from .checkpoint import (
     ensure_writable,
     json_safe,
     load_checkpoint,
+    nonfinite_names,
     read_metadata,
     repair_best,
     require_meta,
@@ -85,7 +86,7 @@ from .config import (
 )
 from .data import DataInfo, create_datasets, create_loader, epoch_seed, set_epoch
 from .distributed import DistContext, barrier, broadcast_text, cleanup_distributed, init_distributed
-from .engine import check_finite_model, create_model, evaluate, resolve_amp, seed_everything, train_one_epoch
+from .engine import create_model, evaluate, resolve_amp, seed_everything, train_one_epoch
 from .plots import plot_curves
 
 __all__ = ["Terminated", "build_train_parser", "configure_logging", "main", "run_training"]
@@ -699,8 +700,8 @@ def _check_diverged(epoch: int, row: dict[str, Any], model: nn.Module, model_ema
     The loss is checked before every step by :func:`train_one_epoch`; this catches the last update of the epoch
     and a validation that overflows.
     """
-    bad = [f"weights ({', '.join(names[:3])})" for names in [check_finite_model(model)] if names]
-    if model_ema is not None and check_finite_model(model_ema.module):
+    bad = [f"weights ({', '.join(names[:3])})" for names in [nonfinite_names(model.state_dict())] if names]
+    if model_ema is not None and nonfinite_names(model_ema.module.state_dict()):
         bad.append("EMA weights")
     bad += [key for key in ("train_loss", "val_loss", "ema_val_loss") if key in row and not math.isfinite(row[key])]
     if bad:

@@ -30,7 +30,6 @@ from .distributed import DistContext, all_reduce_sum
 
 __all__ = [
     "autocast",
-    "check_finite_model",
     "create_model",
     "evaluate",
     "native_bf16",
@@ -122,12 +121,6 @@ def create_model(
         return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model {name} rejected its arguments {sorted(kwargs)}: {e}; fix --model-kwargs") from e
-
-
-def check_finite_model(model: nn.Module) -> list[str]:
-    """Names of the parameters and floating-point buffers of ``model`` that hold NaN or infinity (empty: all finite)."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
