@@ -268,10 +268,10 @@ def test_locked_run_is_skipped(tmp_path: Path, fake_python: tuple[Path, Path]) -
     script, calls = fake_python
     spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", tmp_path / "runs")
     args = exp_cli.build_parser().parse_args(["compare", "--python", str(script), "--runs", str(tmp_path / "runs")])
-    ctx = exp_cli._Context(args, {"fashion-mnist": (RECIPE, yaml.safe_load(RECIPE.read_text()))}, dict(os.environ))
+    ctx = exp_cli.RunnerContext(args, {"fashion-mnist": (RECIPE, yaml.safe_load(RECIPE.read_text()))}, dict(os.environ))
     with exp_cli._run_lock(spec) as taken:
         assert taken
-        status = exp_cli._execute(spec, ctx)
+        status = exp_cli.execute_run(spec, ctx)
     assert status.state == "todo" and "locked" in status.detail
     assert not calls.exists()
 
@@ -282,13 +282,13 @@ def test_one_real_training_batch(tmp_path: Path) -> None:
     recipe = _tiny_recipe(tmp_path, train_subset=None, batch_size=16, epochs=1, warmup_epochs=0, data_dir=str(data))
     spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", tmp_path / "runs")
     args = exp_cli.build_parser().parse_args(["compare", "--runs", str(tmp_path / "runs"), "--threads", "1"])
-    ctx = exp_cli._Context(args, {"fashion-mnist": (recipe, exp_cli.load_recipe(recipe))}, exp_cli._child_env(args))
-    status = exp_cli._execute(spec, ctx)
+    ctx = exp_cli.RunnerContext(args, {"fashion-mnist": (recipe, exp_cli.load_recipe(recipe))}, exp_cli.child_env(args))
+    status = exp_cli.execute_run(spec, ctx)
     assert status.state == "done", (spec.output / "logs" / f"{spec.name}.log").read_text()[-2000:]
     assert status.summary["epochs"] == 1 and 0 <= status.summary["val_top1"] <= 100
     record = json.loads((spec.run_dir / "experiment.json").read_text().splitlines()[0])
     assert record["threads"] == "1"
-    assert exp_cli._execute(spec, ctx).state == "done"  # a second call finds it finished
+    assert exp_cli.execute_run(spec, ctx).state == "done"  # a second call finds it finished
 
 
 def test_recipe_validation(tmp_path: Path) -> None:

@@ -65,20 +65,25 @@ from .plans import (
 __all__ = [
     "DATA_SHAPES",
     "RunStatus",
+    "RunnerContext",
     "Row",
     "aggregate",
     "build_parser",
+    "child_env",
+    "execute_run",
     "load_recipe",
     "main",
     "resolve_datasets",
     "run_status",
+    "say",
     "write_tables",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_SHAPES = {"fashion-mnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
 """``(num_classes, in_chans, native size)`` of each dataset, for the parameter and MAC counts of the tables."""
-PLAN_CHOICES = ("compare", "ablations", "all")
+STUDY_CONFIG = "configs/study_fmnist.yaml"
+PLAN_CHOICES = ("compare", "ablations", "all", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train GSA-ResNet, its convolutional ResNet, timm's attention peers and the GSA ablations over "
         "seeds with one shared recipe, then write mean +- std tables.",
     )
-    p.add_argument("plan", choices=PLAN_CHOICES, help="compare, ablations, or all (both; shared runs run once)")
+    p.add_argument(
+        "plan",
+        choices=PLAN_CHOICES,
+        help="compare, ablations, all (both; shared runs run once), or study (the converged comparison: "
+        "hyper-parameters chosen per family on a held-out split, then seeds; gsanet/experiments/study.py)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every variant (default: compare 0 1 2, ablations 0)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--config", help="recipe (gsanet train --config YAML) for every dataset (default: per dataset, "
-                   f"{', '.join(f'{k}: {v}' for k, v in DATASET_CONFIGS.items())})")  # fmt: skip
+    per_data = ", ".join(f"{k}: {v}" for k, v in DATASET_CONFIGS.items())
+    p.add_argument(
+        "--config",
+        help=f"recipe (gsanet train --config YAML) for every dataset (default: per dataset, {per_data}; the study: "
+        f"{STUDY_CONFIG})",
+    )
     p.add_argument(
         "--data",
         nargs="+",
@@ -102,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="dataset root (default: the recipe's data_dir)")
     p.add_argument("--out", default="results", help="directory of the tables (default: results)")
-    p.add_argument("--runs", default="runs/experiments", help="parent of the run directories (default: %(default)s)")
+    p.add_argument(
+        "--runs", help="parent of the run directories (default: runs/study for the study, else runs/experiments)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (default: 1)")
     p.add_argument(
         "--threads",
@@ -148,9 +164,14 @@ def resolve_datasets(requested: Sequence[str], data_dir: str | Path) -> list[str
     return datasets
 
 
-def _recipe_path(data: str, config: str | None) -> Path:
+def _recipe_path(data: str, config: str | None, study: bool = False) -> Path:
     if config is not None:
         return Path(config)
+    if study:
+        if data != "fashion-mnist":
+            raise ValueError(f"the study has a default recipe for fashion-mnist only; pass --config for {data}")
+        path = Path(STUDY_CONFIG)
+        return path if path.exists() else REPO_ROOT / path
     if data not in DATASET_CONFIGS:
         raise ValueError(f"no default recipe for --data {data}; pass --config")
     path = Path(DATASET_CONFIGS[data])
@@ -223,7 +244,10 @@ def _run_lock(spec: RunSpec) -> Iterator[bool]:
 
 # ------------------------------------------------------------------------------------------------------ runner
 @dataclass
-class _Context:
+class RunnerContext:
+    """What every run of one ``gsanet experiment`` invocation shares: the parsed arguments, the recipe of each
+    dataset ``(path, values)``, the child environment, the running subprocesses and the stop flag."""
+
     args: argparse.Namespace
     recipes: dict[str, tuple[Path, dict[str, Any]]]
     env: dict[str, str]
@@ -231,8 +255,15 @@ class _Context:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def stop_children(self) -> None:
+        """Start no further run and ask the running train commands to stop (each keeps its last checkpoint)."""
+        self.stop.set()
+        with self.lock:
+            for proc in self.children:
+                proc.terminate()
 
-def _train_command(spec: RunSpec, ctx: _Context, resume: bool) -> list[str]:
+
+def train_command(spec: RunSpec, ctx: RunnerContext, resume: bool) -> list[str]:
     prefix = [ctx.args.python, "-m", "gsanet.cli", "train"]
     if resume:
         return [*prefix, "--resume", str(spec.run_dir), "--no-progress"]
@@ -240,7 +271,7 @@ def _train_command(spec: RunSpec, ctx: _Context, resume: bool) -> list[str]:
     return [*prefix, *spec.train_args(config, epochs=ctx.args.epochs, data_dir=ctx.args.data_dir)]
 
 
-def _expected(spec: RunSpec, ctx: _Context) -> dict[str, Any]:
+def _expected(spec: RunSpec, ctx: RunnerContext) -> dict[str, Any]:
     _, recipe = ctx.recipes[spec.data]
     expected = spec.expected_config(recipe, ctx.args.epochs)
     if ctx.args.data_dir is not None:
@@ -248,12 +279,12 @@ def _expected(spec: RunSpec, ctx: _Context) -> dict[str, Any]:
     return expected
 
 
-def _say(ctx: _Context, text: str) -> None:
+def say(ctx: RunnerContext, text: str) -> None:
     with ctx.lock:
         print(f"[{datetime.now().strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def _execute(spec: RunSpec, ctx: _Context) -> RunStatus:
+def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
     """Train one run unless it is done, locked elsewhere, conflicting, or interrupted without ``--resume``."""
     if ctx.stop.is_set():
         return RunStatus("todo", "not started (interrupted)")
@@ -272,10 +303,10 @@ def _execute(spec: RunSpec, ctx: _Context) -> RunStatus:
             else:
                 aside = spec.run_dir.with_name(f"{spec.name}.incomplete-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
                 spec.run_dir.rename(aside)
-                _say(ctx, f"moved {spec.run_dir} (no checkpoint) to {aside}; starting afresh")
-        command = _train_command(spec, ctx, resume)
+                say(ctx, f"moved {spec.run_dir} (no checkpoint) to {aside}; starting afresh")
+        command = train_command(spec, ctx, resume)
         log_path = spec.output / "logs" / f"{spec.name}.log"
-        _say(ctx, f"{'resume' if resume else 'start '} {spec.name} ({spec.data})  log: {log_path}")
+        say(ctx, f"{'resume' if resume else 'start '} {spec.name} ({spec.data})  log: {log_path}")
         start = time.time()
         with open(log_path, "a") as log:
             log.write(f"# {datetime.now().isoformat(timespec='seconds')} {shlex.join(command)}\n")
@@ -292,7 +323,7 @@ def _execute(spec: RunSpec, ctx: _Context) -> RunStatus:
         status = run_status(spec, _expected(spec, ctx))
         if code != 0 or status.state != "done":
             status = RunStatus("failed", f"exit code {code} after {wall:.0f} s; see {log_path}", status.summary)
-            _say(ctx, f"FAILED {spec.name}: {status.detail}")
+            say(ctx, f"FAILED {spec.name}: {status.detail}")
             return status
         record = {
             "command": shlex.join(command),
@@ -303,23 +334,20 @@ def _execute(spec: RunSpec, ctx: _Context) -> RunStatus:
         }
         with open(spec.run_dir / "experiment.json", "a") as f:
             f.write(json.dumps(record) + "\n")
-        _say(ctx, f"done   {spec.name}: test top-1 {status.summary['val_top1']:.2f}%  ({wall:.0f} s)")
+        say(ctx, f"done   {spec.name}: test top-1 {status.summary['val_top1']:.2f}%  ({wall:.0f} s)")
         return status
 
 
-def _run_all(specs: Sequence[RunSpec], ctx: _Context) -> list[tuple[RunSpec, RunStatus]]:
+def _run_all(specs: Sequence[RunSpec], ctx: RunnerContext) -> list[tuple[RunSpec, RunStatus]]:
     order = sorted(specs, key=lambda s: -s.variant.cost)  # longest first: the workers finish together
     results: list[tuple[RunSpec, RunStatus]] = []
     with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool:
-        futures = [(spec, pool.submit(_execute, spec, ctx)) for spec in order]
+        futures = [(spec, pool.submit(execute_run, spec, ctx)) for spec in order]
         try:
             for spec, future in futures:
                 results.append((spec, future.result()))
         except KeyboardInterrupt:
-            ctx.stop.set()
-            with ctx.lock:
-                for proc in ctx.children:
-                    proc.terminate()  # the train command stops cleanly; its last checkpoint stays
+            ctx.stop_children()
             raise
     return results
 
@@ -779,7 +807,7 @@ def _plans(name: str) -> list[Plan]:
     return [get_plan("compare"), get_plan("ablations")] if name == "all" else [get_plan(name)]
 
 
-def _child_env(args: argparse.Namespace) -> dict[str, str]:
+def child_env(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     threads = args.threads if args.threads is not None else (1 if args.jobs > 1 else None)
     if threads is not None:
@@ -804,20 +832,31 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print("gsanet experiment: error: --jobs, --threads and --epochs must be >= 1", file=sys.stderr)
         return 2
+    study = args.plan == "study"
+    if study and (args.seeds is not None or args.epochs is not None):
+        print("gsanet experiment: error: the study's seeds and epochs are its protocol's (plans.study_plan and "
+              f"{STUDY_CONFIG}); remove --seeds/--epochs", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.runs is None:
+        args.runs = "runs/study" if study else "runs/experiments"
     try:
-        plans = _plans(args.plan)
-        first_recipe = load_recipe(_recipe_path("fashion-mnist", args.config))
+        plans = [] if study else _plans(args.plan)
+        first_recipe = load_recipe(_recipe_path("fashion-mnist", args.config, study))
         data_dir = args.data_dir or first_recipe.get("data_dir", "data")
-        datasets = resolve_datasets(args.data, data_dir)
+        datasets = ["fashion-mnist"] if study and args.data == ["auto"] else resolve_datasets(args.data, data_dir)
         recipes = {}
         for data in datasets:
-            path = _recipe_path(data, args.config)
+            path = _recipe_path(data, args.config, study)
             recipes[data] = (path, load_recipe(path))
         specs = expand(plans, datasets, args.runs, args.seeds)
     except (ValueError, KeyError) as e:
         print(f"gsanet experiment: error: {e}", file=sys.stderr)
         return 2
-    ctx = _Context(args, recipes, _child_env(args))
+    ctx = RunnerContext(args, recipes, child_env(args))
+    if study:
+        from . import study as study_module
+
+        return study_module.main(args, argv, datasets, ctx)
 
     if args.dry_run or args.table_only:
         counts: dict[str, int] = {}
@@ -829,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
             counts[status.state] = counts.get(status.state, 0) + 1
             if args.dry_run:
                 print(f"{status.state:8s} {spec.run_dir}  {status.detail}".rstrip())
-                print(f"         {shlex.join(_train_command(spec, ctx, False))}")
+                print(f"         {shlex.join(train_command(spec, ctx, False))}")
         for plan in plans:
             for variant in plan.variants:
                 if variant.skip_reason and args.dry_run:

@@ -40,6 +40,7 @@ __all__ = [
     "PLANS",
     "Plan",
     "RunSpec",
+    "Study",
     "Variant",
     "ablations_plan",
     "compare_plan",
@@ -47,6 +48,7 @@ __all__ = [
     "expand",
     "format_kwarg",
     "get_plan",
+    "study_plan",
 ]
 
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -94,7 +96,7 @@ class Variant:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key):
             raise ValueError(f"variant key {self.key!r} must be a plain file name ([A-Za-z0-9_.-]+)")
-        reserved = {"model", "model_kwargs", "seed", "epochs", "output", "name", "data", "data_dir", "config"}
+        reserved = {"model", "model_kwargs", "seed", "output", "name", "data", "data_dir", "config"}
         clash = reserved & set(self.train_args)
         if clash:
             raise ValueError(f"variant {self.key}: train_args cannot set {sorted(clash)}; the runner sets them")
@@ -368,6 +370,106 @@ GROUP_SETTINGS = {("axial vs 2-D (stages 3-4)", "gsa_tiny_last2"): "axial"}
 """Settings of rows that appear in a group other than their own factor's."""
 
 PLANS = {"compare": compare_plan, "ablations": ablations_plan}
+
+
+@dataclass(frozen=True)
+class Study:
+    """The converged comparison: hyper-parameters chosen per model family on a held-out split, then seeds.
+
+    Protocol: ``holdout`` images of the training set are held out (fixed, :func:`gsanet.train.data.create_datasets`);
+    every family trains once per ``grid`` point (learning rate, weight decay) on the rest with ``sweep_epochs``
+    epochs, and is scored by its final held-out top-1; the best point is then trained with ``final_seeds`` on the
+    training set (held-out images included) with the recipe's full schedule and evaluated on the test set. The
+    test set is never used for a choice. Every family gets the same grid, the same sweep budget and the same final
+    schedule.
+
+    Attributes:
+        name: Table stem (``study``).
+        title: Title of the report.
+        families: The compared models.
+        grid: ``(lr, weight_decay)`` points of the sweep.
+        holdout: Size of the held-out validation split.
+        sweep_epochs: Epochs of a sweep run (shorter than the final schedule: the sweep ranks, it does not converge).
+        sweep_seed: Seed of the sweep runs.
+        final_seeds: Seeds of the final runs.
+        reference: Key of the family the others are compared with.
+    """
+
+    name: str
+    title: str
+    families: tuple[Variant, ...]
+    grid: tuple[tuple[float, float], ...]
+    holdout: int
+    sweep_epochs: int
+    sweep_seed: int
+    final_seeds: tuple[int, ...]
+    reference: str
+
+    def family(self, key: str) -> Variant:
+        """The family with this key."""
+        for v in self.families:
+            if v.key == key:
+                return v
+        raise KeyError(f"study has no family {key!r}")
+
+    def sweep_variant(self, family: Variant, lr: float, weight_decay: float) -> Variant:
+        """The sweep run of ``family`` at one grid point (held-out validation, sweep epochs)."""
+        return Variant(
+            f"sweep_{family.key}_lr{lr:g}_wd{weight_decay:g}",
+            family.model,
+            f"{family.label}, lr {lr:g}, weight decay {weight_decay:g}",
+            model_kwargs=family.model_kwargs,
+            train_args={
+                **family.train_args, "lr": lr, "weight_decay": weight_decay, "holdout": self.holdout,
+                "epochs": self.sweep_epochs,
+            },
+            factor=family.key,
+            setting=f"lr={lr:g} wd={weight_decay:g}",
+            cost=family.cost * self.sweep_epochs,
+            seeds=(self.sweep_seed,),
+        )  # fmt: skip
+
+    def final_variant(self, family: Variant, lr: float, weight_decay: float) -> Variant:
+        """The final runs of ``family`` with the chosen hyper-parameters (test-set evaluation, full schedule)."""
+        return Variant(
+            family.key,
+            family.model,
+            family.label,
+            model_kwargs=family.model_kwargs,
+            train_args={**family.train_args, "lr": lr, "weight_decay": weight_decay},
+            factor=family.factor,
+            setting=family.setting,
+            note=family.note,
+            cost=family.cost * 20,  # the final schedule is longer than the sweep's and evaluates on the test set
+            seeds=self.final_seeds,
+        )
+
+
+def study_plan() -> Study:
+    """GSA-ResNet-26 tiny, the hybrid with GSA in stages 3-4, and the conv ResNet-26 tiny, tuned and seeded.
+
+    timm's attention peers are left out: at 28x28 their stride-32 layouts leave 2x2 and 1x1 maps to attend over
+    (and HaloNet cannot tile them), so they would test their stems, not attention (see :func:`compare_plan`).
+    """
+    hybrid = Variant(
+        "gsa_resnet26_tiny_last2",
+        "gsa_resnet26_tiny_last2",
+        "GSA-ResNet-26 tiny, GSA in stages 3-4 (3x3 conv in 1-2)",
+        factor="stages",
+        setting="stages 3-4",
+        cost=0.7,
+    )
+    return Study(
+        "study",
+        "Converged comparison: GSA-ResNet vs. its convolutional ResNet, tuned per family",
+        (_GSA, hybrid, _CONV),
+        grid=((2e-3, 0.01), (2e-3, 0.1), (6e-3, 0.01), (6e-3, 0.1)),
+        holdout=5000,
+        sweep_epochs=4,
+        sweep_seed=0,
+        final_seeds=(0, 1, 2),
+        reference="conv_resnet26_tiny",
+    )
 
 
 def get_plan(name: str) -> Plan:

@@ -483,6 +483,7 @@ def _run_training(args: argparse.Namespace, argv: Sequence[str], where: dict[str
         seed=cfg.seed,
         train_subset=cfg.train_subset,
         val_subset=cfg.val_subset,
+        holdout=cfg.holdout,
     )
     if ctx.distributed and ctx.is_main:
         barrier(ctx)

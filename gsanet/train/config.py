@@ -113,6 +113,11 @@ class TrainConfig:
     )
     train_subset: int | None = _help("train on a fixed random subset of this many images", default=None)
     val_subset: int | None = _help("validate on a fixed random subset of this many images", default=None)
+    holdout: int | None = _help(
+        "validate on a fixed held-out split of this many training images (never trained on) instead of the "
+        "dataset's test/val split; train_subset is then taken from the remaining training images",
+        default=None,
+    )
     workers: int = _help("data loader worker processes per training process", default=0)
     augment: bool = _help(
         "random crop + flip (fashion-mnist, cifar) / timm's train transform (on in the cifar/imagenet recipes)",
@@ -161,7 +166,7 @@ class TrainConfig:
             _check_min(key, getattr(self, key), 1)
         _check_min("workers", self.workers, 0)
         _check_range("seed", self.seed, 0, _MAX_SEED)
-        for key in ("train_subset", "val_subset"):
+        for key in ("train_subset", "val_subset", "holdout"):
             if getattr(self, key) is not None:
                 _check_min(key, getattr(self, key), 1)
         if self.img_size is not None:

@@ -644,6 +644,7 @@ def create_datasets(
     seed: int = 0,
     train_subset: int | None = None,
     val_subset: int | None = None,
+    holdout: int | None = None,
     class_names: Sequence[str] | None = None,
 ) -> tuple[dict[str, Dataset], DataInfo]:
     """The requested splits (``train``, ``val``) of a dataset, and its :class:`DataInfo`.
@@ -661,6 +662,10 @@ def create_datasets(
         seed: Run seed (Fashion-MNIST augmentation).
         train_subset: Keep a fixed random subset of this many training images.
         val_subset: Keep a fixed random subset of this many validation images.
+        holdout: Hold out a fixed random split of this many training images (the same for every seed) as the
+            ``val`` split, without augmentation, instead of the dataset's test/val split; ``train`` is the rest of
+            the training set (``train_subset`` is then a subset of the rest). For model selection that never looks
+            at the test set.
         class_names: Class order of image folders (e.g. from a checkpoint); default: sorted training folders.
 
     Raises:
@@ -669,9 +674,14 @@ def create_datasets(
     unknown = set(splits) - {"train", "val"}
     if unknown:
         raise ValueError(f"splits are train and val, got {sorted(unknown)}")
-    subsets = {"train": train_subset, "val": val_subset}
     if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
         raise DataError(f"img_size must be in 1..{MAX_IMG_SIZE}, got {img_size}")
+    if holdout is not None:
+        return _holdout_datasets(
+            data, data_dir, splits, download, img_size, model_name, augment, auto_augment, reprob, seed,
+            train_subset, val_subset, holdout, class_names,
+        )  # fmt: skip
+    subsets = {"train": train_subset, "val": val_subset}
     if data == "fashion-mnist":
         if auto_augment or reprob:
             raise DataError("auto_augment and reprob are not implemented for fashion-mnist; remove them")
@@ -687,6 +697,51 @@ def create_datasets(
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise DataError(f"the {split} split of {data} is empty; check its files")
+    return datasets, info
+
+
+def _holdout_datasets(
+    data: str,
+    data_dir: str,
+    splits: Sequence[str],
+    download: bool,
+    img_size: int | None,
+    model_name: str | None,
+    augment: bool,
+    auto_augment: str | None,
+    reprob: float,
+    seed: int,
+    train_subset: int | None,
+    val_subset: int | None,
+    holdout: int,
+    class_names: Sequence[str] | None,
+) -> tuple[dict[str, Dataset], DataInfo]:
+    """``train`` and ``val`` both taken from the training split: see ``holdout`` of :func:`create_datasets`."""
+    common = dict(
+        splits=("train",), download=download, img_size=img_size, model_name=model_name, seed=seed,
+        class_names=class_names,
+    )  # fmt: skip
+    plain, info = create_datasets(data, data_dir, augment=False, **common)
+    total = len(plain["train"])
+    if holdout >= total:
+        raise DataError(
+            f"--holdout {holdout} leaves no training images: the training split of {data} has {total}; "
+            "hold out fewer"
+        )
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(1))  # fixed: independent of the run seed
+    held, rest = order[:holdout].sort().values, order[holdout:].sort().values
+    datasets = {}
+    if "train" in splits:
+        train = plain if not augment else create_datasets(
+            data, data_dir, augment=True, auto_augment=auto_augment, reprob=reprob, **common
+        )[0]
+        kept = _subset_indices(len(rest), train_subset)
+        rest = rest if kept is None else rest[kept]
+        datasets["train"] = Subset(train["train"], rest.tolist())
+    if "val" in splits:
+        kept = _subset_indices(len(held), val_subset)
+        held = held if kept is None else held[kept]
+        datasets["val"] = Subset(plain["train"], held.tolist())
     return datasets, info
 
 
