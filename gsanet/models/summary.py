@@ -3,7 +3,7 @@
 For each model: parameters, multiply-adds (MACs) and FLOPs (= 2 x MACs) of one image at the chosen input size,
 counted by ``gsanet.models.flops.count_macs`` (PyTorch's ``FlopCounterMode``: convolutions and matrix products only),
 and the ratio of each GSA model to its convolutional counterpart. At 224x224 the published ImageNet figures
-(``shared/anchors.md``) are printed beside ours. Writes ``summary_<size>.md`` and ``summary_<size>.csv``.
+(:data:`REFERENCES`) are printed beside ours. Writes ``summary_<size>.md`` and ``summary_<size>.csv``.
 
 Example::
 
