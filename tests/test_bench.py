@@ -13,14 +13,17 @@ import pytest
 import torch
 
 from gsanet.bench import cli
+from gsanet.bench.config import BenchConfig
+from gsanet.bench.environment import cpu_isa
+from gsanet.bench.measure import MemoryTracker, count_flops, fit_power_law
 from gsanet.bench.model import COLUMNS as MODEL_COLUMNS
 from gsanet.bench.model import run_model_bench
 from gsanet.bench.module import COLUMNS as MODULE_COLUMNS
 from gsanet.bench.module import parse_shape, profile_layer, run_module_bench
 from gsanet.bench.peers import LAYERS, build_layer, halo_block_size, sdpa_kernel
+from gsanet.bench.report import BenchTable, result_stem
 from gsanet.bench.scaling import COLUMNS as SCALING_COLUMNS
 from gsanet.bench.scaling import FIT_COLUMNS, run_scaling_bench
-from gsanet.bench.timing import BenchConfig, MemoryTracker, count_flops, cpu_isa, fit_power_law, result_stem
 
 
 def _cfg(tmp_path: Path, **kwargs) -> BenchConfig:
@@ -237,3 +240,14 @@ def test_helpers() -> None:
         parse_shape("56x56")
     with pytest.raises(ValueError):
         BenchConfig(precision="fp16")
+
+
+def test_markdown_columns_are_chosen_by_name() -> None:
+    from gsanet.bench import axial, model, module, scaling, timing
+    from gsanet.bench.report import markdown_columns
+
+    for mod in (axial, model, module, scaling):
+        assert mod.MD_COLUMNS == [c for c in mod.COLUMNS if c not in mod.CSV_ONLY] and "torch" not in mod.MD_COLUMNS
+    with pytest.raises(ValueError, match="not columns"):
+        markdown_columns(["a", "b"], ["c"])
+    assert timing.BenchTable is BenchTable and timing.BenchConfig is BenchConfig  # the former module path still works

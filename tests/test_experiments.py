@@ -13,7 +13,18 @@ import pytest
 import yaml
 
 from gsanet.experiments import cli as exp_cli
-from gsanet.experiments.plans import RunSpec, Variant, ablations_plan, compare_plan, expand, format_kwarg, get_plan
+from gsanet.experiments import results, runner, tables
+from gsanet.experiments.plans import (
+    Group,
+    Plan,
+    RunSpec,
+    Variant,
+    ablations_plan,
+    compare_plan,
+    expand,
+    format_kwarg,
+    get_plan,
+)
 from gsanet.train.cli import build_train_parser
 from gsanet.train.config import TrainConfig, resolve_config
 
@@ -95,6 +106,12 @@ def test_bad_plans_are_rejected(tmp_path: Path) -> None:
     clash = plan.__class__("x", "x", (Variant("gsa_resnet26_tiny", "conv_resnet26_tiny", "l"),), (0,), "x")
     with pytest.raises(ValueError, match="two different runs"):
         expand([plan, clash], ["fashion-mnist"], tmp_path)
+    one = (Variant("a", "m", "l", factor="f", setting="x"), Variant("b", "m", "l", factor="g"))
+    with pytest.raises(ValueError, match="unknown variants"):
+        Plan("x", "x", one, (0,), "a", groups=(Group("f", ("a", "c")),))
+    with pytest.raises(ValueError, match="needs the setting of 'b'"):
+        Plan("x", "x", one, (0,), "a", groups=(Group("f", ("a", "b")),))
+    assert Plan("x", "x", one, (0,), "a", groups=(Group("f", ("a", "b"), {"b": "y"}),)).groups[0].setting(one[0]) == "x"
 
 
 def test_dry_run_lists_runs_and_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,7 +154,7 @@ def test_aggregate_mean_std_and_tables(tmp_path: Path) -> None:
         for seed, acc in enumerate(values):
             _fake_run(RunSpec(plan.variant(key), seed, "fashion-mnist", tmp_path), acc, RECIPE)
     _fake_run(RunSpec(plan.variant("lambda_resnet26t_w025"), 0, "fashion-mnist", tmp_path), 70.0, RECIPE)
-    rows = exp_cli.aggregate(plan, "fashion-mnist", tmp_path, recipe=recipe, macs=False)
+    rows = results.aggregate(plan, "fashion-mnist", tmp_path, recipe=recipe, macs=False)
     by_key = {r.variant.key: r for r in rows}
     gsa = by_key["gsa_resnet26_tiny"]
     assert gsa.n == 3 and gsa.mean == pytest.approx(statistics.fmean(accs["gsa_resnet26_tiny"]))
@@ -147,7 +164,7 @@ def test_aggregate_mean_std_and_tables(tmp_path: Path) -> None:
     assert lam.n == 1 and lam.std is None and lam.missing == [1, 2]
     assert by_key["botnet26t_w025"].n == 0 and by_key["halonet26t_w025"].variant.skip_reason
 
-    csv_path, md_path = exp_cli.write_tables(
+    csv_path, md_path = tables.write_tables(
         plan, rows, tmp_path / "out", data="fashion-mnist", recipe_path=RECIPE, recipe=recipe, runs=tmp_path
     )
     import csv
@@ -163,6 +180,25 @@ def test_aggregate_mean_std_and_tables(tmp_path: Path) -> None:
     assert "gsanet train --config" in md  # the exact commands
 
 
+def test_ablation_table_follows_the_plan_groups(tmp_path: Path) -> None:
+    plan = ablations_plan()
+    recipe = yaml.safe_load(RECIPE.read_text())
+    for i, spec in enumerate(expand([plan], ["fashion-mnist"], tmp_path)):
+        _fake_run(spec, 80.0 + i, RECIPE)
+    rows = results.aggregate(plan, "fashion-mnist", tmp_path, recipe=recipe, macs=False)
+    _, md_path = tables.write_tables(
+        plan, rows, tmp_path / "out", data="fashion-mnist", recipe_path=RECIPE, recipe=recipe, runs=tmp_path
+    )
+    md = md_path.read_text()
+    assert f"Baseline: `{plan.baseline}` = {plan.variant(plan.baseline).setting}." in md
+    assert "| layers | content + positional (baseline) | `gsa_resnet26_tiny` | 80.00 (n=1) |  |" in md
+    assert "| axial vs 2-D (stages 3-4) | axial | `gsa_tiny_last2` |" in md  # the same run in two groups
+    assert "| stages | stages 3-4 | `gsa_tiny_last2` |" in md
+    assert "| axial vs 2-D (all stages) | 2-D | `gsa_tiny_2d` | not run |" in md
+    results_table = md.split("## Results")[1].split("## Variants")[0]
+    assert results_table.count("\n| ") - 1 == sum(len(g.keys) for g in plan.groups)  # one row per group member
+
+
 def test_run_status_done_conflict_partial(tmp_path: Path) -> None:
     recipe = yaml.safe_load(RECIPE.read_text())
     variant = compare_plan().variant("conv_resnet26_tiny")
@@ -170,11 +206,11 @@ def test_run_status_done_conflict_partial(tmp_path: Path) -> None:
     _fake_run(done, 85.0, RECIPE)
     _fake_run(other, 85.0, RECIPE, epochs=1)  # another --epochs than planned
     _fake_run(partial, 50.0, RECIPE, finished=False)
-    assert exp_cli.run_status(done, done.expected_config(recipe, None)).state == "done"
-    conflict = exp_cli.run_status(other, other.expected_config(recipe, None))
+    assert runner.run_status(done, done.expected_config(recipe, None)).state == "done"
+    conflict = runner.run_status(other, other.expected_config(recipe, None))
     assert conflict.state == "conflict" and "epochs: 1 != 3" in conflict.detail
-    assert exp_cli.run_status(partial, partial.expected_config(recipe, None)).state == "partial"
-    assert exp_cli.run_status(RunSpec(variant, 9, "fashion-mnist", tmp_path), {}).state == "todo"
+    assert runner.run_status(partial, partial.expected_config(recipe, None)).state == "partial"
+    assert runner.run_status(RunSpec(variant, 9, "fashion-mnist", tmp_path), {}).state == "todo"
 
 
 # ------------------------------------------------------------------------------------- the runner (no training)
@@ -268,10 +304,10 @@ def test_locked_run_is_skipped(tmp_path: Path, fake_python: tuple[Path, Path]) -
     script, calls = fake_python
     spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", tmp_path / "runs")
     args = exp_cli.build_parser().parse_args(["compare", "--python", str(script), "--runs", str(tmp_path / "runs")])
-    ctx = exp_cli.RunnerContext(args, {"fashion-mnist": (RECIPE, yaml.safe_load(RECIPE.read_text()))}, dict(os.environ))
-    with exp_cli._run_lock(spec) as taken:
+    ctx = runner.RunnerContext(args, {"fashion-mnist": (RECIPE, yaml.safe_load(RECIPE.read_text()))}, dict(os.environ))
+    with runner.run_lock(spec) as taken:
         assert taken
-        status = exp_cli.execute_run(spec, ctx)
+        status = runner.execute_run(spec, ctx)
     assert status.state == "todo" and "locked" in status.detail
     assert not calls.exists()
 
@@ -282,13 +318,13 @@ def test_one_real_training_batch(tmp_path: Path) -> None:
     recipe = _tiny_recipe(tmp_path, train_subset=None, batch_size=16, epochs=1, warmup_epochs=0, data_dir=str(data))
     spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", tmp_path / "runs")
     args = exp_cli.build_parser().parse_args(["compare", "--runs", str(tmp_path / "runs"), "--threads", "1"])
-    ctx = exp_cli.RunnerContext(args, {"fashion-mnist": (recipe, exp_cli.load_recipe(recipe))}, exp_cli.child_env(args))
-    status = exp_cli.execute_run(spec, ctx)
+    ctx = runner.RunnerContext(args, {"fashion-mnist": (recipe, exp_cli.load_recipe(recipe))}, runner.child_env(args))
+    status = runner.execute_run(spec, ctx)
     assert status.state == "done", (spec.output / "logs" / f"{spec.name}.log").read_text()[-2000:]
     assert status.summary["epochs"] == 1 and 0 <= status.summary["val_top1"] <= 100
     record = json.loads((spec.run_dir / "experiment.json").read_text().splitlines()[0])
     assert record["threads"] == "1"
-    assert exp_cli.execute_run(spec, ctx).state == "done"  # a second call finds it finished
+    assert runner.execute_run(spec, ctx).state == "done"  # a second call finds it finished
 
 
 def test_recipe_validation(tmp_path: Path) -> None:

@@ -22,9 +22,12 @@ import torch
 from gsanet.layers import axial_kernel
 from gsanet.layers.gsa import AxialRelPosAttention, FusedAxialRelPosAttention, relative_to_absolute
 
-from .timing import BenchConfig, BenchTable, environment, load_average, load_note, time_interleaved
+from .config import BenchConfig
+from .environment import environment, load_average
+from .measure import time_interleaved
+from .report import BenchTable, load_note, markdown_columns
 
-__all__ = ["COLUMNS", "QUICK_SHAPES", "SHAPES", "AxialShape", "run_axial_bench"]
+__all__ = ["COLUMNS", "CSV_ONLY", "MD_COLUMNS", "QUICK_SHAPES", "SHAPES", "AxialShape", "run_axial_bench"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -63,7 +66,10 @@ COLUMNS = [
     "torch",
     "threads",
 ]
-_MD_COLUMNS = COLUMNS[:13]
+CSV_ONLY = ("load_1m", "torch", "threads")
+"""The columns written to the CSV only."""
+MD_COLUMNS = markdown_columns(COLUMNS, CSV_ONLY)
+"""The columns of the markdown table."""
 
 
 def _inputs(shape: AxialShape, column: bool, seed: int) -> tuple[torch.Tensor, ...]:
@@ -154,7 +160,7 @@ def run_axial_bench(cfg: BenchConfig, shapes: list[AxialShape] | None = None) ->
         kind="axial",
         columns=COLUMNS,
         rows=rows,
-        md_columns=_MD_COLUMNS,
+        md_columns=MD_COLUMNS,
         title="Axial layer: fused kernel vs batched GEMMs",
         notes=notes,
         env=env,

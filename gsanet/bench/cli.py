@@ -7,8 +7,8 @@ Usage::
 
 Files are named ``bench_<kind>_torch<version>_<device>_<precision>[_<isa>].{csv,md,png}`` (the instruction set
 PyTorch ran at, on CPU). ``--isa avx2`` re-runs the command with PyTorch, oneDNN, MKL and the fused kernel capped at
-AVX2 (:data:`gsanet.bench.timing.ISA_ENV`), so an AVX-512 machine reproduces an AVX2 machine's ratios. Options come
-from the defaults, then ``--config`` (a YAML mapping of :class:`gsanet.bench.timing.BenchConfig` fields), then the
+AVX2 (:data:`gsanet.bench.environment.ISA_ENV`), so an AVX-512 machine reproduces an AVX2 machine's ratios. Options come
+from the defaults, then ``--config`` (a YAML mapping of :class:`gsanet.bench.config.BenchConfig` fields), then the
 explicit flags.
 """
 
@@ -26,7 +26,9 @@ from typing import Any
 import torch
 import yaml
 
-from .timing import ISA_ENV, BenchConfig, BenchTable, cpu_isa, result_stem
+from .config import BenchConfig
+from .environment import ISA_ENV, cpu_isa
+from .report import BenchTable, result_stem
 
 __all__ = ["KINDS", "build_parser", "main", "resolve_config"]
 

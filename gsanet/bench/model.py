@@ -22,19 +22,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from .timing import (
-    BenchConfig,
-    BenchTable,
-    autocast,
-    count_flops,
-    environment,
-    load_average,
-    load_note,
-    matmul_peak_gflops,
-    time_fn,
-)
+from .config import BenchConfig
+from .environment import environment, load_average
+from .measure import autocast, count_flops, matmul_peak_gflops, time_fn
+from .report import BenchTable, load_note, markdown_columns
 
-__all__ = ["COLUMNS", "MODELS", "PAIRS", "ModelCase", "run_model_bench"]
+__all__ = ["COLUMNS", "CSV_ONLY", "MD_COLUMNS", "MODELS", "PAIRS", "PAIR_COLUMNS", "ModelCase", "run_model_bench"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -91,7 +84,10 @@ COLUMNS = [
     "precision",
     "threads",
 ]
-_MD_COLUMNS = COLUMNS[:13]
+CSV_ONLY = ("note", "load_1m", "batch", "repeats", "matmul_peak_gflops", "torch", "device", "precision", "threads")
+"""The columns written to the CSV only."""
+MD_COLUMNS = markdown_columns(COLUMNS, CSV_ONLY)
+"""The columns of the markdown table."""
 
 
 def _create(case: ModelCase) -> torch.nn.Module:
@@ -201,7 +197,7 @@ def run_model_bench(cfg: BenchConfig, *, models: Sequence[tuple] | None = None) 
     return BenchTable(
         kind="model",
         columns=COLUMNS,
-        md_columns=_MD_COLUMNS,
+        md_columns=MD_COLUMNS,
         rows=rows,
         title="Whole models: training throughput, inference latency, achieved FLOP/s",
         notes=notes,

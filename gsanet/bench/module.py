@@ -2,7 +2,7 @@
 
 For each shape (batch 8; 56x56x64, 28x28x128, 14x14x256, 7x7x512) and layer (see :mod:`gsanet.bench.peers`):
 forward+backward time (median and minimum over the repeats; the layers of one shape are timed round-robin), forward
-time (``torch.no_grad``), peak memory of forward+backward (:class:`gsanet.bench.timing.MemoryTracker`), parameters, and
+time (``torch.no_grad``), peak memory of forward+backward (:class:`gsanet.bench.measure.MemoryTracker`), parameters, and
 forward multiply-adds (``FlopCounterMode`` FLOPs / 2). Ratios are time (and memory) of the layer over the 3x3
 convolution's, and for our module over gsa-pytorch's.
 
@@ -18,22 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import BenchConfig
+from .environment import environment, load_average
+from .measure import MEMORY_METHOD, autocast, count_flops, measure_peak_memory, time_interleaved
 from .peers import LAYERS, Built, SkipLayer, build_layer, dense_attention_bytes, sdpa_kernel
-from .timing import (
-    MEMORY_METHOD,
-    BenchConfig,
-    BenchTable,
-    autocast,
-    count_flops,
-    environment,
-    load_average,
-    load_note,
-    measure_peak_memory,
-    time_interleaved,
-)
+from .report import BenchTable, load_note, markdown_columns
 
 __all__ = [
     "COLUMNS",
+    "CSV_ONLY",
+    "MD_COLUMNS",
     "QUICK_SHAPES",
     "STAGE_SHAPES",
     "measure_layers",
@@ -76,8 +70,10 @@ COLUMNS = [
     "threads",
     "isa",
 ]
-_CSV_ONLY = {"repeats", "note", "load_1m", "batch", "peak_alloc_mb", "torch", "device", "precision", "threads", "isa"}
-_MD_COLUMNS = [c for c in COLUMNS if c not in _CSV_ONLY]
+CSV_ONLY = ("repeats", "note", "load_1m", "batch", "peak_alloc_mb", "torch", "device", "precision", "threads", "isa")
+"""The columns written to the CSV only."""
+MD_COLUMNS = markdown_columns(COLUMNS, CSV_ONLY)
+"""The columns of the markdown table."""
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -272,7 +268,7 @@ def run_module_bench(
     return BenchTable(
         kind="module",
         columns=COLUMNS,
-        md_columns=_MD_COLUMNS,
+        md_columns=MD_COLUMNS,
         rows=rows,
         title="GSA module vs convolution and attention peers (forward+backward)",
         notes=notes,

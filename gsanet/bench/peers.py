@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gsanet.layers import GlobalSelfAttention, axial_kernel
 
-from .timing import autocast
+from .measure import autocast
 
 __all__ = [
     "HEADS",

@@ -22,14 +22,19 @@ from typing import Any
 
 import torch
 
+from .config import BenchConfig
+from .environment import environment, load_average
+from .measure import MEMORY_METHOD, fit_power_law
 from .module import measure_layers
 from .peers import HEADS, build_layer, dense_attention_bytes, sdpa_kernel
-from .timing import MEMORY_METHOD, BenchConfig, BenchTable, environment, fit_power_law, load_average, load_note
+from .report import BenchTable, load_note, markdown_columns
 
 __all__ = [
     "COLUMNS",
+    "CSV_ONLY",
     "FIT_COLUMNS",
     "LAYERS",
+    "MD_COLUMNS",
     "QUICK_SIZES",
     "SIZES",
     "plot_scaling",
@@ -67,7 +72,20 @@ COLUMNS = [
     "precision",
     "threads",
 ]
-_MD_COLUMNS = COLUMNS[:11]
+CSV_ONLY = (
+    "min_ratio_vs_gsa",
+    "load_1m",
+    "batch",
+    "channels",
+    "peak_alloc_mb",
+    "torch",
+    "device",
+    "precision",
+    "threads",
+)
+"""The columns written to the CSV only."""
+MD_COLUMNS = markdown_columns(COLUMNS, CSV_ONLY)
+"""The columns of the markdown table."""
 FIT_COLUMNS = [
     "layer",
     "time_exponent",
@@ -225,7 +243,7 @@ def summarise_scaling(
 
     Args:
         rows: one dict per size and layer, with the :data:`COLUMNS` (numbers as numbers).
-        env: :func:`gsanet.bench.timing.environment` of the run.
+        env: :func:`gsanet.bench.environment.environment` of the run.
         kernels: non-local layer -> SDPA kernel it used.
         notes: further sentences for the markdown.
 
@@ -260,7 +278,7 @@ def summarise_scaling(
     table = BenchTable(
         kind="scaling",
         columns=COLUMNS,
-        md_columns=_MD_COLUMNS,
+        md_columns=MD_COLUMNS,
         rows=rows,
         title="Scaling with the number of pixels: GSA module vs non-local block (forward+backward)",
         notes=notes,

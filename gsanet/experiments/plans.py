@@ -38,6 +38,7 @@ __all__ = [
     "CIFAR_FOLDERS",
     "DATASET_CONFIGS",
     "PLANS",
+    "Group",
     "Plan",
     "RunSpec",
     "Study",
@@ -103,6 +104,26 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Group:
+    """One factor of an ablation table: the variants that differ only in it, the baseline included.
+
+    Attributes:
+        factor: The factor's name (a variant's ``factor`` when the group is its own).
+        keys: The variants' keys, in table order.
+        settings: The factor's value in rows whose own factor is another one (the baseline's, or a variant that
+            appears in two groups); every other row shows its variant's ``setting``.
+    """
+
+    factor: str
+    keys: tuple[str, ...]
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    def setting(self, variant: Variant) -> str:
+        """The factor's value in ``variant``'s row of this group."""
+        return self.settings.get(variant.key, variant.setting)
+
+
+@dataclass(frozen=True)
 class Plan:
     """A named list of variants and the seeds they run with by default.
 
@@ -112,6 +133,8 @@ class Plan:
         variants: The rows, in table order.
         default_seeds: Seeds used when ``--seeds`` is not given.
         baseline: Key of the row the others are compared with.
+        subject: Key of the row the tables' reading is about (the GSA network of the comparison), if any.
+        groups: The factor groups of an ablation table, in table order (empty: one row per variant).
     """
 
     name: str
@@ -119,6 +142,18 @@ class Plan:
     variants: tuple[Variant, ...]
     default_seeds: tuple[int, ...]
     baseline: str
+    subject: str | None = None
+    groups: tuple[Group, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = {v.key for v in self.variants}
+        for group in self.groups:
+            unknown = set(group.keys) - keys
+            if unknown:
+                raise ValueError(f"plan {self.name}: group {group.factor!r} names unknown variants {sorted(unknown)}")
+            for key in group.keys:
+                if self.variant(key).factor != group.factor and key not in group.settings:
+                    raise ValueError(f"plan {self.name}: group {group.factor!r} needs the setting of {key!r}")
 
     def variant(self, key: str) -> Variant:
         """The variant with this key."""
@@ -278,7 +313,8 @@ def compare_plan() -> Plan:
         "GSA-ResNet vs. convolutional ResNet vs. timm attention peers",
         variants,
         default_seeds=(0, 1, 2),
-        baseline="conv_resnet26_tiny",
+        baseline=_CONV.key,
+        subject=_GSA.key,
     )
 
 
@@ -334,40 +370,26 @@ def ablations_plan() -> Plan:
             ),
         ),
     )  # fmt: skip
+    base = _GSA.key
+    groups = (
+        Group("layers", ("gsa_tiny_content", "gsa_tiny_positional", base), {base: "content + positional"}),
+        Group("positional span", ("gsa_tiny_span3", "gsa_tiny_span7", base), {base: "global"}),
+        Group("relative embeddings", ("gsa_tiny_norel", base), {base: "on"}),
+        Group("axial vs 2-D (stages 3-4)", ("gsa_tiny_last2", "gsa_tiny_last2_2d"), {"gsa_tiny_last2": "axial"}),
+        Group("axial vs 2-D (all stages)", (base, "gsa_tiny_2d"), {base: "axial"}),
+        Group("positional softmax", (base, "gsa_tiny_possoftmax"), {base: "off (paper)"}),
+        Group("query softmax", (base, "gsa_tiny_querysoftmax"), {base: "off (paper)"}),
+        Group("stages", (base, "gsa_tiny_last2", "gsa_tiny_last1", _CONV.key), {base: "all (1-4)"}),
+    )
     return Plan(
         "ablations",
-        "GSA ablations (gsa_resnet26_tiny, one factor at a time)",
+        f"GSA ablations ({base}, one factor at a time)",
         variants,
         default_seeds=(0,),
-        baseline="gsa_resnet26_tiny",
+        baseline=base,
+        groups=groups,
     )
 
-
-ABLATION_FACTORS: dict[str, tuple[str, ...]] = {
-    "layers": ("gsa_tiny_content", "gsa_tiny_positional", "gsa_resnet26_tiny"),
-    "positional span": ("gsa_tiny_span3", "gsa_tiny_span7", "gsa_resnet26_tiny"),
-    "relative embeddings": ("gsa_tiny_norel", "gsa_resnet26_tiny"),
-    "axial vs 2-D (stages 3-4)": ("gsa_tiny_last2", "gsa_tiny_last2_2d"),
-    "axial vs 2-D (all stages)": ("gsa_resnet26_tiny", "gsa_tiny_2d"),
-    "positional softmax": ("gsa_resnet26_tiny", "gsa_tiny_possoftmax"),
-    "query softmax": ("gsa_resnet26_tiny", "gsa_tiny_querysoftmax"),
-    "stages": ("gsa_resnet26_tiny", "gsa_tiny_last2", "gsa_tiny_last1", "conv_resnet26_tiny"),
-}
-"""The ablation table's groups: for each factor, the variants that differ only in it (baseline setting included)."""
-
-BASELINE_SETTINGS = {
-    "layers": "content + positional",
-    "positional span": "global",
-    "relative embeddings": "on",
-    "axial vs 2-D (all stages)": "axial",
-    "positional softmax": "off (paper)",
-    "query softmax": "off (paper)",
-    "stages": "all (1-4)",
-}
-"""The baseline's setting in each factor group (the baseline row's own ``setting`` describes all of them)."""
-
-GROUP_SETTINGS = {("axial vs 2-D (stages 3-4)", "gsa_tiny_last2"): "axial"}
-"""Settings of rows that appear in a group other than their own factor's."""
 
 PLANS = {"compare": compare_plan, "ablations": ablations_plan}
 

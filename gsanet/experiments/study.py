@@ -24,7 +24,6 @@ against cumulative training time).
 from __future__ import annotations
 
 import csv
-import io
 import shlex
 import statistics
 from collections.abc import Mapping, Sequence
@@ -33,8 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import Row, RunnerContext, RunStatus, aggregate, execute_run, run_status, say, train_command
+from gsanet.tables import csv_text, markdown_table, mean_std
+
 from .plans import Plan, RunSpec, Study, Variant, data_slug
+from .results import Row, aggregate
+from .runner import RunnerContext, RunStatus, execute_run, record_invocation, run_status, say, train_command
+from .runner import invocations as recorded_invocations
 from .stats import Welch, welch
 
 __all__ = [
@@ -70,8 +73,7 @@ def _expected(spec: RunSpec, recipe: Mapping[str, Any]) -> dict[str, Any]:
 
 def expected_recipe(ctx: RunnerContext, data: str) -> dict[str, Any]:
     """The recipe values every run of ``data`` must have in its ``config.yaml`` (``--data-dir`` included)."""
-    _, recipe = ctx.recipes[data]
-    return dict(recipe, **({"data_dir": ctx.args.data_dir} if ctx.args.data_dir else {}))
+    return ctx.expected_recipe(data)
 
 
 def sweep_specs(study: Study, data: str, runs: str | Path) -> dict[str, list[RunSpec]]:
@@ -198,14 +200,6 @@ def collect(
     return results
 
 
-def _csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _runs_rows(results: Sequence[FamilyResult], recipe: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
@@ -276,10 +270,7 @@ def _curve_rows(results: Sequence[FamilyResult]) -> list[dict[str, Any]]:
 
 
 def _fmt_mean(row: Row | None) -> str:
-    if row is None or not row.n:
-        return "no finished run"
-    text = f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if row.std is not None else "")
-    return text + f" (n={row.n})" + (f", missing seeds {row.missing}" if row.missing else "")
+    return "no finished run" if row is None or not row.n else mean_std(row.mean, row.std, row.n, row.missing)
 
 
 def _fmt_welch(w: Welch | None) -> tuple[str, str]:
@@ -363,7 +354,7 @@ def write_report(
     paths = []
     for name, (rows, fields) in files.items():
         path = out / f"{stem}_{name}.csv"
-        path.write_text(_csv_text(rows, fields))
+        path.write_text(csv_text(fields, rows))
         paths.append(path)
     paths += _plots(results, out, stem, study.title.split(":")[0])
     path = out / f"{stem}.md"
@@ -415,7 +406,7 @@ def _report_lines(
         ])  # fmt: skip
     cols = ["model", "test top-1 % (mean ± std)", "per seed", f"Δ vs {study.reference} [95% CI]", "Welch t-test",
             "lr / wd", "params", "MACs", "train min"]  # fmt: skip
-    lines += ["## Final runs", "", _md(cols, table), ""]
+    lines += ["## Final runs", "", markdown_table(cols, table), ""]
     lines.append(
         "Mean ± sample standard deviation over seeds of the test top-1 after the last epoch. Δ: difference of means "
         "with the 95% confidence interval of Welch's t distribution. MACs: multiply-adds of one 28x28 image as "
@@ -434,7 +425,7 @@ def _report_lines(
             table.append(
                 [f"`{r.family.model}`", f"{args['lr']:g}", f"{args['weight_decay']:g}", top1, "**chosen**" * chosen]
             )
-    lines += [_md(["model", "lr", "weight decay", "held-out top-1 %", ""], table), ""]
+    lines += [markdown_table(["model", "lr", "weight decay", "held-out top-1 %", ""], table), ""]
     lines.append(
         f"One seed per point on {study.sweep_epochs} epochs: the sweep ranks the points, and differences between "
         "points below about a point are within seed noise."
@@ -448,18 +439,9 @@ def _report_lines(
     return lines
 
 
-def _md(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def invocations(runs: str | Path, data: str) -> list[str]:
     """The ``gsanet experiment study`` commands recorded in the runs directory."""
-    path = Path(runs) / data_slug(data) / "experiment_commands.txt"
-    if not path.is_file():
-        return []
-    return [line for line in path.read_text().splitlines() if line.strip() and " study" in line]
+    return recorded_invocations(runs, data, containing=" study")
 
 
 def dry_run(study: Study, data: str, ctx: RunnerContext) -> None:
@@ -483,8 +465,6 @@ def main(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerCon
 
     Returns 0 when every run of the study is finished (or for a dry run / table-only), 1 otherwise.
     """
-    from datetime import datetime
-
     from .plans import study_plan
 
     study = study_plan()
@@ -495,14 +475,7 @@ def main(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerCon
     complete = True
     for data in datasets:
         if not args.table_only:
-            folder = Path(args.runs) / data_slug(data)
-            folder.mkdir(parents=True, exist_ok=True)
-            threads = ctx.env.get("OMP_NUM_THREADS")
-            env = f"OMP_NUM_THREADS={threads} " if threads else ""
-            with open(folder / "experiment_commands.txt", "a") as f:
-                f.write(
-                    f"{env}gsanet experiment {shlex.join(argv)}   # {datetime.now().isoformat(timespec='seconds')}\n"
-                )
+            record_invocation(ctx, argv, data)
             try:
                 results = run_study(study, data, ctx)
             except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 For each model: parameters, multiply-adds (MACs) and FLOPs (= 2 x MACs) of one image at the chosen input size,
 counted by ``gsanet.models.flops.count_macs`` (PyTorch's ``FlopCounterMode``: convolutions and matrix products only),
 and the ratio of each GSA model to its convolutional counterpart. At 224x224 the published ImageNet figures
-(``shared/anchors.md``) are printed beside ours. Writes ``summary_<size>.md`` and ``summary_<size>.csv``.
+(:data:`REFERENCES`) are printed beside ours. Writes ``summary_<size>.md`` and ``summary_<size>.csv``.
 
 Example::
 
@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import fnmatch
 import logging
@@ -22,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import timm
+
+from gsanet.tables import fixed, markdown_table, si, write_csv
 
 from .flops import count_macs, count_params
 from .gsa_resnet import conv_counterpart, model_archs
@@ -174,19 +175,6 @@ def summarize(
     return rows
 
 
-def _si(value: float | None) -> str:
-    """``18284584`` -> ``"18.28M"``: four significant digits up to 999.9, with a K/M/G suffix."""
-    if value is None:
-        return "-"
-    scale, suffix = next(((s, x) for s, x in ((1e9, "G"), (1e6, "M"), (1e3, "K")) if abs(value) >= s), (1, ""))
-    scaled = value / scale
-    return f"{scaled:.{3 if abs(scaled) < 10 else 2 if abs(scaled) < 100 else 1}f}{suffix}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def _size_text(img_size: tuple[int, int] | None) -> str:
     if img_size is None:
         return "default"
@@ -205,42 +193,41 @@ def to_markdown(rows: Sequence[SummaryRow], img_size: tuple[int, int] | None) ->
         "and 2-D ablation paths compute 2S-1). Ratios are to "
         "the convolutional counterpart (same stem, depths and widths).",
         "",
-        "| model | input | params | MACs | FLOPs | algorithmic MACs | conv counterpart | params / conv | MACs / conv "
-        "| algorithmic MACs / conv |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r.model} | {'x'.join(map(str, r.input_size))} | {_si(r.params)} | {_si(r.macs)} | {_si(r.flops)} "
-            f"| {_si(r.algorithmic_macs)} | {r.counterpart or '-'} | {_ratio(r.params_ratio)} | {_ratio(r.macs_ratio)} "
-            f"| {_ratio(r.algorithmic_ratio)} |"
-        )
-    if img_size == REFERENCE_SIZE:
-        ours = {r.model: r for r in rows}
-        lines += [
-            "",
-            "## Published ImageNet figures at 224x224, beside ours",
-            "",
-            "| published model | params | MACs | source | ours | our params | our MACs (algorithmic) | params diff "
-            "| MACs diff (algorithmic) |",
-            "|---|---|---|---|---|---|---|---|---|",
+    columns = ["model", "input", "params", "MACs", "FLOPs", "algorithmic MACs", "conv counterpart", "params / conv"]
+    columns += ["MACs / conv", "algorithmic MACs / conv"]
+    table = [
+        [r.model, "x".join(map(str, r.input_size)), si(r.params), si(r.macs), si(r.flops), si(r.algorithmic_macs)]
+        + [
+            r.counterpart or "-",
+            *(fixed(v, 3, missing="-") for v in (r.params_ratio, r.macs_ratio, r.algorithmic_ratio)),
         ]
-        for ref in REFERENCES:
-            mine = ours.get(ref.ours) if ref.ours else None
-            if mine is None:
-                lines.append(
-                    f"| {ref.model} | {_si(ref.params)} | {_si(ref.macs)} | {ref.source} | - | - | - | - | - |"
-                )
-                continue
-            diff_m = "-"
-            if ref.macs:
-                diff_m = f"{mine.macs / ref.macs - 1:+.1%} ({mine.algorithmic_macs / ref.macs - 1:+.1%})"
-            lines.append(
-                f"| {ref.model} | {_si(ref.params)} | {_si(ref.macs)} | {ref.source} | {mine.model} "
-                f"| {_si(mine.params)} | {_si(mine.macs)} ({_si(mine.algorithmic_macs)}) "
-                f"| {mine.params / ref.params - 1:+.1%} | {diff_m} |"
-            )
+        for r in rows
+    ]
+    lines.append(markdown_table(columns, table))
+    if img_size == REFERENCE_SIZE:
+        lines += ["", "## Published ImageNet figures at 224x224, beside ours", "", _references_table(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _references_table(rows: Sequence[SummaryRow]) -> str:
+    """The published figures of :data:`REFERENCES` beside ours (relative differences in percent)."""
+    ours = {r.model: r for r in rows}
+    table = []
+    for ref in REFERENCES:
+        mine = ours.get(ref.ours) if ref.ours else None
+        if mine is None:
+            table.append([ref.model, si(ref.params), si(ref.macs), ref.source, "-", "-", "-", "-", "-"])
+            continue
+        diff_m = "-"
+        if ref.macs:
+            diff_m = f"{mine.macs / ref.macs - 1:+.1%} ({mine.algorithmic_macs / ref.macs - 1:+.1%})"
+        table.append(
+            [ref.model, si(ref.params), si(ref.macs), ref.source, mine.model, si(mine.params)]
+            + [f"{si(mine.macs)} ({si(mine.algorithmic_macs)})", f"{mine.params / ref.params - 1:+.1%}", diff_m]
+        )
+    columns = ["published model", "params", "MACs", "source", "ours", "our params", "our MACs (algorithmic)"]
+    return markdown_table(columns + ["params diff", "MACs diff (algorithmic)"], table)
 
 
 CSV_FIELDS = (
@@ -258,10 +245,6 @@ CSV_FIELDS = (
 )
 
 
-def _csv_ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
 def to_csv_rows(rows: Sequence[SummaryRow], img_size: tuple[int, int] | None) -> list[dict[str, object]]:
     """Our rows (source ``gsanet``), then at 224x224 the published figures (their source; ``counterpart`` = ours)."""
     out: list[dict[str, object]] = [
@@ -274,9 +257,9 @@ def to_csv_rows(rows: Sequence[SummaryRow], img_size: tuple[int, int] | None) ->
             flops=r.flops,
             algorithmic_macs=r.algorithmic_macs,
             counterpart=r.counterpart or "",
-            params_ratio=_csv_ratio(r.params_ratio),
-            macs_ratio=_csv_ratio(r.macs_ratio),
-            algorithmic_macs_ratio=_csv_ratio(r.algorithmic_ratio),
+            params_ratio=fixed(r.params_ratio, 4),
+            macs_ratio=fixed(r.macs_ratio, 4),
+            algorithmic_macs_ratio=fixed(r.algorithmic_ratio, 4),
         )
         for r in rows
     ]
@@ -367,9 +350,6 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         stem = out / f"summary_{_size_text(args.img_size)}"
         stem.with_suffix(".md").write_text(text)
-        with stem.with_suffix(".csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(to_csv_rows(rows, args.img_size))
+        write_csv(stem.with_suffix(".csv"), CSV_FIELDS, to_csv_rows(rows, args.img_size))
         print(f"\nwrote {stem}.md and {stem}.csv")
     return 0
