@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import stat
@@ -67,9 +68,9 @@ def test_ablations_cover_every_factor_and_share_the_baseline(tmp_path: Path) -> 
         "gsa_resnet26_tiny_last2",
     }
     ablations = expand([plan], ["fashion-mnist"], tmp_path)
-    assert len(ablations) == 12 and {s.seed for s in ablations} == {0}  # one seed; the 2-D-everywhere row is skipped
+    assert len(ablations) == 12 * 3 and {s.seed for s in ablations} == {0, 1, 2}  # the 2-D-everywhere row is skipped
     both = expand([compare_plan(), plan], ["fashion-mnist"], tmp_path)
-    assert len(both) == 12 + 12 - 2  # gsa_resnet26_tiny-s0 and conv_resnet26_tiny-s0 are shared
+    assert len(both) == 12 + 36 - 6  # gsa_resnet26_tiny and conv_resnet26_tiny (3 seeds each) are shared
     assert len({s.run_dir for s in both}) == len(both)
     three = expand([plan], ["fashion-mnist", "cifar10"], tmp_path, seeds=[0, 1, 2])
     assert len(three) == 2 * 12 * 3
@@ -118,7 +119,7 @@ def test_dry_run_lists_runs_and_skips(tmp_path: Path, capsys: pytest.CaptureFixt
     code = exp_cli.main(["all", "--dry-run", "--no-macs", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
-    assert out.count("\ntodo ") + out.startswith("todo ") == 22
+    assert out.count("\ntodo ") + out.startswith("todo ") == 12 + 36 - 6  # compare + ablations, 3 seeds, shared
     assert "gsanet.cli train --config" in out and "'gsa_kwargs={pos_span: 3}'" in out
     assert "skipped  compare/halonet26t_w025" in out and "skipped  ablations/gsa_tiny_2d" in out
     assert not (tmp_path / "runs").exists()  # a dry run creates nothing
@@ -191,7 +192,13 @@ def test_ablation_table_follows_the_plan_groups(tmp_path: Path) -> None:
     )
     md = md_path.read_text()
     assert f"Baseline: `{plan.baseline}` = {plan.variant(plan.baseline).setting}." in md
-    assert "| layers | content + positional (baseline) | `gsa_resnet26_tiny` | 80.00 (n=1) |  |" in md
+    # fake accuracies: the i-th run gets 80 + i, so every variant is 3 points above the one before it
+    assert "| layers | content + positional (baseline) | `gsa_resnet26_tiny` | 81.00 ± 1.00 (n=3) |  |  |" in md
+    content = next(line for line in md.splitlines() if "`gsa_tiny_content`" in line and line.startswith("| layers"))
+    assert "| +3.00 | [+0.73, +5.27], p=0.021 * |" in content  # Welch: se 0.816 with 4 degrees of freedom
+    table = {r["key"]: r for r in csv.DictReader((tmp_path / "out" / "experiment_ablations.csv").open())}
+    assert table["gsa_tiny_content"]["significant"] == "yes" and table["gsa_resnet26_tiny"]["significant"] == ""
+    assert float(table["gsa_tiny_content"]["welch_p"]) == pytest.approx(0.0213, abs=1e-3)
     assert "| axial vs 2-D (stages 3-4) | axial | `gsa_tiny_last2` |" in md  # the same run in two groups
     assert "| stages | stages 3-4 | `gsa_tiny_last2` |" in md
     assert "| axial vs 2-D (all stages) | 2-D | `gsa_tiny_2d` | not run |" in md

@@ -325,7 +325,7 @@ def _gsa(
 
 
 def ablations_plan() -> Plan:
-    """The GSA module's design choices, one factor at a time against ``gsa_resnet26_tiny``; 1 seed by default."""
+    """The GSA module's design choices, one factor at a time against ``gsa_resnet26_tiny``, 3 seeds each."""
     variants = (
         _GSA,
         _gsa("gsa_tiny_content", "content only", "layers", "content only", 0.55, model="gsa_resnet26_tiny_content"),
@@ -385,7 +385,7 @@ def ablations_plan() -> Plan:
         "ablations",
         f"GSA ablations ({base}, one factor at a time)",
         variants,
-        default_seeds=(0,),
+        default_seeds=(0, 1, 2),
         baseline=base,
         groups=groups,
     )

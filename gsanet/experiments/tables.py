@@ -9,7 +9,6 @@ row its reading is about (``Plan.subject``) and, for the ablations, its factor g
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from gsanet.tables import csv_text, fixed, markdown_table, mean_std
 from .plans import Plan, Variant, data_slug, format_kwarg
 from .results import Row
 from .runner import invocations
+from .stats import Welch, welch
 
 __all__ = ["format_kwargs", "table_stem", "write_tables"]
 
@@ -108,11 +108,28 @@ def _delta(row: Row, reference: Row | None) -> str:
     return "" if difference is None else f"{difference:+.2f}"
 
 
+def _test(row: Row, reference: Row | None) -> Welch | None:
+    """Welch's t-test of ``row`` against the reference row (None for the reference itself or below two seeds)."""
+    if reference is None or row is reference:
+        return None
+    return welch(row.top1, reference.top1)
+
+
+def _interval(row: Row, reference: Row | None) -> str:
+    """The difference's 95% interval and Welch p-value, ``*`` when the interval excludes zero."""
+    w = _test(row, reference)
+    if w is None:
+        return ""
+    return f"[{w.low:+.2f}, {w.high:+.2f}], p={w.p:.2g}" + (" *" if w.significant else "")
+
+
 def _measures(row: Row, reference: Row | None) -> list[str]:
-    """The cells every results table shares: accuracy, difference, parameters, MACs, training time, note."""
+    """The cells every results table shares: accuracy, difference (with its 95% interval when both sides have
+    seeds), parameters, MACs, training time, note."""
     return [
         _accuracy(row),
         _delta(row, reference),
+        _interval(row, reference),
         fixed(row.params, 2, scale=1e6, suffix="M"),
         _macs(row),
         fixed(row.mean_seconds, 0),
@@ -139,6 +156,10 @@ def _csv_row(row: Row, baseline: Row | None) -> dict[str, Any]:
         "top1_per_seed": " ".join(f"{a:.2f}" for a in row.top1),
         "top5_mean": fixed(row.mean_top5, 4),
         "delta_vs_baseline": fixed(_difference(row, baseline), 4),
+        "delta_ci95_low": fixed(getattr(_test(row, baseline), "low", None), 4),
+        "delta_ci95_high": fixed(getattr(_test(row, baseline), "high", None), 4),
+        "welch_p": fixed(getattr(_test(row, baseline), "p", None), 4),
+        "significant": {True: "yes", False: "no", None: ""}[getattr(_test(row, baseline), "significant", None)],
         "params": row.params,
         "macs": row.macs,
         "algorithmic_macs": row.algorithmic_macs,
@@ -170,22 +191,17 @@ def _display_path(path: str | Path) -> str:
 
 
 def _verdict(a: Row, b: Row, what: str) -> str:
-    """A sentence comparing two rows' mean accuracy against their seed-to-seed spread."""
+    """A sentence comparing two rows' mean accuracy: the difference, its 95% interval and Welch's p-value."""
     if a.mean is None or b.mean is None:
         return f"{what}: not enough finished runs to compare."
-    diff = a.mean - b.mean
-    spread = [r.std for r in (a, b) if r.std is not None]
-    text = f"{what}: {a.mean:.2f}% vs {b.mean:.2f}%, difference {diff:+.2f} points"
-    if len(spread) == 2 and a.n > 1 and b.n > 1:
-        se = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
-        text += f" (standard error {se:.2f}; "
-        if abs(diff) <= 2 * se:
-            text += "within 2 standard errors: no significant difference at this budget)"
-        else:
-            text += f"{'higher' if diff > 0 else 'lower'} by more than 2 standard errors)"
-    else:
-        text += " (one seed: no error estimate)"
-    return text + "."
+    text = f"{what}: {a.mean:.2f}% vs {b.mean:.2f}%, difference {a.mean - b.mean:+.2f} points"
+    w = welch(a.top1, b.top1)
+    if w is None:
+        return text + " (fewer than two seeds on one side: no error estimate)."
+    text += f" (95% CI [{w.low:+.2f}, {w.high:+.2f}], Welch p = {w.p:.2g}: "
+    if not w.significant:
+        return text + "no significant difference at this budget)."
+    return text + f"{'higher' if w.diff > 0 else 'lower'}, significant at 5%)."
 
 
 def _common_header(
@@ -225,7 +241,8 @@ def _compare_body(plan: Plan, rows: Sequence[Row], by_key: Mapping[str, Row]) ->
         model = f"`{row.variant.model}`" + (f" {format_kwargs(row.variant)}" if row.variant.model_kwargs else "")
         size = "x".join(map(str, row.input_size[1:])) if row.input_size else ""
         table.append([model, size, *_measures(row, conv)])
-    cols = ["model", "input", "test top-1 % (mean ± std)", "Δ vs conv", "params", "MACs", "train s", "note"]
+    cols = ["model", "input", "test top-1 % (mean ± std)", "Δ vs conv", "95% CI, Welch p", "params", "MACs",
+            "train s", "note"]  # fmt: skip
     lines = ["## Results", "", markdown_table(cols, table), ""]
     gsa = by_key.get(plan.subject) if plan.subject else None
     if gsa is not None and conv is not None:
@@ -270,6 +287,13 @@ def _ablation_intro(plan: Plan, rows: Sequence[Row], baseline: Row | None, sprea
             f"One seed per variant (seed {seeds[0]}) to fit the CPU budget: a single run per row, no error bars."
             + noise
         )
+    else:
+        lines.append(
+            "Δ: difference of mean test top-1 from the baseline; 95% CI and p: Welch's t-test over the seeds "
+            "(unequal variances); `*`: the interval excludes zero (significant at 5%). Each row is tested once "
+            "against the baseline, without correction for multiple comparisons: among a dozen rows with no real "
+            "effect, about one in twenty is marked by chance."
+        )
     lines.append(
         "MACs: as computed by the implementation (in parentheses: at the cost of the GSA equations, when different; "
         "a windowed span runs densely over the axis, so it costs what the global span costs)."
@@ -288,7 +312,8 @@ def _ablation_body(plan: Plan, rows: Sequence[Row], by_key: Mapping[str, Row], s
                 continue
             setting = group.setting(row.variant) + (" (baseline)" if key == plan.baseline else "")
             table.append([group.factor, setting, f"`{row.variant.key}`", *_measures(row, baseline)])
-    cols = ["factor", "setting", "run", "test top-1 %", "Δ vs baseline", "params", "MACs", "train s", "note"]
+    cols = ["factor", "setting", "run", "test top-1 %", "Δ vs baseline", "95% CI, Welch p", "params", "MACs",
+            "train s", "note"]  # fmt: skip
     lines += ["## Results", "", markdown_table(cols, table), ""]
     lines += ["## Variants", "", "Model and arguments of each run key:", ""]
     for row in rows:
