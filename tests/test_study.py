@@ -123,6 +123,7 @@ def test_study_end_to_end_on_fake_data(tmp_path: Path, monkeypatch: pytest.Monke
     assert (out / "study_curves.png").stat().st_size > 0 and (out / "study_time.png").stat().st_size > 0
     report = (out / "study.md").read_text()
     assert "## Verdict" in report and "95% CI" in report and "**chosen**" in report
+    assert "Choices on the edge of the grid" in report  # with two points, every choice is on an edge
     # the report regenerates from the run directories alone, identically
     first = {p.name: p.read_text() for p in out.glob("*.csv")}
     assert exp_cli.main([*argv, "--table-only"]) == 0

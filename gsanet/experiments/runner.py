@@ -239,7 +239,7 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
         }
         with open(spec.run_dir / "experiment.json", "a") as f:
             f.write(json.dumps(record) + "\n")
-        say(ctx, f"done   {spec.name}: test top-1 {status.summary['val_top1']:.2f}%  ({wall:.0f} s)")
+        say(ctx, f"done   {spec.name}: validation top-1 {status.summary['val_top1']:.2f}%  ({wall:.0f} s)")
         return status
 
 

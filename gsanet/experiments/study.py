@@ -362,6 +362,29 @@ def write_report(
     return [*paths, path]
 
 
+def _edge_choices(study: Study, results: Sequence[FamilyResult]) -> str:
+    """A warning naming the families whose chosen point lies on the edge of the grid ("" when none does)."""
+    lrs, wds = sorted({lr for lr, _ in study.grid}), sorted({wd for _, wd in study.grid})
+    edges = []
+    for r in results:
+        if r.choice is None:
+            continue
+        sides = [
+            f"{name} {value:g} is the grid's {'largest' if value == values[-1] else 'smallest'}"
+            for name, value, values in (("lr", r.choice.lr, lrs), ("weight decay", r.choice.weight_decay, wds))
+            if len(values) > 1 and value in (values[0], values[-1])
+        ]
+        if sides:
+            edges.append(f"`{r.family.model}` ({', '.join(sides)})")
+    if not edges:
+        return ""
+    return (
+        "Choices on the edge of the grid: " + "; ".join(edges) + ". A wider grid may find better values for these "
+        "families; every family had the same grid and budget, so the comparison is fair at this budget, but it is "
+        "not a claim about each family's optimum."
+    )
+
+
 def _report_lines(
     study: Study,
     results: Sequence[FamilyResult],
@@ -430,6 +453,9 @@ def _report_lines(
         f"One seed per point on {study.sweep_epochs} epochs: the sweep ranks the points, and differences between "
         "points below about a point are within seed noise."
     )
+    edges = _edge_choices(study, results)
+    if edges:
+        lines += ["", edges]
     lines += ["", "## Runs", "", "Each final run's `gsanet train` command (also `command.txt` in its run directory):",
               "", "```"]  # fmt: skip
     for r in results:
