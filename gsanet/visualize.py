@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsanet.layers import GlobalSelfAttention
-from gsanet.train.config import TrainError
+from gsanet.train.errors import TrainError
 
 __all__ = [
     "AttentionMaps",
@@ -108,7 +108,7 @@ def load_subject(
 
     Raises:
         ValueError: Neither or both of checkpoint and model, or no shipped weights for ``model``.
-        TrainError: A missing, corrupt, malformed or non-finite checkpoint (``gsanet.train.config``).
+        TrainError: A missing, corrupt, malformed or non-finite checkpoint (``gsanet.train.errors``).
     """
     import timm
 
@@ -117,54 +117,10 @@ def load_subject(
     if (checkpoint is None) == (model is None):
         raise ValueError("give either --checkpoint or --model")
     if checkpoint is not None:
-        from gsanet.train.checkpoint import (
-            best_checkpoint,
-            check_finite,
-            check_state_dict,
-            load_checkpoint,
-            require_meta,
-        )
-        from gsanet.train.engine import create_model
-
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = best_checkpoint(path)
-        ckpt = load_checkpoint(path, with_state=False)
-        meta = ckpt.meta
-        require_meta(meta, ("model", "model_args", "data"), path)
-        net = create_model(meta["model"], **meta["model_args"])
-        check_state_dict(
-            net.state_dict(), ckpt.model_state, model_name=meta["model"], checkpoint_model=meta["model"], path=path
-        )
-        check_finite(ckpt.model_state, path)
-        net.load_state_dict(ckpt.model_state)
-        data = meta["data"]
-        size = int(data["img_size"])
-        top1 = meta.get("history", [{}])[-1].get("val_top1") if meta.get("history") else None
-        desc = f"trained on {Path(data['name']).name}, epoch {meta.get('epoch')}" + (
-            f", test top-1 {top1:.1f}%" if top1 is not None else ""
-        )
-        return Subject(
-            net.eval(), meta["model"], int(data["in_chans"]), (size, size), tuple(data["mean"]), tuple(data["std"]),
-            True, desc, tuple(data.get("class_names", ())),
-        )  # fmt: skip
+        return _checkpoint_subject(checkpoint)
     if pretrained:
-        from gsanet.models.pretrained import SHIPPED, shipped_overlay
-
-        overlay = shipped_overlay(model)
-        if overlay is None:
-            raise ValueError(
-                f"no shipped weights for {model}; shipped: {', '.join(SHIPPED) or 'none'} (or drop --pretrained)"
-            )
-        net = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=overlay)
-        info = SHIPPED[model]
-        desc = f"trained on {info.dataset}, test top-1 {info.test_top1:.1f}%"
-        from gsanet.train.data import FASHION_MNIST_CLASSES
-
-        classes = FASHION_MNIST_CLASSES if info.dataset == "fashion-mnist" else ()
-        _, h, w = info.input_size
-        return Subject(net.eval(), model, info.in_chans, (h, w), info.mean, info.std, True, desc, classes)
-    cfg = timm.models.get_pretrained_cfg(model)
+        return _pretrained_subject(model)
+    cfg = timm.get_pretrained_cfg(model)
     size = img_size or (int(cfg.input_size[-1]) if cfg is not None else 224)
     in_chans = int(cfg.input_size[0]) if cfg is not None else 3
     kwargs: dict[str, Any] = {"img_size": size} if model.startswith(("gsa_", "conv_")) else {}
@@ -172,6 +128,43 @@ def load_subject(
     mean = tuple(cfg.mean) if cfg is not None else (0.5,) * in_chans
     std = tuple(cfg.std) if cfg is not None else (0.5,) * in_chans
     return Subject(net.eval(), model, in_chans, (size, size), mean, std, False, "untrained, random init")
+
+
+def _checkpoint_subject(checkpoint: str) -> Subject:
+    """The model of a ``gsanet train`` checkpoint or run directory (its best checkpoint), with the raw weights."""
+    from gsanet.train.rundir import load_model
+
+    loaded = load_model(checkpoint)
+    meta = loaded.meta
+    data = meta.data
+    size = int(data["img_size"])
+    top1 = meta.last_row.get("val_top1")
+    desc = f"trained on {Path(data['name']).name}, epoch {meta.epoch}" + (
+        f", test top-1 {top1:.1f}%" if top1 is not None else ""
+    )
+    return Subject(
+        loaded.model, meta.model, int(data["in_chans"]), (size, size), tuple(data["mean"]), tuple(data["std"]),
+        True, desc, tuple(data.get("class_names", ())),
+    )  # fmt: skip
+
+
+def _pretrained_subject(model: str) -> Subject:
+    """A model with its shipped weights (its default timm pretrained tag)."""
+    import timm
+
+    from gsanet.models.pretrained import SHIPPED
+
+    entry = SHIPPED.get(model)
+    if entry is None or not entry.path.is_file():
+        raise ValueError(
+            f"no shipped weights for {model}; shipped: {', '.join(SHIPPED) or 'none'} (or drop --pretrained)"
+        )
+    net = timm.create_model(model, pretrained=True)
+    cfg = net.pretrained_cfg  # the weights' tag: their input size, normalisation and classes
+    desc = f"trained on {entry.dataset}, test top-1 {entry.test_top1:.1f}%"
+    in_chans, h, w = cfg["input_size"]
+    classes = tuple(cfg.get("label_names") or ())
+    return Subject(net.eval(), model, in_chans, (h, w), tuple(cfg["mean"]), tuple(cfg["std"]), True, desc, classes)
 
 
 def gsa_modules(model: nn.Module) -> list[tuple[str, GlobalSelfAttention]]:
@@ -355,13 +348,13 @@ def load_image(
         data_dir: Where to look for the Fashion-MNIST idx files first.
     """
     if fmnist_index is not None:
-        from gsanet.train.data import FASHION_MNIST_CLASSES, _idx_file, find_fashion_mnist, read_idx
+        from gsanet.train.data import FASHION_MNIST_CLASSES, find_fashion_mnist, idx_file, read_idx
 
         folder = find_fashion_mnist(data_dir)
         if folder is None:
             raise ValueError("Fashion-MNIST idx files not found; pass --data-dir or use --image")
-        images = read_idx(_idx_file(folder, "t10k-images-idx3-ubyte"))
-        labels = read_idx(_idx_file(folder, "t10k-labels-idx1-ubyte"))
+        images = read_idx(idx_file(folder, "t10k-images-idx3-ubyte"))
+        labels = read_idx(idx_file(folder, "t10k-labels-idx1-ubyte"))
         if not 0 <= fmnist_index < len(images):
             raise ValueError(f"--fmnist-index must be in 0..{len(images) - 1}")
         label = FASHION_MNIST_CLASSES[int(labels[fmnist_index])]
@@ -376,11 +369,11 @@ def load_image(
     if image is not None:
         from PIL import Image
 
-        from gsanet.train.data import _to_8bit
+        from gsanet.train.data import to_8bit
 
         try:
             with Image.open(image) as img:
-                array = np.asarray(_to_8bit(img).convert("RGB"), dtype=np.float32) / 255.0
+                array = np.asarray(to_8bit(img).convert("RGB"), dtype=np.float32) / 255.0
         except Image.DecompressionBombError as e:
             raise ValueError(f"image {image} is too large to decode safely ({e}); use a smaller image") from e
         return array, Path(image).name

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from timm.data import resolve_data_config
 
 import gsanet  # noqa: F401  (registers the models)
-from gsanet.models.pretrained import SHIPPED, evaluate_shipped, shipped_overlay
+from gsanet.models.pretrained import SHIPPED, evaluate_shipped, shipped_cfg
 from gsanet.train.data import find_fashion_mnist
 
 TOLERANCE = 0.2  # accuracy points
@@ -49,10 +49,10 @@ def test_registry_is_consistent() -> None:
         assert entry.dataset == "fashion-mnist" and len(entry.label_names) == 10
         assert "gsanet train" in entry.command and f"--model {name}" in entry.command
         assert 0 < entry.test_top1 <= 100 and 0 < entry.test_top1_first1000 <= 100
-        overlay = shipped_overlay(name)  # kept for callers that pass it
-        assert overlay["file"] == str(entry.path) and overlay["num_classes"] == 10
-        assert overlay["input_size"] == (1, 28, 28) and overlay["mean"] == entry.mean
-    assert shipped_overlay("gsa_resnet50") is None
+        cfg = shipped_cfg(entry)  # the timm config of the tag
+        assert cfg["file"] == str(entry.path) and cfg["num_classes"] == 10
+        assert cfg["input_size"] == (1, 28, 28) and cfg["mean"] == entry.mean
+    assert "gsa_resnet50" not in SHIPPED
 
 
 def test_weights_are_timm_pretrained_tags() -> None:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from gsanet import visualize
 from gsanet.train import checkpoint as ckpt_mod
-from gsanet.train import cli, evaluate_cli
+from gsanet.train import cli, evaluate_cli, training
 from gsanet.train.checkpoint import json_safe, load_checkpoint, read_metadata, save_checkpoint
 from gsanet.train.config import CheckpointError, ConfigError, DataError, TrainConfig, resolve_config
 from gsanet.train.data import create_datasets, write_idx
@@ -124,16 +124,16 @@ def test_d3_divergence_in_the_last_update_stops_and_saves_nothing_non_finite(
     fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The loss is checked before each step; the epoch's last update (here: NaN weights after it) must be caught."""
-    real = cli.train_one_epoch
+    real = training.train_one_epoch
 
     def last_update_diverges(model: torch.nn.Module, *args: object, **kwargs: object) -> dict:
         stats = real(model, *args, **kwargs)
-        if args[4] == 1:
+        if args[3] == 1:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("inf"))
         return stats
 
-    monkeypatch.setattr(cli, "train_one_epoch", last_update_diverges)
+    monkeypatch.setattr(training, "train_one_epoch", last_update_diverges)
     code, _, err = _run(tiny_args(fmnist, tmp_path, "div", "--epochs", "3"), capsys)
     assert code == 2 and "diverged in epoch 2" in err and "last good checkpoint" in err
     for name in ("last", "best"):
@@ -346,7 +346,7 @@ def test_d8_read_only_run_directory_fails_before_training(
 ) -> None:
     run = _copy_run(one_epoch_run, tmp_path / "run")
     epochs = []
-    monkeypatch.setattr(cli, "train_one_epoch", lambda *a, **k: epochs.append(1))
+    monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: epochs.append(1))
 
     def read_only(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
@@ -495,14 +495,14 @@ def test_d13_corrupt_files_give_clear_errors(tmp_path: Path, monkeypatch: pytest
 def test_d14_ctrl_c_names_the_run_and_files_have_one_mode(
     fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = cli.train_one_epoch
+    real = training.train_one_epoch
 
     def interrupted(model: torch.nn.Module, *args: object, **kwargs: object) -> dict:
-        if args[4] == 1:
+        if args[3] == 1:
             raise KeyboardInterrupt
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "train_one_epoch", interrupted)
+    monkeypatch.setattr(training, "train_one_epoch", interrupted)
     code, _, err = _run(tiny_args(fmnist, tmp_path, "r", "--epochs", "2"), capsys)
     assert code == 130 and f"continue with: gsanet train --resume {tmp_path / 'r'}" in err and "<run dir>" not in err
     umask = os.umask(0)
@@ -557,11 +557,11 @@ def test_batchnorm_statistics_per_process_warning(capsys: pytest.CaptureFixture[
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     cfg = TrainConfig(batch_size=8)
     two_cpu = DistContext(rank=0, world_size=2, device=torch.device("cpu"))
-    message = cli._warn_batchnorm(model, cfg, two_cpu)
+    message = training.warn_batchnorm(model, cfg, two_cpu)
     assert message is not None and "per process" in message and "no SyncBatchNorm on CPU" in message
     assert message in capsys.readouterr().err
-    assert cli._warn_batchnorm(model, cfg, DistContext()) is None  # one process: nothing to say
-    assert cli._warn_batchnorm(torch.nn.Conv2d(1, 2, 3), cfg, two_cpu) is None  # no BatchNorm
+    assert training.warn_batchnorm(model, cfg, DistContext()) is None  # one process: nothing to say
+    assert training.warn_batchnorm(torch.nn.Conv2d(1, 2, 3), cfg, two_cpu) is None  # no BatchNorm
     readme = " ".join(README.read_text().split())
     assert "BatchNorm statistics are per process" in readme
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 import yaml
 
-from gsanet.train import cli, evaluate_cli
-from gsanet.train.checkpoint import load_checkpoint
-from gsanet.train.config import TrainConfig
+from gsanet.models.pretrained import export_weights
+from gsanet.train import cli, evaluate_cli, training
+from gsanet.train.checkpoint import load_checkpoint, read_metadata
+from gsanet.train.config import CheckpointError, TrainConfig
+from gsanet.train.rundir import RESUME_KEYS, CheckpointMeta, RunDir, load_model, read_summary
 
 from .test_data import write_fake_fashion_mnist, write_image_folder
 
@@ -83,6 +85,45 @@ def test_one_epoch_run_writes_everything(trained_run: tuple[Path, str], capsys: 
     assert last.meta["epoch"] == 1 and last.meta["model"] == TINY and "optimizer" in last.state
     assert load_checkpoint(run / "checkpoints" / "best.safetensors").meta["epoch"] == 1
 
+
+def test_run_dir_contract(trained_run: tuple[Path, str], tmp_path: Path) -> None:
+    """The run directory's files are where RunDir says; the typed summary and metadata read back what was written,
+    key for key and in order; load_model gives the best checkpoint's model in eval mode."""
+    run, _ = trained_run
+    paths = RunDir(run)
+    for path in (paths.config, paths.command, paths.summary, paths.metrics, paths.last, paths.best):
+        assert path.is_file(), path
+    assert paths.tensorboard.is_dir()
+    written = json.loads(paths.summary.read_text())
+    summary = read_summary(run)
+    assert summary is not None and list(summary.to_dict().items()) == list(written.items())
+    raw = read_metadata(paths.last)
+    stored = {k: v for k, v in raw.items() if k not in ("format", "has_ema", "state")}
+    assert list(CheckpointMeta.read(paths.last, RESUME_KEYS).to_dict().items()) == list(stored.items())
+    loaded = load_model(run)
+    assert loaded.path == paths.best and loaded.weights == "model" and not loaded.model.training
+    assert loaded.meta.model == TINY and loaded.meta.epoch == 1
+    weights = load_checkpoint(paths.best).model_state
+    for key, value in loaded.model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+    assert read_summary(tmp_path) is None
+    (tmp_path / "summary.json").write_text('{"epochs": "one"}')
+    with pytest.raises(CheckpointError, match="malformed epochs"):
+        read_summary(tmp_path)
+
+
+def test_export_weights(trained_run: tuple[Path, str], tmp_path: Path) -> None:
+    """The shipped weight files are made from a run's last checkpoint: its model weights, nothing else."""
+    from safetensors.torch import load_file
+
+    run, _ = trained_run
+    dest = export_weights(run, tmp_path / "w.safetensors", model_name=TINY)
+    exported, last = load_file(str(dest)), load_checkpoint(RunDir(run).last).model_state
+    assert set(exported) == set(last)
+    for key, value in last.items():
+        torch.testing.assert_close(exported[key], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"holds {TINY}"):
+        export_weights(run, tmp_path / "x.safetensors", model_name="gsa_resnet26_tiny")
 
 def test_command_prints_where_results_are(fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = train(tiny_args(fmnist, tmp_path, "r", "--train-subset", "32", "--val-subset", "16"), capsys)
@@ -246,15 +287,15 @@ def test_bad_configs(fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(
     fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = cli.train_one_epoch
+    real = training.train_one_epoch
 
     def poisoned(model: torch.nn.Module, *args: object, **kwargs: object) -> dict:
-        if args[4] == 1:  # second epoch: the weights blow up
+        if args[3] == 1:  # second epoch: the weights blow up
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "train_one_epoch", poisoned)
+    monkeypatch.setattr(training, "train_one_epoch", poisoned)
     _fails(
         tiny_args(fmnist, tmp_path, "nan", "--epochs", "3"),
         capsys,

@@ -43,7 +43,7 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from torch import nn
 
 from ..layers import GlobalSelfAttention, fit_rel_pos_state
-from .pretrained import _FMNIST_MEAN, _FMNIST_STD, SHIPPED, shipped_cfg
+from .pretrained import FMNIST_MEAN, FMNIST_STD, SHIPPED, shipped_cfg
 
 __all__ = [
     "BLOCK_WIDTHS",
@@ -323,7 +323,7 @@ def _cfg_s32(**kwargs: Any) -> dict[str, Any]:
 def _cfg_fmnist(**kwargs: Any) -> dict[str, Any]:
     """The tiny members: Fashion-MNIST's 1x28x28 inputs and 10 classes, the dataset they are trained and compared on
     (shipped weights, ``gsanet experiment``); weights only where ``kwargs`` has them."""
-    fmnist = dict(num_classes=10, input_size=(1, 28, 28), mean=_FMNIST_MEAN, std=_FMNIST_STD)
+    fmnist = dict(num_classes=10, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD)
     return _cfg_s32(**{**fmnist, **kwargs})
 
 

@@ -4,14 +4,16 @@ Each entry of :data:`SHIPPED` records, next to the weight file, what the weights
 input size, normalisation), the accuracy they were measured at, and the commands that produced them
 (torchvision's weights ``meta``). The files hold the model's ``state_dict`` only (float32, no training state).
 
-:func:`shipped_cfg` turns an entry into the timm pretrained config of the tag ``<model>.<tag>`` (e.g.
-``gsa_resnet26_tiny.fmnist``) in the models' ``default_cfgs`` (``gsanet/models/gsa_resnet.py``), whose ``file``
-points at the local weights. timm's own machinery then does the rest, offline: ``timm.list_models(pretrained=True)``
-and ``timm.is_model_pretrained`` list them, the tag is the model's default config (timm puts a tag with weights
-first), and ``timm.create_model("gsa_resnet26_tiny", pretrained=True)`` builds the 10-class, 1-channel, 28x28
-Fashion-MNIST model and loads the file (timm resolves a ``file`` source before any hub or URL). Asked for 3 input
-channels, as timm's scripts do by default, timm adapts the 1-channel first convolution (``adapt_input_conv``: the
-weights repeated and divided by 3, so a grey image given as RGB gives the same output).
+:data:`SHIPPED` is the source of the timm tags, not a second registry to look weights up in: :func:`shipped_cfg`
+turns an entry into the timm pretrained config of the tag ``<model>.<tag>`` (e.g. ``gsa_resnet26_tiny.fmnist``) in
+the models' ``default_cfgs`` (``gsanet/models/gsa_resnet.py``), whose ``file`` points at the local weights, and
+callers ask timm (``timm.get_pretrained_cfg``, ``model.pretrained_cfg``). timm's own machinery does the rest,
+offline: ``timm.list_models(pretrained=True)`` and ``timm.is_model_pretrained`` list them, the tag is the model's
+default config (timm puts a tag with weights first), and ``timm.create_model("gsa_resnet26_tiny", pretrained=True)``
+builds the 10-class, 1-channel, 28x28 Fashion-MNIST model and loads the file (timm resolves a ``file`` source before
+any hub or URL). Asked for 3 input channels, as timm's scripts do by default, timm adapts the 1-channel first
+convolution (``adapt_input_conv``: the weights repeated and divided by 3, so a grey image given as RGB gives the same
+output).
 """
 
 from __future__ import annotations
@@ -21,24 +23,28 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FMNIST_CLASSES",
+    "FMNIST_MEAN",
+    "FMNIST_STD",
     "SHIPPED",
     "WEIGHTS_DIR",
     "ShippedWeights",
     "evaluate_shipped",
     "export_weights",
     "shipped_cfg",
-    "shipped_overlay",
-    "shipped_path",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 """Where the shipped ``.safetensors`` files live (installed as package data)."""
 
-_FMNIST_MEAN = (0.2860,)
-_FMNIST_STD = (0.3530,)
-_FMNIST_CLASSES = (
+FMNIST_MEAN = (0.2860,)
+"""Fashion-MNIST's per-channel mean of the inputs in [0, 1] (the tiny models' default config)."""
+FMNIST_STD = (0.3530,)
+"""Fashion-MNIST's per-channel standard deviation."""
+FMNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
+"""Fashion-MNIST's class names, in label order."""
 _EXPERIMENT = (
     "gsanet experiment compare --config configs/experiment_fmnist_full.yaml --runs runs/experiments-full "
     "--out results/experiment_full_recipe --jobs 1 --threads 1"
@@ -123,10 +129,10 @@ def _fmnist(model: str, **kwargs: Any) -> ShippedWeights:
         num_classes=10,
         in_chans=1,
         input_size=(1, 28, 28),
-        mean=_FMNIST_MEAN,
-        std=_FMNIST_STD,
+        mean=FMNIST_MEAN,
+        std=FMNIST_STD,
         pool_size=(4, 4),
-        label_names=_FMNIST_CLASSES,
+        label_names=FMNIST_CLASSES,
         command=_TRAIN.format(model=model),
         notes=_NOTES,
         **kwargs,
@@ -142,12 +148,6 @@ SHIPPED: dict[str, ShippedWeights] = {
     ),
 }
 """Shipped weights by model name; accuracies measured on the exported files (``evaluate_shipped``)."""
-
-
-def shipped_path(model_name: str) -> Path | None:
-    """The shipped weight file of a model, or None."""
-    entry = SHIPPED.get(model_name)
-    return entry.path if entry is not None else None
 
 
 def shipped_cfg(entry: ShippedWeights) -> dict[str, Any]:
@@ -174,21 +174,11 @@ def shipped_cfg(entry: ShippedWeights) -> dict[str, Any]:
     }
 
 
-def shipped_overlay(model_name: str) -> dict[str, Any] | None:
-    """The config of the shipped weights of ``model_name`` as a timm ``pretrained_cfg_overlay``, or None.
-
-    Not needed any more (``timm.create_model(model_name, pretrained=True)`` loads them: they are its default tag);
-    kept for callers that pass it. Returns None when the model has no shipped weights or the file is missing (e.g. a
-    source checkout without the weights).
-    """
-    entry = SHIPPED.get(model_name)
-    if entry is None or not entry.path.is_file():
-        return None
-    return shipped_cfg(entry)
-
-
 def export_weights(checkpoint: str | Path, dest: str | Path, *, model_name: str | None = None) -> Path:
     """Write the model weights of a ``gsanet train`` checkpoint as a plain ``state_dict`` safetensors file.
+
+    This is how the files in :data:`WEIGHTS_DIR` are made. The weights pass the checks of
+    :func:`gsanet.train.rundir.load_model` (they fit the model of the checkpoint's metadata and are finite).
 
     Args:
         checkpoint: A gsanet checkpoint (``.safetensors``) or run directory (its ``checkpoints/last.safetensors``).
@@ -197,29 +187,26 @@ def export_weights(checkpoint: str | Path, dest: str | Path, *, model_name: str 
 
     Raises:
         ValueError: The checkpoint holds another model.
+        gsanet.train.errors.TrainError: A missing, malformed or non-finite checkpoint.
     """
     import json
 
     from safetensors.torch import save_file
 
-    from gsanet.train.checkpoint import load_checkpoint
+    from gsanet.train.rundir import RunDir, load_model
 
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / "checkpoints" / "last.safetensors"
-    ckpt = load_checkpoint(path, with_state=False)
-    if model_name is not None and ckpt.meta["model"] != model_name:
-        raise ValueError(f"{path} holds {ckpt.meta['model']}, not {model_name}")
-    state = {k: v.contiguous() for k, v in ckpt.model_state.items()}
-    meta = {
-        "model": ckpt.meta["model"],
-        "epoch": ckpt.meta.get("epoch"),
-        "run_id": ckpt.meta.get("run_id"),
-        "data": ckpt.meta.get("data", {}).get("name"),
-    }
+        path = RunDir(path).last
+    loaded = load_model(path)
+    meta = loaded.meta
+    if model_name is not None and meta.model != model_name:
+        raise ValueError(f"{path} holds {meta.model}, not {model_name}")
+    state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
+    source = {"model": meta.model, "epoch": meta.epoch, "run_id": meta.run_id, "data": meta.data.get("name")}
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dest), metadata={"format": "pt", "gsanet_source": json.dumps(meta)})
+    save_file(state, str(dest), metadata={"format": "pt", "gsanet_source": json.dumps(source)})
     return dest
 
 
@@ -233,18 +220,18 @@ def evaluate_shipped(model: Any, limit: int | None = None, batch_size: int = 500
     """
     import torch
 
-    from gsanet.train.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, _idx_file, find_fashion_mnist, read_idx
+    from gsanet.train.data import find_fashion_mnist, idx_file, read_idx
 
     folder = find_fashion_mnist(data_dir)
     if folder is None:
         raise FileNotFoundError("Fashion-MNIST idx files not found (data/ or /usr/share/datasets/fashion-mnist)")
-    images = read_idx(_idx_file(folder, "t10k-images-idx3-ubyte"))[:limit]
-    labels = read_idx(_idx_file(folder, "t10k-labels-idx1-ubyte"))[:limit].long()
+    images = read_idx(idx_file(folder, "t10k-images-idx3-ubyte"))[:limit]
+    labels = read_idx(idx_file(folder, "t10k-labels-idx1-ubyte"))[:limit].long()
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size].unsqueeze(1).float() / 255.0
-            x = (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+            x = (x - FMNIST_MEAN[0]) / FMNIST_STD[0]
             correct += int((model(x).argmax(-1) == labels[i : i + batch_size]).sum())
     return 100.0 * correct / len(images)

@@ -1,31 +1,32 @@
 """Training and evaluation: ``gsanet train`` and ``gsanet eval``.
 
-Modules: ``config`` (typed configs, yaml/flag loading, errors), ``data`` (datasets and loaders), ``engine``
-(:func:`train_one_epoch`, :func:`evaluate`), ``checkpoint`` (safetensors + JSON, atomic), ``distributed`` (torchrun),
-``plots`` (curves, confusion matrices), ``cli`` and ``evaluate_cli`` (the two commands).
+Modules: ``config`` (typed configs, yaml/flag loading), ``errors`` (the error types), ``data`` (datasets and
+loaders), ``engine`` (:func:`train_one_epoch`, :func:`evaluate`), ``checkpoint`` (safetensors + JSON, atomic),
+``rundir`` (the run directory and checkpoint metadata contract, :func:`load_model`), ``training`` (the steps of a
+training run), ``distributed`` (torchrun), ``plots`` (curves, confusion matrices), ``cli`` and ``evaluate_cli`` (the
+two commands).
 """
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    EvalConfig,
-    NonFiniteLossError,
-    TrainConfig,
-    TrainError,
-)
+from .config import EvalConfig, TrainConfig
 from .data import DataInfo, create_datasets, create_loader, read_idx
-from .engine import create_model, evaluate, train_one_epoch
+from .engine import EpochOptions, create_model, evaluate, train_one_epoch
+from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainError
+from .rundir import CheckpointMeta, LoadedModel, RunDir, RunSummary, load_model, read_summary
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "CheckpointMeta",
     "ConfigError",
     "DataError",
     "DataInfo",
+    "EpochOptions",
     "EvalConfig",
+    "LoadedModel",
     "NonFiniteLossError",
+    "RunDir",
+    "RunSummary",
     "TrainConfig",
     "TrainError",
     "create_datasets",
@@ -33,7 +34,9 @@ __all__ = [
     "create_model",
     "evaluate",
     "load_checkpoint",
+    "load_model",
     "read_idx",
+    "read_summary",
     "save_checkpoint",
     "train_one_epoch",
 ]

@@ -48,7 +48,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import MAX_IMG_SIZE, CheckpointError, ConfigError, check_model_kwargs
+from .config import MAX_IMG_SIZE, check_model_kwargs
+from .errors import CheckpointError, ConfigError
 
 __all__ = [
     "CHECKPOINT_FORMAT",

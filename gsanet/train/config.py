@@ -1,11 +1,10 @@
-"""Typed configs of the ``train`` and ``eval`` commands, their yaml/flag loading, and the errors they raise.
+"""Typed configs of the ``train`` and ``eval`` commands and their yaml/flag loading.
 
 Override order: dataclass defaults < a base (the config stored in a checkpoint, on resume) < ``--config file.yaml``
 < explicit command-line flags. Unknown keys and values of the wrong type are errors (:class:`ConfigError`), never
 silently ignored or coerced: YAML reads ``1e-3`` as a string, so the error message says to write ``1.0e-3``.
 
-Every error the commands expect (bad config, bad data, bad checkpoint, a diverging loss) is a :class:`TrainError`
-whose message names the problem and the fix; the command lines print it without a traceback and exit with code 2.
+The error types (:class:`TrainError` and its kinds) live in :mod:`gsanet.train.errors` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainError, error_message
 
 __all__ = [
     "AMP_CHOICES",
@@ -56,35 +57,6 @@ RESERVED_MODEL_KWARGS = frozenset(
 _MAX_SEED = 2**32 - 1
 
 C = TypeVar("C")
-
-
-class TrainError(Exception):
-    """An expected failure of ``gsanet train``/``gsanet eval``; the message names the problem and the fix."""
-
-
-class ConfigError(TrainError):
-    """A config file or flag is unknown, of the wrong type or out of range."""
-
-
-class DataError(TrainError):
-    """A dataset is missing, empty, unreadable or does not match the model."""
-
-
-class CheckpointError(TrainError):
-    """A checkpoint is missing, corrupt, belongs to another model, or would overwrite another run's file."""
-
-
-class NonFiniteLossError(TrainError):
-    """The training loss, the weights or the validation loss became NaN or infinite; nothing non-finite was saved."""
-
-
-def error_message(error: BaseException) -> str:
-    """The error's own message, without the traceback a DataLoader worker process wraps around it."""
-    message = str(error)
-    marker = f"{type(error).__name__}: "
-    if "Original Traceback" in message and marker in message:
-        message = message.rsplit(marker, 1)[1].strip()
-    return message
 
 
 def _help(text: str, **kwargs: Any) -> Any:

@@ -61,8 +61,10 @@ __all__ = [
     "epoch_seed",
     "find_class_images",
     "find_fashion_mnist",
+    "idx_file",
     "read_idx",
     "set_epoch",
+    "to_8bit",
     "write_idx",
 ]
 
@@ -174,7 +176,8 @@ def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
         f.write(data)
 
 
-def _idx_file(folder: Path, stem: str) -> Path | None:
+def idx_file(folder: Path, stem: str) -> Path | None:
+    """The idx file ``stem`` in ``folder``, gzipped (``<stem>.gz``) or plain, or None when neither is there."""
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
             return folder / name
@@ -195,7 +198,7 @@ def find_fashion_mnist(data_dir: str | Path | None) -> Path | None:
     candidates.append(SYSTEM_FASHION_MNIST_DIR)
     stems = [stem for pair in _FASHION_MNIST_FILES.values() for stem in pair]
     for folder in candidates:
-        found = [stem for stem in stems if _idx_file(folder, stem) is not None]
+        found = [stem for stem in stems if idx_file(folder, stem) is not None]
         if len(found) == len(stems):
             return folder
         if found:
@@ -273,8 +276,9 @@ class TensorImageDataset(Dataset):
         return image, int(self.targets[index])
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit (``I;16*``, ``I``) and float (``F``) images as 8-bit ``L``: PIL's ``convert`` would clip them to white."""
+def to_8bit(img: Image.Image) -> Image.Image:
+    """``img`` with 16-bit (``I;16*``, ``I``) and float (``F``) modes scaled to 8-bit ``L`` (PIL's ``convert`` would
+    clip them to white); other modes unchanged."""
     if img.mode.startswith("I;16") or img.mode == "I":
         array = np.asarray(img, dtype=np.float64) / 257.0  # 0..65535 -> 0..255 (16-bit PNG/TIFF data)
     elif img.mode == "F":
@@ -296,7 +300,7 @@ class CheckedImageDataset(ImageDataset):
         file = None
         try:
             file, target = self.reader[index]
-            img = _to_8bit(Image.open(file))
+            img = to_8bit(Image.open(file))
             img = img.convert(self.input_img_mode or "RGB")  # decodes the pixels
         except Image.DecompressionBombError as e:
             raise DataError(
@@ -412,7 +416,7 @@ def _fashion_mnist(
     for split in splits:
         if folder is not None:
             images_stem, labels_stem = _FASHION_MNIST_FILES[split]
-            images, labels = read_idx(_idx_file(folder, images_stem)), read_idx(_idx_file(folder, labels_stem))
+            images, labels = read_idx(idx_file(folder, images_stem)), read_idx(idx_file(folder, labels_stem))
             where = f"Fashion-MNIST {split} files in {folder}"
             if images.dtype != torch.uint8 or labels.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32):
                 raise DataError(

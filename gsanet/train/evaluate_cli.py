@@ -24,59 +24,38 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpoint import (
-    best_checkpoint,
-    check_finite,
-    check_state_dict,
-    ensure_writable,
-    json_safe,
-    load_checkpoint,
-    require_meta,
-)
+from .checkpoint import ensure_writable, json_safe
 from .cli import configure_logging
-from .config import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    EvalConfig,
-    TrainError,
-    build_parser,
-    error_message,
-    resolve_config,
-)
-from .data import create_datasets, create_loader
+from .config import EvalConfig, build_parser, resolve_config
+from .data import DataInfo, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
-from .engine import create_model, evaluate, resolve_amp
+from .engine import evaluate, resolve_amp
+from .errors import CheckpointError, ConfigError, DataError, TrainError, error_message
 from .plots import plot_confusion_matrix
+from .rundir import LoadedModel, load_model
 
 __all__ = ["main", "run_evaluation"]
 
 _logger = logging.getLogger("gsanet.eval")
 
 
-def _checkpoint_file(path: Path) -> Path:
-    return best_checkpoint(path) if path.is_dir() else path
-
-
-def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.checkpoint``; write the report and confusion matrix; return the report.
-
-    Raises:
-        TrainError: Bad checkpoint, data that does not match it, or a bad config.
-    """
+def _load(cfg: EvalConfig) -> LoadedModel:
+    """The checkpoint's model (EMA weights unless ``--no-ema``), after checking its config names its data."""
     if not cfg.checkpoint:
         raise ConfigError("--checkpoint is required: a .safetensors file or a run directory")
-    path = _checkpoint_file(Path(cfg.checkpoint))
-    checkpoint = load_checkpoint(path, with_state=cfg.ema)
-    meta = checkpoint.meta
-    require_meta(meta, ("model", "model_args", "data", "config", "epoch"), path)
-    train_cfg, model_args = meta["config"], meta["model_args"]
+    loaded = load_model(cfg.checkpoint, ema=cfg.ema, require=("config", "epoch"))
+    train_cfg = loaded.meta.config
     if not isinstance(train_cfg.get("data"), str) or not isinstance(train_cfg.get("data_dir"), str):
-        raise CheckpointError(f"{path} has malformed metadata: config lacks data/data_dir; use another checkpoint")
-    if cfg.output:
-        ensure_writable(cfg.output)  # before the work: an explicit --output must take the report
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_amp(cfg.amp, device)
+        raise CheckpointError(
+            f"{loaded.path} has malformed metadata: config lacks data/data_dir; use another checkpoint"
+        )
+    return loaded
+
+
+def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
+    """The validation set to evaluate on (the checkpoint's own by default), checked against the model."""
+    meta, path = loaded.meta, loaded.path
+    train_cfg, model_args = meta.config, meta.model_args
     data = cfg.data or train_cfg["data"]
     same_data = data == train_cfg["data"]
     datasets, info = create_datasets(
@@ -85,9 +64,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         splits=("val",),
         download=cfg.download,
         img_size=model_args["img_size"],
-        model_name=meta["model"],
+        model_name=meta.model,
         val_subset=cfg.val_subset,
-        class_names=meta["data"]["class_names"] if same_data else None,
+        class_names=meta.data["class_names"] if same_data else None,
     )
     if info.num_classes != model_args["num_classes"] or info.in_chans != model_args["in_chans"]:
         raise DataError(
@@ -95,16 +74,47 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
             f"but {data} has {info.num_classes} classes of {info.in_chans}-channel images; evaluate on "
             f"--data {train_cfg['data']} (or a dataset with the same classes)"
         )
-    model = create_model(meta["model"], **model_args)
-    weights = checkpoint.ema_state if cfg.ema and checkpoint.ema_state is not None else checkpoint.model_state
-    check_state_dict(model.state_dict(), weights, model_name=meta["model"], checkpoint_model=meta["model"], path=path)
-    check_finite(weights, path, "EMA weights" if weights is checkpoint.ema_state else "weights")
-    model.load_state_dict(weights)
-    model.to(device)
+    return datasets["val"], info
+
+
+def _write_report(report: dict[str, Any], confusion: Any, info: DataInfo, out_dir: Path, stem: str) -> None:
+    """Write the confusion matrix and the JSON report into ``out_dir``; warn (do not fail) when it cannot be written."""
+    report_path = out_dir / f"{stem}-eval.json"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        confusion_png = plot_confusion_matrix(
+            confusion,
+            info.class_names,
+            out_dir / f"{stem}-confusion.png",
+            title=f"{report['model']} on {Path(info.name).name}",
+        )
+        report["confusion_png"] = str(confusion_png)
+        report_path.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+        report["report"] = str(report_path)
+    except OSError as e:
+        _logger.warning(
+            "could not write the report and confusion matrix in %s (%s); pass --output DIR to keep them",
+            out_dir, e.strerror or e,
+        )  # fmt: skip
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint``; write the report and confusion matrix; return the report.
+
+    Raises:
+        TrainError: Bad checkpoint, data that does not match it, or a bad config.
+    """
+    loaded = _load(cfg)
+    if cfg.output:
+        ensure_writable(cfg.output)  # before the work: an explicit --output must take the report
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    dataset, info = _val_data(cfg, loaded)
+    model = loaded.model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     ctx = DistContext(device=device)
-    loader = create_loader(datasets["val"], cfg.batch_size, train=False, ctx=ctx, workers=cfg.workers)
+    loader = create_loader(dataset, cfg.batch_size, train=False, ctx=ctx, workers=cfg.workers)
     stats = evaluate(
         model,
         loader,
@@ -115,12 +125,11 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         channels_last=cfg.channels_last,
         progress=cfg.progress,
     )
-    out_dir = Path(cfg.output) if cfg.output else path.parent
     report = {
-        "checkpoint": str(path),
-        "model": meta["model"],
-        "weights": "ema" if weights is checkpoint.ema_state else "model",
-        "epoch": meta["epoch"],
+        "checkpoint": str(loaded.path),
+        "model": loaded.meta.model,
+        "weights": loaded.weights,
+        "epoch": loaded.meta.epoch,
         "data": info.name,
         "images": stats["count"],
         "top1": stats["top1"],
@@ -132,23 +141,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         "confusion_matrix": stats["confusion"].tolist(),
         "class_names": list(info.class_names),
     }
-    report_path = out_dir / f"{path.stem}-eval.json"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        confusion_png = plot_confusion_matrix(
-            stats["confusion"],
-            info.class_names,
-            out_dir / f"{path.stem}-confusion.png",
-            title=f"{meta['model']} on {Path(info.name).name}",
-        )
-        report["confusion_png"] = str(confusion_png)
-        report_path.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-        report["report"] = str(report_path)
-    except OSError as e:
-        _logger.warning(
-            "could not write the report and confusion matrix in %s (%s); pass --output DIR to keep them",
-            out_dir, e.strerror or e,
-        )  # fmt: skip
+    out_dir = Path(cfg.output) if cfg.output else loaded.path.parent
+    _write_report(report, stats["confusion"], info, out_dir, loaded.path.stem)
     return report
 
 

@@ -1,0 +1,717 @@
+"""The training run behind ``gsanet train``: four named steps sharing one :class:`TrainingRun`.
+
+* :func:`resolve`: the config (defaults < ``--config`` < flags, or the resumed checkpoint's config as the base), the
+  distributed context, and the resumed checkpoint, read once;
+* :func:`build`: datasets, loaders, model (with the resumed weights), EMA, optimizer, schedule and precision;
+* :func:`restore`: the training state and progress of the resumed checkpoint (or a fresh start), then the run
+  directory (created for a new run or a fork) with its config, command line and first files;
+* :func:`fit`: the epochs, a checkpoint commit and a metrics row after each; then :func:`finish` writes the curves
+  and ``summary.json``.
+
+Determinism: every epoch starts by reseeding the global generators, the sampler, the loader's worker seeds and the
+augmentation from (seed, epoch, rank), and checkpoints carry the optimizer, scheduler, EMA, scaler and RNG states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, unwrap_model
+from torch import nn
+
+import gsanet
+
+from .checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    check_finite,
+    check_state_dict,
+    clean_stale_tmp,
+    commit_checkpoints,
+    ensure_writable,
+    load_checkpoint,
+    nonfinite_names,
+    repair_best,
+    restore_rng_state,
+)
+from .config import TrainConfig, config_to_dict, resolve_config
+from .data import DataInfo, create_datasets, create_loader, epoch_seed, set_epoch
+from .distributed import DistContext, barrier, broadcast_text, init_distributed
+from .engine import EpochOptions, create_model, evaluate, resolve_amp, seed_everything, train_one_epoch
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, TrainError
+from .plots import plot_curves
+from .rundir import (
+    RESUME_KEYS,
+    CheckpointMeta,
+    RunDir,
+    RunSummary,
+    append_command,
+    check_resume_lineage,
+    create_run_dir,
+    resume_paths,
+    write_config,
+    write_metrics_csv,
+    write_summary,
+)
+
+__all__ = [
+    "INVOCATION_ONLY",
+    "TrainingRun",
+    "build",
+    "epoch_line",
+    "finish",
+    "fit",
+    "format_seconds",
+    "resolve",
+    "restore",
+    "run_training",
+    "warn_batchnorm",
+]
+
+_logger = logging.getLogger("gsanet.train")
+
+INVOCATION_ONLY = ("config", "resume", "stop_after")
+"""``gsanet train`` arguments that are not config fields."""
+
+
+@dataclass
+class TrainingRun:
+    """What the steps of a training run share; each step fills its part.
+
+    Attributes:
+        cfg: The resolved config.
+        argv: The command line (for ``command.txt``).
+        ctx: The distributed context.
+        stop_after: Epochs to run in this invocation (None: to the end).
+        run_dir: The run directory (None until :func:`restore` makes a new one).
+        checkpoint: The checkpoint resumed from (released by :func:`restore`).
+        resume_from: Its file.
+        fork: Whether the resumed run continues in a new run directory.
+        info, datasets, train_loader, val_loader: The data (:func:`build`).
+        model, model_args, params, model_ema, optimizer, lr_scheduler, amp_dtype, scaler: The model and its
+            training (:func:`build`).
+        run_id, start_epoch, num_updates, train_seconds, history, best: The progress (:func:`restore`, :func:`fit`).
+        writer: The TensorBoard writer of rank 0, if any.
+    """
+
+    cfg: TrainConfig
+    argv: Sequence[str]
+    ctx: DistContext
+    stop_after: int | None = None
+    run_dir: Path | None = None
+    checkpoint: Checkpoint | None = None
+    resume_from: Path | None = None
+    fork: bool = False
+    info: DataInfo | None = None
+    datasets: dict[str, Any] = field(default_factory=dict)
+    train_loader: Any = None
+    val_loader: Any = None
+    model: nn.Module | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    params: int = 0
+    model_ema: ModelEmaV3 | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    lr_scheduler: Any = None
+    amp_dtype: torch.dtype | None = None
+    scaler: Any = None
+    run_id: str = ""
+    start_epoch: int = 0
+    num_updates: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "top1": -1.0})
+    writer: Any = None
+
+    @property
+    def paths(self) -> RunDir:
+        """The paths of the run directory."""
+        assert self.run_dir is not None
+        return RunDir(self.run_dir)
+
+    def meta(self, epoch: int) -> CheckpointMeta:
+        """The checkpoint metadata after ``epoch`` epochs."""
+        return CheckpointMeta(
+            run_id=self.run_id,
+            model=self.cfg.model,
+            model_args=self.model_args,
+            data=dataclasses.asdict(self.info),
+            config=config_to_dict(self.cfg),
+            world_size=self.ctx.world_size,
+            updates_per_epoch=len(self.train_loader),
+            versions={"gsanet": gsanet.__version__, "torch": torch.__version__, "timm": timm.__version__},
+            epoch=epoch,
+            num_updates=self.num_updates,
+            train_seconds=self.train_seconds,
+            history=self.history,
+            best=self.best,
+            saved=datetime.now().isoformat(timespec="seconds"),
+        )
+
+    def commit(self, epoch: int) -> None:
+        """Write ``last`` (and ``best`` when this epoch is the best) with the full training state."""
+        commit_checkpoints(
+            self.paths.checkpoints,
+            self.meta(epoch).to_dict(),
+            unwrap_model(self.model).state_dict(),
+            ema_state=self.model_ema.module.state_dict() if self.model_ema is not None else None,
+            state=_training_state(self.optimizer, self.scaler),
+        )
+
+
+def run_training(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Train as ``args`` say; return the summary (also written to ``summary.json`` by rank 0).
+
+    Raises:
+        TrainError: Bad config, data or checkpoint, a run directory that cannot be written, or divergence.
+        KeyboardInterrupt: Ctrl-C or SIGTERM; its ``run_dir`` attribute is the run directory (None before it exists).
+    """
+    run: TrainingRun | None = None
+    try:
+        run = resolve(args, argv)
+        build(run)
+        restore(run)
+        fit(run)
+        return finish(run)
+    except KeyboardInterrupt as e:
+        e.run_dir = run.run_dir if run is not None else None
+        raise
+
+
+# -------------------------------------------------------------------------------------------------- resolve
+def resolve(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
+    """The config, the distributed context and the resumed checkpoint (read once) of a ``gsanet train`` command.
+
+    Raises:
+        TrainError: A bad config or flag, an unusable checkpoint, or a run directory that cannot be written.
+    """
+    explicit = {k: v for k, v in vars(args).items() if k not in INVOCATION_ONLY}
+    checkpoint, checkpoint_path, run_dir, base, fork = None, None, None, None, False
+    if getattr(args, "resume", None):
+        fork = "name" in explicit or "output" in explicit
+        checkpoint_path, run_dir = resume_paths(args.resume)
+        checkpoint = load_checkpoint(checkpoint_path)
+        meta = CheckpointMeta.from_dict(checkpoint.meta, checkpoint_path, RESUME_KEYS)
+        base = meta.config
+        if fork:
+            run_dir = None  # a new directory, made by restore()
+            base = {k: v for k, v in base.items() if k != "name"}
+        else:
+            check_resume_lineage(checkpoint_path, meta, run_dir)
+    cfg = resolve_config(TrainConfig, explicit, getattr(args, "config", None), base)
+    stop_after = getattr(args, "stop_after", None)
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after must be >= 1, got {stop_after}")
+    ctx = init_distributed(cfg.device)
+    if cfg.sync_bn and ctx.distributed and ctx.device.type != "cuda":
+        raise ConfigError(
+            "--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU drop it or use a model without "
+            "BatchNorm"
+        )
+    run = TrainingRun(cfg, list(argv), ctx, stop_after, run_dir, checkpoint, checkpoint_path, fork)
+    if run_dir is not None and ctx.is_main:
+        ensure_writable(run.paths.checkpoints)  # before any work: a read-only run fails now, not in an hour
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- build
+def _model_args(cfg: TrainConfig, info: DataInfo) -> dict[str, Any]:
+    return {
+        "num_classes": info.num_classes,
+        "in_chans": info.in_chans,
+        "img_size": info.img_size,
+        "drop_rate": cfg.drop_rate,
+        "drop_path_rate": cfg.drop_path_rate,
+        "model_kwargs": dict(cfg.model_kwargs),
+    }
+
+
+def _build_data(run: TrainingRun) -> None:
+    cfg, ctx = run.cfg, run.ctx
+    if ctx.distributed and not ctx.is_main:
+        barrier(ctx)  # rank 0 downloads first; the others then find the files
+    run.datasets, run.info = create_datasets(
+        cfg.data,
+        cfg.data_dir,
+        download=cfg.download and ctx.is_main,
+        img_size=cfg.img_size,
+        model_name=cfg.model,
+        augment=cfg.augment,
+        auto_augment=cfg.auto_augment,
+        reprob=cfg.reprob,
+        seed=cfg.seed,
+        train_subset=cfg.train_subset,
+        val_subset=cfg.val_subset,
+        holdout=cfg.holdout,
+    )
+    if ctx.distributed and ctx.is_main:
+        barrier(ctx)
+    kwargs = {"ctx": ctx, "seed": cfg.seed, "workers": cfg.workers}
+    run.train_loader = create_loader(run.datasets["train"], cfg.batch_size, train=True, **kwargs)
+    run.val_loader = create_loader(run.datasets["val"], cfg.batch_size, train=False, **kwargs)
+
+
+def _build_model(run: TrainingRun) -> nn.Module:
+    cfg, checkpoint = run.cfg, run.checkpoint
+    run.model_args = _model_args(cfg, run.info)
+    model = create_model(cfg.model, **run.model_args)
+    if checkpoint is not None:
+        check_state_dict(
+            model.state_dict(),
+            checkpoint.model_state,
+            model_name=cfg.model,
+            checkpoint_model=checkpoint.meta.get("model"),
+            path=checkpoint.path,
+        )
+        check_finite(checkpoint.model_state, checkpoint.path)
+        model.load_state_dict(checkpoint.model_state)
+    if cfg.sync_bn and run.ctx.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    warn_batchnorm(model, cfg, run.ctx)
+    model.to(run.ctx.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build(run: TrainingRun) -> None:
+    """Seed, then build the datasets, loaders, model (with the resumed weights), EMA, optimizer, schedule, precision.
+
+    Raises:
+        TrainError: Missing or unreadable data, an unknown model, or resumed weights that do not fit it.
+    """
+    cfg = run.cfg
+    seed_everything(cfg.seed)
+    _build_data(run)
+    run.model = _build_model(run)
+    run.params = sum(p.numel() for p in run.model.parameters())
+    run.model_ema = ModelEmaV3(run.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    run.optimizer = create_optimizer_v2(
+        run.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+    )
+    if cfg.sched != "none":
+        run.lr_scheduler, _ = create_scheduler_v2(
+            run.optimizer,
+            sched=cfg.sched,
+            num_epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.warmup_lr,
+            min_lr=cfg.min_lr,
+            step_on_epochs=False,
+            updates_per_epoch=len(run.train_loader),
+        )
+    run.amp_dtype = resolve_amp(cfg.amp, run.ctx.device)
+    run.scaler = torch.amp.GradScaler("cuda") if run.amp_dtype == torch.float16 else None
+
+
+def warn_batchnorm(model: nn.Module, cfg: TrainConfig, ctx: DistContext) -> str | None:
+    """Warn (rank 0) that BatchNorm statistics are per process in a distributed run without SyncBatchNorm.
+
+    Returns:
+        The warning, or None when there is nothing to say.
+    """
+    if not ctx.distributed or cfg.sync_bn or not ctx.is_main:
+        return None
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    if ctx.device.type == "cuda":
+        fix = "add --sync-bn to normalise over the global batch"
+    else:
+        fix = "torch has no SyncBatchNorm on CPU; use a larger --batch-size, or a model without BatchNorm"
+    message = (
+        f"BatchNorm statistics are per process: each of the {ctx.world_size} processes normalises with its own "
+        f"batch of {cfg.batch_size}, and the saved running statistics are rank 0's; {fix}"
+    )
+    _logger.warning(message)
+    return message
+
+
+# -------------------------------------------------------------------------------------------------- restore
+def _training_state(optimizer: torch.optim.Optimizer, scaler: Any) -> dict[str, Any]:
+    """Everything besides the weights that an exact resume needs (the schedule is a function of the config and the
+    update count, so it is rebuilt, not stored)."""
+    state: dict[str, Any] = {"optimizer": optimizer.state_dict(), "rng": capture_rng_state()}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def _restore_state(run: TrainingRun, checkpoint: Checkpoint) -> None:
+    """Load the training state of ``checkpoint`` and its progress (epoch, updates, history, best, run id).
+
+    The learning-rate schedule is the one of the resolved config (a larger ``--epochs`` stretches it) at the
+    checkpoint's position; when the updates per epoch changed (world size, batch size, subset), the position is
+    rescaled to the same epoch.
+
+    Raises:
+        CheckpointError: The training state does not fit the optimizer.
+    """
+    meta, state = checkpoint.meta, checkpoint.state
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scaler is not None and "scaler" in state:
+            run.scaler.load_state_dict(state["scaler"])
+        if run.model_ema is not None and checkpoint.ema_state is not None:
+            run.model_ema.module.load_state_dict(checkpoint.ema_state)
+        restore_rng_state(state["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(
+            f"{checkpoint.path} has an unusable training state ({type(e).__name__}: {e}); resume from another "
+            "checkpoint or start a new run"
+        ) from e
+    num_updates, updates_per_epoch = meta["num_updates"], len(run.train_loader)
+    if meta["updates_per_epoch"] != updates_per_epoch:
+        rescaled = meta["epoch"] * updates_per_epoch
+        _logger.warning(
+            "updates per epoch changed from %d to %d (another world size, batch size or subset): the schedule "
+            "continues at epoch %d (update %d instead of %d)",
+            meta["updates_per_epoch"], updates_per_epoch, meta["epoch"], rescaled, num_updates,
+        )  # fmt: skip
+        num_updates = rescaled
+    if run.lr_scheduler is not None:
+        run.lr_scheduler.step_update(num_updates=num_updates)
+    run.start_epoch, run.num_updates, run.train_seconds = meta["epoch"], num_updates, meta["train_seconds"]
+    run.history, run.best, run.run_id = meta["history"], meta["best"], meta["run_id"]
+
+
+def _restore_progress(run: TrainingRun) -> None:
+    run.run_id = uuid.uuid4().hex
+    checkpoint, run.checkpoint = run.checkpoint, None  # released: the weights and state are in the model now
+    if checkpoint is None:
+        return
+    _restore_state(run, checkpoint)
+    _logger.info("resumed %s at epoch %d/%d", checkpoint.path, run.start_epoch, run.cfg.epochs)
+    if run.fork:  # a new run: its own id, and its best starts at the fork point (the old best file stays there)
+        run.run_id = uuid.uuid4().hex
+        row = run.history[-1] if run.history else {}
+        top1 = row.get("ema_val_top1" if run.cfg.model_ema else "val_top1", -1.0)
+        run.best = {"epoch": run.start_epoch, "top1": -1.0 if top1 is None else float(top1)}
+
+
+def restore(run: TrainingRun) -> None:
+    """Restore the resumed training state and progress (or start fresh), wrap the model for compilation and DDP, and
+    open the run directory (a new one for a new run or a fork).
+
+    Raises:
+        TrainError: An unusable training state, or a run directory that cannot be created or written.
+    """
+    _restore_progress(run)
+    cfg, ctx = run.cfg, run.ctx
+    if cfg.compile:
+        run.model = torch.compile(run.model)
+    if ctx.distributed:
+        device = ctx.device
+        run.model = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device] if device.type == "cuda" else None
+        )
+    if run.run_dir is None:
+        run.run_dir = Path(_broadcast_outcome(lambda: create_run_dir(cfg, run.info.name), ctx))
+        if run.fork:
+            _logger.info("forked %s (epoch %d) into %s", run.resume_from, run.start_epoch, run.run_dir)
+    if ctx.is_main:
+        _open_run_dir(run)
+
+
+def _broadcast_outcome(fn: Callable[[], object], ctx: DistContext) -> str:
+    """Run ``fn`` on rank 0 and give every rank its result as a string, or raise its :class:`ConfigError` everywhere."""
+    text = ""
+    if ctx.is_main:
+        try:
+            text = "ok:" + str(fn())
+        except TrainError as e:
+            if not ctx.distributed:
+                raise
+            text = f"error:{e}"
+    text = broadcast_text(text, ctx)
+    if text.startswith("error:"):
+        raise ConfigError(text[len("error:") :])
+    return text[len("ok:") :]
+
+
+def _check_disk_space(folder: Path, model: nn.Module, model_ema: Any) -> None:
+    """Refuse to start when ``folder``'s disk cannot hold the checkpoints (last, best and one being written).
+
+    The size of a checkpoint is estimated as the weights, the EMA weights and two optimizer moments per parameter.
+
+    Raises:
+        CheckpointError: Too little free space.
+    """
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    estimate = weights * (2 if model_ema is not None else 1) + 2 * params
+    existing = sum(p.stat().st_size for p in folder.glob("*.safetensors") if p.is_file())
+    needed = 3 * estimate - existing
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CheckpointError(
+            f"{folder} has {free / 2**20:.1f} MiB free, the checkpoints need about {needed / 2**20:.1f} MiB; free "
+            "disk space or use another --output"
+        )
+
+
+def _open_run_dir(run: TrainingRun) -> None:
+    """Rank 0: clean up, complete or start the checkpoints, write config.yaml and command.txt, open TensorBoard."""
+    paths, cfg = run.paths, run.cfg
+    for folder in (paths.path, paths.checkpoints):
+        for stale in clean_stale_tmp(folder):  # left by a process killed while writing
+            _logger.info("removed %s, left by an interrupted write", stale)
+    if run.fork:
+        run.commit(run.start_epoch)  # the fork point, so that the new run is resumable and has a best file at once
+    else:
+        repair_best(paths.checkpoints)
+    _check_disk_space(paths.checkpoints, unwrap_model(run.model), run.model_ema)
+    try:
+        write_config(cfg, paths.config)
+        append_command(paths.command, run.argv)
+    except OSError as e:
+        raise CheckpointError(f"cannot write in {paths.path}: {e.strerror or e}; make it writable") from e
+    if run.history:
+        write_metrics_csv(run.history, paths.metrics)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge_step = run.start_epoch + 1 if run.start_epoch else None
+        run.writer = SummaryWriter(str(paths.tensorboard), purge_step=purge_step)
+    except ImportError:
+        _logger.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+    _logger.info(
+        "run %s: %s (%.2fM params) on %s, %d train / %d val images, %d x %d process(es), device %s",
+        paths.path, cfg.model, run.params / 1e6, run.info.name, len(run.datasets["train"]), len(run.datasets["val"]),
+        cfg.batch_size, run.ctx.world_size, run.ctx.device,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------- fit
+def _criterion(cfg: TrainConfig) -> nn.Module:
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        return SoftTargetCrossEntropy()  # Mixup applies the label smoothing
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing, num_classes=num_classes)
+
+
+def _epoch_options(run: TrainingRun) -> EpochOptions:
+    cfg, ctx = run.cfg, run.ctx
+    return EpochOptions(
+        criterion=_criterion(cfg),
+        device=ctx.device,
+        ctx=ctx,
+        lr_scheduler=run.lr_scheduler,
+        amp_dtype=run.amp_dtype,
+        scaler=run.scaler,
+        mixup_fn=_mixup(cfg, run.info.num_classes),
+        model_ema=run.model_ema,
+        clip_grad=cfg.clip_grad,
+        channels_last=cfg.channels_last,
+        progress=cfg.progress and ctx.is_main,
+    )
+
+
+def _validate(run: TrainingRun, row: dict[str, Any]) -> dict[str, Any]:
+    """Add the validation metrics (and the EMA's) to ``row``; return those the run selects its best epoch on."""
+    eval_kwargs = {
+        "num_classes": run.info.num_classes,
+        "ctx": run.ctx,
+        "amp_dtype": run.amp_dtype,
+        "channels_last": run.cfg.channels_last,
+        "progress": run.cfg.progress and run.ctx.is_main,
+    }
+    device = run.ctx.device
+    val_stats = evaluate(run.model, run.val_loader, device, desc="validate", **eval_kwargs)
+    row.update(
+        val_loss=val_stats["loss"], val_top1=val_stats["top1"], val_top5=val_stats["top5"],
+        val_images_per_s=val_stats["images_per_s"],
+    )  # fmt: skip
+    if run.model_ema is None:
+        return val_stats
+    ema_stats = evaluate(run.model_ema.module, run.val_loader, device, desc="validate EMA", **eval_kwargs)
+    row.update(ema_val_loss=ema_stats["loss"], ema_val_top1=ema_stats["top1"], ema_val_top5=ema_stats["top5"])
+    return ema_stats
+
+
+def _check_diverged(epoch: int, row: dict[str, Any], model: nn.Module, model_ema: Any) -> None:
+    """Raise :class:`NonFiniteLossError` when the epoch left NaN/infinite weights or losses (before they are saved).
+
+    The loss is checked before every step by :func:`train_one_epoch`; this catches the last update of the epoch
+    and a validation that overflows.
+    """
+    bad = [f"weights ({', '.join(names[:3])})" for names in [nonfinite_names(model.state_dict())] if names]
+    if model_ema is not None and nonfinite_names(model_ema.module.state_dict()):
+        bad.append("EMA weights")
+    bad += [key for key in ("train_loss", "val_loss", "ema_val_loss") if key in row and not math.isfinite(row[key])]
+    if bad:
+        raise NonFiniteLossError(
+            f"the training diverged in epoch {epoch + 1}: NaN or infinity in the {', '.join(bad)}; nothing of this "
+            "epoch was saved. Lower --lr, set --clip-grad (e.g. 1.0), or train without float16 (--amp none or bf16)"
+        )
+
+
+def _run_epoch(run: TrainingRun, epoch: int, options: EpochOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train and validate one epoch; return its metrics row and the metrics the best epoch is chosen on."""
+    cfg, ctx = run.cfg, run.ctx
+    seed_everything(epoch_seed(cfg.seed, epoch, ctx.rank))
+    set_epoch(run.train_loader, epoch, cfg.seed, ctx.rank)
+    train_stats = train_one_epoch(
+        run.model, run.train_loader, run.optimizer, options, epoch,
+        num_updates=run.num_updates, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+    )  # fmt: skip
+    run.num_updates = int(train_stats["num_updates"])
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "lr": train_stats["lr"],
+        "train_loss": train_stats["loss"],
+        "train_top1": train_stats["top1"],
+        "train_images_per_s": train_stats["images_per_s"],
+    }
+    selected = _validate(run, row)
+    _check_diverged(epoch, row, unwrap_model(run.model), run.model_ema)
+    return row, selected
+
+
+def _record_epoch(run: TrainingRun, row: dict[str, Any], remaining_seconds: float) -> None:
+    """Rank 0: commit the checkpoints, rewrite metrics.csv, log to TensorBoard and print the epoch line."""
+    run.commit(row["epoch"])
+    write_metrics_csv(run.history, run.paths.metrics)
+    if run.writer is not None:
+        for key, value in row.items():
+            if key != "epoch":
+                run.writer.add_scalar(_tensorboard_tag(key), value, row["epoch"])
+        run.writer.flush()
+    print(epoch_line(row, run.cfg.epochs, remaining_seconds), flush=True)
+
+
+def fit(run: TrainingRun) -> None:
+    """Run the epochs from the start epoch to ``cfg.epochs`` (or ``--stop-after`` of them), committing after each.
+
+    Raises:
+        TrainError: The training diverged or a file cannot be written; the message names the last good checkpoint.
+    """
+    cfg = run.cfg
+    options = _epoch_options(run)
+    epoch_times: list[float] = []
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            if run.stop_after is not None and epoch - run.start_epoch >= run.stop_after:
+                _logger.info(
+                    "stopping after %d epoch(s) as asked; continue with --resume %s", run.stop_after, run.run_dir
+                )
+                break
+            start = time.perf_counter()
+            row, selected = _run_epoch(run, epoch, options)
+            epoch_seconds = time.perf_counter() - start
+            epoch_times.append(epoch_seconds)
+            run.train_seconds += epoch_seconds
+            row.update(epoch_seconds=epoch_seconds, train_seconds=run.train_seconds)
+            run.history.append(row)
+            if selected["top1"] > run.best["top1"]:
+                run.best = {"epoch": epoch + 1, "top1": selected["top1"]}
+            if run.ctx.is_main:
+                _record_epoch(run, row, sum(epoch_times) / len(epoch_times) * (cfg.epochs - epoch - 1))
+    except TrainError as e:
+        last = run.paths.last
+        if last.is_file():
+            raise type(e)(
+                f"{e}\nthe last good checkpoint is {last}; after the fix continue with: gsanet train --resume "
+                f"{run.run_dir}"
+            ) from e
+        raise
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------------- finish
+def _summary(run: TrainingRun) -> RunSummary:
+    cfg, history, best, paths = run.cfg, run.history, run.best, run.paths
+    last = history[-1] if history else {}
+    prefix = "ema_val_" if cfg.model_ema else "val_"
+    return RunSummary(
+        model=cfg.model,
+        data=run.info.name,
+        epochs=len(history),
+        epochs_planned=cfg.epochs,
+        finished=len(history) >= cfg.epochs,
+        val_top1=last.get(prefix + "top1"),
+        val_top5=last.get(prefix + "top5"),
+        val_loss=last.get(prefix + "loss"),
+        weights="ema" if cfg.model_ema else "model",
+        best_val_top1=best["top1"] if history else None,
+        best_epoch=best["epoch"] if history else None,
+        params=run.params,
+        train_seconds=run.train_seconds,
+        images_per_s=last.get("train_images_per_s"),
+        eval_images_per_s=last.get("val_images_per_s"),
+        world_size=run.ctx.world_size,
+        device=str(run.ctx.device),
+        amp=str(run.amp_dtype).removeprefix("torch.") if run.amp_dtype else "none",
+        run_dir=str(paths.path),
+        checkpoints={"last": str(paths.last), "best": str(paths.best)},
+        metrics_csv=str(paths.metrics),
+    )
+
+
+def finish(run: TrainingRun) -> dict[str, Any]:
+    """Rank 0 (after at least one epoch): draw the curves and write ``summary.json``; return the summary.
+
+    Raises:
+        CheckpointError: The plots or the summary cannot be written.
+    """
+    summary = _summary(run)
+    if run.ctx.is_main and run.history:
+        try:
+            paths = plot_curves(run.history, run.run_dir, title=f"{run.cfg.model} on {Path(run.info.name).name}")
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot write the plots in {run.run_dir}: {e.strerror or e}; make it writable"
+            ) from e
+        summary.plots = {name: str(path) for name, path in paths.items()}
+        write_summary(summary, run.paths.summary)
+    return summary.to_dict()
+
+
+def epoch_line(row: dict[str, Any], epochs: int, remaining_seconds: float) -> str:
+    """The line printed after an epoch: losses, accuracies, learning rate, throughput, time and ETA."""
+    ema = f"  EMA top-1 {row['ema_val_top1']:.2f}%" if "ema_val_top1" in row else ""
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.2f}%"
+        f"  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}%{ema}"
+        f"  lr {row['lr']:.2e}  {row['train_images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f} s"
+        f"  ETA {format_seconds(remaining_seconds)}"
+    )
+
+
+def _tensorboard_tag(key: str) -> str:
+    """``train_loss`` -> ``train/loss``, ``ema_val_top1`` -> ``ema_val/top1``, ``lr`` -> ``lr``."""
+    for prefix in ("ema_val", "train", "val"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1 :]}"
+    return key
+
+
+def format_seconds(seconds: float) -> str:
+    """``1h02m`` from an hour on, else ``3m07s``."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
