@@ -328,7 +328,7 @@ def test_one_real_training_batch(tmp_path: Path) -> None:
     ctx = runner.RunnerContext(args, {"fashion-mnist": (recipe, exp_cli.load_recipe(recipe))}, runner.child_env(args))
     status = runner.execute_run(spec, ctx)
     assert status.state == "done", (spec.output / "logs" / f"{spec.name}.log").read_text()[-2000:]
-    assert status.summary["epochs"] == 1 and 0 <= status.summary["val_top1"] <= 100
+    assert status.summary.epochs == 1 and 0 <= status.summary.val_top1 <= 100
     record = json.loads((spec.run_dir / "experiment.json").read_text().splitlines()[0])
     assert record["threads"] == "1"
     assert runner.execute_run(spec, ctx).state == "done"  # a second call finds it finished

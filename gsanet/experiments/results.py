@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gsanet.train.rundir import RunDir
+
 from .plans import Plan, RunSpec, Variant
 from .runner import run_status
 
@@ -80,7 +82,7 @@ class Row:
 
 def run_command(run_dir: Path) -> str:
     """The ``gsanet train`` command recorded in a run's ``command.txt`` (without its time stamp; "" if none)."""
-    path = run_dir / "command.txt"
+    path = RunDir(run_dir).command
     if not path.is_file():
         return ""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -120,10 +122,10 @@ def aggregate(
                     row.missing.append(seed)
                     continue
                 s = status.summary
-                row.top1.append(float(s["val_top1"]))
-                row.top5.append(float(s["val_top5"]) if s.get("val_top5") is not None else math.nan)
-                row.train_seconds.append(float(s["train_seconds"]))
-                row.params = int(s["params"]) if s.get("params") is not None else row.params
+                row.top1.append(float(s.val_top1))
+                row.top5.append(float(s.val_top5) if s.val_top5 is not None else math.nan)
+                row.train_seconds.append(float(s.train_seconds))
+                row.params = int(s.params) if s.params is not None else row.params
                 row.run_dirs.append(str(spec.run_dir))
                 row.commands.append(run_command(spec.run_dir))
         num_classes, in_chans, size = DATA_SHAPES.get(data, (None, 3, 224))

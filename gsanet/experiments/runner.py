@@ -29,6 +29,9 @@ from typing import Any
 
 import yaml
 
+from gsanet.train.errors import CheckpointError
+from gsanet.train.rundir import RunDir, RunSummary, read_summary
+
 from .plans import RunSpec, data_slug
 
 __all__ = [
@@ -64,11 +67,11 @@ class RunStatus:
 
     state: str
     detail: str = ""
-    summary: dict[str, Any] | None = None
+    summary: RunSummary | None = None
 
 
 def _config_mismatch(run_dir: Path, expected: Mapping[str, Any]) -> list[str]:
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         return []
     found = yaml.safe_load(path.read_text()) or {}
@@ -76,7 +79,7 @@ def _config_mismatch(run_dir: Path, expected: Mapping[str, Any]) -> list[str]:
 
 
 def _checkpoint(spec: RunSpec) -> Path:
-    return spec.run_dir / "checkpoints" / "last.safetensors"
+    return RunDir(spec.run_dir).last
 
 
 def run_status(spec: RunSpec, expected: Mapping[str, Any]) -> RunStatus:
@@ -85,8 +88,10 @@ def run_status(spec: RunSpec, expected: Mapping[str, Any]) -> RunStatus:
     if not run_dir.exists():
         return RunStatus("todo")
     mismatch = _config_mismatch(run_dir, expected)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    try:
+        summary = read_summary(run_dir)
+    except CheckpointError as e:
+        return RunStatus("conflict", f"{e}; it is left alone")
     if mismatch:
         return RunStatus(
             "conflict",
@@ -94,8 +99,8 @@ def run_status(spec: RunSpec, expected: Mapping[str, Any]) -> RunStatus:
             "--runs directory or move it away",
             summary,
         )
-    if summary is not None and summary.get("finished", summary.get("epochs") == summary.get("epochs_planned")):
-        return RunStatus("done", f"top-1 {summary.get('val_top1')}", summary)
+    if summary is not None and summary.finished:
+        return RunStatus("done", f"top-1 {summary.val_top1}", summary)
     detail = (
         "interrupted after a checkpoint" if _checkpoint(spec).is_file() else "interrupted before its first checkpoint"
     )
@@ -239,7 +244,7 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
         }
         with open(spec.run_dir / "experiment.json", "a") as f:
             f.write(json.dumps(record) + "\n")
-        say(ctx, f"done   {spec.name}: validation top-1 {status.summary['val_top1']:.2f}%  ({wall:.0f} s)")
+        say(ctx, f"done   {spec.name}: validation top-1 {status.summary.val_top1:.2f}%  ({wall:.0f} s)")
         return status
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gsanet.tables import csv_text, markdown_table, mean_std
+from gsanet.train.rundir import RunDir
 
 from .plans import Plan, RunSpec, Study, Variant, data_slug
 from .results import Row, aggregate
@@ -95,7 +96,7 @@ def choose(
         return None, states
     best = None
     for spec, status in states:  # grid order: the earlier point wins a tie
-        top1 = float(status.summary["val_top1"])
+        top1 = float(status.summary.val_top1)
         if best is None or top1 > best.holdout_top1:
             args = spec.variant.train_args
             best = Choice(float(args["lr"]), float(args["weight_decay"]), top1)
@@ -170,7 +171,7 @@ class FamilyResult:
 
 
 def _metrics(run_dir: Path) -> list[tuple[int, float, float]]:
-    path = Path(run_dir) / "metrics.csv"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return []
     with open(path, newline="") as f:
