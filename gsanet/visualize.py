@@ -9,7 +9,8 @@ Usage::
 
 How the maps are obtained: a forward hook on the chosen ``GlobalSelfAttention`` module captures its input ``x`` during
 one forward pass of the whole network (eval mode); the maps are then recomputed from ``x`` and the module's own
-weights, following the module's equations (``gsanet/layers/gsa.py``):
+weights, following the module's equations (``gsanet/layers/gsa.py``); the positional weights are the module's own
+(``axis_weights``, ``plane_weights``: the weights its forward pass applies):
 
 * queries, keys and values are the module's 1x1 projection ``qkv(x)`` split ``[dim_key, dim_key, dim_out]``, each
   split into ``heads`` groups;
@@ -218,33 +219,6 @@ class AttentionMaps:
     composed: np.ndarray | None
 
 
-def _weights_for(
-    module: GlobalSelfAttention, q: torch.Tensor, positions: torch.Tensor, table: torch.Tensor | None, size: int
-) -> torch.Tensor:
-    """Weights of queries ``q (h, dk, M)`` sitting at axis positions ``positions (M,)`` over the ``size`` positions.
-
-    Returns:
-        ``(h, M, S)``: ``q . r_(x' - x)`` (zero outside the span), softmaxed over the span with ``pos_softmax``,
-        uniform over the span without relative embeddings.
-    """
-    h, dk, m = q.shape
-    x_prime = torch.arange(size, device=q.device)
-    offsets = x_prime[None, :] - positions[:, None]  # (M, S)
-    half = (size - 1) if module.pos_span is None else (module.pos_span - 1) // 2
-    inside = offsets.abs() <= half  # (M, S)
-    if table is None:
-        w = inside.to(q.dtype) / inside.sum(1, keepdim=True).to(q.dtype)
-        return w.unsqueeze(0).expand(h, m, size)
-    center = module._center(table)
-    rows = (center + offsets).clamp(0, table.shape[0] - 1)  # (M, S) table rows; clamped ones are masked below
-    valid = inside & (center + offsets >= 0) & (center + offsets < table.shape[0])
-    emb = table[rows].view(m, size, h, dk)  # (M, S, h, dk): each head's slice of the embedding columns
-    logits = torch.einsum("hdm,mshd->hms", q, emb)  # (h, M, S)
-    if module.pos_softmax:
-        return logits.masked_fill(~valid, float("-inf")).softmax(-1)
-    return logits * valid.to(logits.dtype)
-
-
 @torch.no_grad()
 def compute_maps(module: GlobalSelfAttention, x: torch.Tensor, pixel: tuple[int, int]) -> AttentionMaps:
     """Recompute the attention maps of ``module`` from its captured input ``x`` (first image of the batch).
@@ -273,62 +247,20 @@ def compute_maps(module: GlobalSelfAttention, x: torch.Tensor, pixel: tuple[int,
         key_maps = rho.view(h, dk, H, W).numpy()
         content_pixel = torch.einsum("hc,hcn->hn", qp, rho).view(h, H, W).numpy()
     if module.positional:
-        table_col = module.rel_col.float() if module.rel_col is not None else None
-        table_row = module.rel_row.float() if module.rel_row is not None else None
+        q = q[None]  # (1, h, dk, H, W)
+        w_cols = module.axis_weights(q, 0)[0]  # (h, W, H, H): [b', a, a'], the column weights of every pixel
+        w_rows = module.axis_weights(q, 1)[0]  # (h, H, W, W): [a', b, b']
+        w_col, w_row = w_cols[:, b, a], w_rows[:, a, b]  # the pixel's own column (h, H) and row (h, W) weights
+        col, row = w_col.numpy(), w_row.numpy()
         if module.axial:
-            # column layer at pixel (a, b): its query over the column positions a'
-            w_col = _weights_for(module, q[:, :, a, b][..., None], torch.tensor([a]), table_col, H)[:, 0]  # (h, H)
-            w_row = _weights_for(module, q[:, :, a, b][..., None], torch.tensor([b]), table_row, W)[:, 0]  # (h, W)
             # column weights of the intermediate pixels (a, b') of the row: their own queries
-            w_col_row = _weights_for(module, q[:, :, a, :], torch.full((W,), a), table_col, H)  # (h, W, H): [b', a']
-            col, row = w_col.numpy(), w_row.numpy()
+            w_col_row = w_cols[:, :, a]  # (h, W, H): [b', a']
             outer = np.einsum("ha,hb->hab", col, row)
             composed = (w_row[:, None, :] * w_col_row.transpose(1, 2)).numpy()  # (h, H, W): [a', b']
         else:
-            w_col = _weights_for(module, q[:, :, a, b][..., None], torch.tensor([a]), table_col, H)[:, 0]
-            w_row = _weights_for(module, q[:, :, a, b][..., None], torch.tensor([b]), table_row, W)[:, 0]
-            if table_col is None or module.pos_softmax:
-                # 2-D softmax / uniform over the 2-D span of the summed logits
-                logits = _two_d_logits(module, q[:, :, a, b], (a, b), (H, W), table_col, table_row)
-                composed = logits.numpy()
-            else:
-                composed = (w_col[:, :, None] + w_row[:, None, :]).numpy() * _two_d_mask(module, (a, b), (H, W))
-            col, row = w_col.numpy(), w_row.numpy()
+            composed = module.plane_weights(q)[0, :, a * W + b].reshape(h, H, W).numpy()  # the pixel's 2-D weights
             outer = composed
     return AttentionMaps((H, W), (a, b), key_maps, content_pixel, col, row, outer, composed)
-
-
-def _two_d_mask(module: GlobalSelfAttention, pixel: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    half = [(s - 1) if module.pos_span is None else (module.pos_span - 1) // 2 for s in size]
-    ya = np.abs(np.arange(size[0]) - pixel[0]) <= half[0]
-    xb = np.abs(np.arange(size[1]) - pixel[1]) <= half[1]
-    return (ya[:, None] & xb[None, :]).astype(np.float32)[None]
-
-
-def _two_d_logits(
-    module: GlobalSelfAttention,
-    qp: torch.Tensor,
-    pixel: tuple[int, int],
-    size: tuple[int, int],
-    table_col: torch.Tensor | None,
-    table_row: torch.Tensor | None,
-) -> torch.Tensor:
-    """2-D positional weights of one pixel: softmax over the 2-D span of ``q . (r^col_da + r^row_db)``."""
-    h = qp.shape[0]
-    mask = torch.from_numpy(_two_d_mask(module, pixel, size)[0]).bool()
-    if table_col is None:
-        logits = torch.zeros(h, *size)
-    else:
-
-        def axis(table: torch.Tensor, pos: int, n: int) -> torch.Tensor:
-            offsets = torch.arange(n) - pos
-            c = module._center(table)
-            idx = (c + offsets).clamp(0, table.shape[0] - 1)
-            emb = table[idx].view(n, h, -1)
-            return torch.einsum("hd,nhd->hn", qp, emb)
-
-        logits = axis(table_col, pixel[0], size[0])[:, :, None] + axis(table_row, pixel[1], size[1])[:, None, :]
-    return logits.masked_fill(~mask, float("-inf")).flatten(1).softmax(-1).view(h, *size)
 
 
 # ------------------------------------------------------------------------------------------------------ images

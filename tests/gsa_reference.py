@@ -1,7 +1,8 @@
 """Plain reference implementation of the GSA module, written straight from the equations.
 
-Per-pixel loops, explicit weights, no tricks: used only by the tests to check the fast path in
-``gsanet/layers/gsa.py``. It reads the parameters of a ``GlobalSelfAttention`` module.
+Per-pixel loops, explicit weights, no tricks: used only by the tests to check the module in ``gsanet/layers/gsa.py``
+and its operators. It reads the parameters of a ``GlobalSelfAttention`` module. Also the tests' shared helpers: the
+axial layer in plain autograd (``axial_plain``) and on the GEMM path (``axial_gemm``), random inputs and parameters.
 
     content:     F_c = Q (rho(K^T) V), rho = softmax over the N positions of each key channel
     column:      f_col(a, b) = sum_{delta in span} (q_ab . r^col_delta) v_{a+delta, b}
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from gsanet.layers import GlobalSelfAttention
+from gsanet.layers.axial_ops import AxialRelPosAttention
+from gsanet.layers.rel_pos import head_keys, table_center
 
-__all__ = ["reference_forward"]
+__all__ = ["axial_gemm", "axial_plain", "random_lines", "randomize_", "reference_forward", "rel_error"]
 
 
 def _offsets(m: GlobalSelfAttention, size: int) -> list[int]:
@@ -26,9 +29,8 @@ def _offsets(m: GlobalSelfAttention, size: int) -> list[int]:
 
 
 def _embedding(table: torch.Tensor, delta: int) -> torch.Tensor:
-    """Row of offset ``delta`` in a table whose middle row is offset 0."""
-    center = (table.shape[0] - 1) // 2
-    return table[center + delta]
+    """Row of offset ``delta`` in a relative table (offset 0 at its centre row)."""
+    return table[table_center(table) + delta]
 
 
 def _batch_norm(m: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -139,3 +141,43 @@ def reference_forward(m: GlobalSelfAttention, x: torch.Tensor) -> torch.Tensor:
     if m.stride == 2:
         out = F.avg_pool2d(out, 2, ceil_mode=True)
     return out
+
+
+def randomize_(m: GlobalSelfAttention, seed: int) -> GlobalSelfAttention:
+    """Fresh random values for every parameter and buffer, so no term can hide behind an init of 0 or 1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+        if m.norm is not None:
+            m.norm.running_mean.copy_(torch.randn(m.dim_out, generator=g, dtype=torch.float64))
+            m.norm.running_var.copy_(torch.rand(m.dim_out, generator=g, dtype=torch.float64) + 0.5)
+    return m
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
+def axial_plain(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``AxialRelPosAttention`` written with plain autograd: ``out[x] = sum_x' (q_x . rows[x'-x+S-1]) v_x'``."""
+    S = q.shape[-1]
+    offsets = torch.arange(S)[None, :] - torch.arange(S)[:, None] + S - 1  # [x, x']
+    keys = rows[:, :, offsets]  # (h, dk, x, x')
+    weights = torch.einsum("bhclx,hcxy->bhlxy", q, keys)
+    return torch.einsum("bhlxy,bhdly->bhdlx", weights, v)
+
+
+def axial_gemm(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``AxialRelPosAttention`` on the absolute keys of ``rows (h, dk, 2S-1)``, as ``GlobalSelfAttention`` calls it."""
+    h, dk, n = rows.shape
+    keys = head_keys(rows.permute(2, 0, 1).reshape(n, h * dk), (n + 1) // 2, h, pos_span=None)  # (h, S, dk, S)
+    return AxialRelPosAttention.apply(q, v, keys)
+
+
+def random_lines(dtype: torch.dtype, transposed: bool, *shape: int) -> torch.Tensor:
+    """Random ``(B, h, C, L, S)`` leaf; with ``transposed``, a view whose L axis is the faster one in memory (as the
+    column pass reads the NCHW projection)."""
+    if transposed:
+        return torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=dtype).transpose(-1, -2).requires_grad_()
+    return torch.randn(*shape, dtype=dtype, requires_grad=True)

@@ -46,11 +46,16 @@ def test_axial_maps_reproduce_the_positional_output(kwargs: dict) -> None:
     row = torch.from_numpy(maps.row_weights)  # (h, W)
     expected = scale * torch.einsum("hab,hdab->hd", composed, v) + shift * row.sum(-1, keepdim=True)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
-    # the column weights of the pixel are those of its own column layer
+    # the column weights of the pixel are those of its own column layer (whose output is the batch norm's input)
     col_out = torch.einsum("ha,hda->hd", torch.from_numpy(maps.col_weights), v[:, :, :, 7])
-    q = module.qkv(x)[:, :16].reshape(1, 2, 8, 9, 11)
-    ref = module._axis_pass(q.transpose(-1, -2), v[None].transpose(-1, -2), module.rel_col)  # (1, h, dv, W, H)
-    torch.testing.assert_close(col_out, ref[0, :, :, 7, 3], atol=1e-4, rtol=1e-4)
+    captured = []
+    handle = bn.register_forward_hook(lambda mod, args, output: captured.append(args[0]))
+    try:
+        module(x)
+    finally:
+        handle.remove()
+    ref = captured[0][0].view(2, 8, 9, 11)  # (h, dv, H, W): F_col
+    torch.testing.assert_close(col_out, ref[:, :, 3, 7], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"pos_softmax": True}, {"rel_pos": False}, {"pos_span": 5}])

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from gsanet.layers import axial_kernel
-from gsanet.layers.gsa import AxialRelPosAttention, FusedAxialRelPosAttention, relative_to_absolute
+from gsanet.layers.axial_kernel import FusedAxialRelPosAttention
+from gsanet.layers.axial_ops import AxialRelPosAttention
+from gsanet.layers.rel_pos import head_keys, head_rows
 
 from .config import BenchConfig
 from .environment import environment, load_average
@@ -86,8 +88,8 @@ def _inputs(shape: AxialShape, column: bool, seed: int) -> tuple[torch.Tensor, .
         v = torch.randn(B, h, d, H, W, generator=g)
         S = W
     table = torch.randn(2 * S - 1, h * d, generator=g) * d**-0.5
-    rows = table.view(2 * S - 1, h, d).permute(1, 2, 0).contiguous()
-    keys = relative_to_absolute(table, S - 1, S).view(S, S, h, d).permute(2, 0, 3, 1).contiguous()
+    rows = head_rows(table, S, h, pos_span=None).contiguous()  # the module's layouts of one global table
+    keys = head_keys(table, S, h, pos_span=None)
     grad = torch.randn(v.shape, generator=g)
     return q.requires_grad_(), v.requires_grad_(), rows.requires_grad_(), keys.requires_grad_(), grad
 

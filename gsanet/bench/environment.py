@@ -77,13 +77,14 @@ def environment(device: str, precision: str) -> dict[str, Any]:
 
 
 def _source_digest() -> str:
-    """First 12 hex digits of the SHA-256 of the layer's sources (``gsa.py``, the kernel's loader and its C++):
-    which version of the layer was measured."""
+    """First 12 hex digits of the SHA-256 of the layer's sources (the module, its relative tables, its GEMM path, the
+    kernel's loader and its C++): which version of the layer was measured."""
     try:
-        from gsanet.layers import axial_kernel, gsa
+        from gsanet.layers import axial_kernel, axial_ops, gsa, rel_pos
 
         digest = hashlib.sha256()
-        for path in (Path(inspect.getfile(gsa)), Path(inspect.getfile(axial_kernel)), axial_kernel.SOURCE):
+        modules = (gsa, rel_pos, axial_ops, axial_kernel)
+        for path in (*(Path(inspect.getfile(m)) for m in modules), axial_kernel.SOURCE):
             digest.update(path.read_bytes())
         return digest.hexdigest()[:12]
     except (ImportError, OSError, TypeError):

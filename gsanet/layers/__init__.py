@@ -1,5 +1,17 @@
-"""Reusable building blocks: the GSA module."""
+"""Reusable building blocks: the GSA module and what it is made of.
 
-from .gsa import GlobalSelfAttention, extend_rel_pos, fit_rel_pos_state, relative_to_absolute, resize_rel_pos
+``gsa`` (the module), ``rel_pos`` (relative tables, spans and positional weights), ``axial_ops`` (the axial layer as
+batched GEMMs), ``axial_kernel`` (the fused C++ CPU kernel, its builds and its dispatch), ``helpers`` (argument checks).
+"""
 
-__all__ = ["GlobalSelfAttention", "extend_rel_pos", "fit_rel_pos_state", "relative_to_absolute", "resize_rel_pos"]
+from .gsa import GlobalSelfAttention
+from .rel_pos import RelPosModule, extend_rel_pos, fit_rel_pos_state, relative_to_absolute, resize_rel_pos
+
+__all__ = [
+    "GlobalSelfAttention",
+    "RelPosModule",
+    "extend_rel_pos",
+    "fit_rel_pos_state",
+    "relative_to_absolute",
+    "resize_rel_pos",
+]

@@ -1,10 +1,10 @@
 """Build, choice and dispatch of the fused CPU kernel of the axial positional attention layer (C++).
 
 The kernel computes ``out[x] = sum_x' (q_x . r_(x'-x)) v_x'`` along one axis and its gradients, the same equation
-as ``gsa.AxialRelPosAttention`` (the batched-GEMM path, which runs everywhere else: CUDA, tracing, export, FLOP
-counting); ``gsa.FusedAxialRelPosAttention`` is its autograd function. The work is split into groups of lines of
+as ``axial_ops.AxialRelPosAttention`` (the batched-GEMM path, which runs everywhere else: CUDA, tracing, export, FLOP
+counting); :class:`FusedAxialRelPosAttention` is its autograd function. The work is split into groups of lines of
 one head, one line per vector lane; each group's weights are computed and applied from registers and cache, never
-written to memory whole. The source is ``csrc/axial_rel_pos.cpp``.
+written to memory whole. The source is ``csrc/axial_rel_pos.cpp`` (:data:`SOURCE`).
 
 One source, one build per instruction set (a *variant*), each with its own operator namespace so that several can be
 loaded in one process:
@@ -52,10 +52,13 @@ from pathlib import Path
 
 import torch
 
+from .axial_ops import oriented_empty
+
 __all__ = [
     "MEASURED",
     "SOURCE",
     "VARIANTS",
+    "FusedAxialRelPosAttention",
     "Variant",
     "available",
     "build",
@@ -71,6 +74,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "axial_rel_pos.cpp"
+"""The kernel's C++ source (one file; every variant is built from it)."""
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # bf16/fp16: float32 arithmetic inside
 
 
@@ -111,12 +115,9 @@ VARIANTS: dict[str, Variant] = {  # best first
 }
 
 # Where each variant was measured to beat the GEMM path, forward+backward, float32, side by side (``gsanet bench
-# axial``, results/bench_axial_*): the largest axis length S of the measured shapes at which it still won, and the
-# machine architectures it was measured on. The kernel runs only inside these bounds; elsewhere the GEMM path does.
-# avx512 tied the GEMM path at S = 224 (its per-item weight scratch, 2 S^2 x 16 floats, outgrows the L2 cache);
-# avx512_bf16 (the avx512 float32 code plus bfloat16 conversions) was measured against the GEMM path on an AVX-512
-# machine with native bfloat16 at ResNet-50's stage shapes only (S <= 56); generic was measured on x86 at PyTorch's
-# default (SSE) capability, not on ARM, so ARM machines keep the GEMM path unless told otherwise.
+# axial``; the tables are in results/bench_axial_*): the largest axis length S at which it still won, and the machine
+# architectures it was measured on. The kernel runs only inside these bounds; elsewhere the GEMM path does, so ARM
+# machines (generic was measured on x86 only) keep the GEMM path unless told otherwise.
 MEASURED: dict[str, tuple[int, tuple[str, ...]]] = {
     "avx512_bf16": (56, ("x86_64",)),
     "avx512": (112, ("x86_64",)),
@@ -332,3 +333,36 @@ def usable(*tensors: torch.Tensor) -> bool:
     if stack[-1] is False:
         return False
     return (stack[-1] is True or prefer_kernel(variant, size)) and available(variant)
+
+
+class FusedAxialRelPosAttention(torch.autograd.Function):
+    """``AxialRelPosAttention`` by the fused CPU kernel (:data:`SOURCE`).
+
+    The kernel gives each vector lane one line (16 lines of one head per group in float32) and computes and applies
+    each line's weights from registers and cache, never writing them to memory whole; the backward pass recomputes
+    them. It takes the relative rows instead of absolute keys. bfloat16/float16 tensors are widened to float32 as the
+    kernel copies each line group into its scratch, and the results rounded once on the way out; the embedding
+    gradient is summed in float32.
+
+    Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, dv, L, S)`` (any strides), ``rows (h, dk, 2S-1)`` (the embeddings of
+    offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table),
+    and optionally the kernel variant (:data:`VARIANTS`; default the host's); output ``(B, h, dv, L, S)``
+    in the values' memory order.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, variant: str | None = None) -> torch.Tensor:
+        kernel = ops(variant)  # the host's build unless a variant is named (the tests run each one)
+        out = oriented_empty(v, v.shape[2])
+        kernel.forward(q, v, rows, out)
+        ctx.save_for_backward(q, v, rows)
+        ctx.ops = kernel
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, v, rows = ctx.saved_tensors
+        grad_q, grad_v = oriented_empty(q, q.shape[2]), oriented_empty(v, v.shape[2])
+        grad_rows = ctx.ops.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
+        return grad_q, grad_v, grad_rows.to(rows.dtype), None
