@@ -282,19 +282,30 @@ def _fmt_welch(w: Welch | None) -> tuple[str, str]:
 
 
 def verdict(results: Sequence[FamilyResult], study: Study) -> str:
-    """One sentence: does GSA beat the conv ResNet on this recipe, with the difference's 95% interval."""
+    """One sentence per family against the reference (the conv ResNet): difference, 95% interval, Welch p."""
     by_key = {r.family.key: r for r in results}
-    gsa, ref = by_key.get(study.families[0].key), by_key.get(study.reference)
-    if gsa is None or ref is None or gsa.final is None or ref.final is None:
-        return "No verdict yet: the final runs of GSA or of the conv ResNet are not finished."
-    w = welch(gsa.final.top1, ref.final.top1)
-    if w is None:
-        return "No verdict yet: fewer than two finished seeds on one side."
-    head = (f"{gsa.family.model} {gsa.final.mean:.2f}% vs {ref.family.model} {ref.final.mean:.2f}% test top-1: "
-            f"difference {w.diff:+.2f} points, 95% CI [{w.low:+.2f}, {w.high:+.2f}], Welch p = {w.p:.3g}")  # fmt: skip
-    if not w.significant:
-        return head + "; no significant difference at this scale."
-    return head + f"; GSA is {'more' if w.diff > 0 else 'less'} accurate than the conv ResNet at this scale."
+    ref = by_key.get(study.reference)
+    sentences = []
+    for r in results:
+        if r is ref:
+            continue
+        if ref is None or r.final is None or ref.final is None:
+            sentences.append(f"No verdict yet for {r.family.model}: its or the reference's final runs are unfinished.")
+            continue
+        w = welch(r.final.top1, ref.final.top1)
+        if w is None:
+            sentences.append(f"No verdict yet for {r.family.model}: fewer than two finished seeds on one side.")
+            continue
+        head = (
+            f"{r.family.model} {r.final.mean:.2f}% vs {ref.family.model} {ref.final.mean:.2f}% test top-1: "
+            f"difference {w.diff:+.2f} points, 95% CI [{w.low:+.2f}, {w.high:+.2f}], Welch p = {w.p:.2g}"
+        )
+        if not w.significant:
+            sentences.append(head + "; no significant difference at this scale.")
+        else:
+            better = "more" if w.diff > 0 else "less"
+            sentences.append(head + f"; {better} accurate than the conv ResNet at this scale.")
+    return "\n\n".join(sentences)
 
 
 def _plots(results: Sequence[FamilyResult], out: Path, stem: str, title: str) -> list[Path]:
