@@ -12,7 +12,8 @@ The convention:
   reported as ``gsanet <command>: error: <one line>`` on stderr with exit code 2, never as a traceback. A parser
   made by :class:`ArgumentParser` reports its usage errors the same way.
 
-A command module's ``main(argv)`` is ``return run("<command>", _main, argv)`` with ``_main(argv) -> int``.
+A command module's ``main(argv)`` is ``return run("<command>", _main, argv)`` with ``_main(argv) -> int``. This
+module imports :mod:`gsanet.train` only inside its functions, so that ``gsanet.train`` may build its parsers with it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from gsanet.train.config import TrainError, error_message, resolve_config
-
 __all__ = [
-    "USER_ERRORS",
+    "FLAG_NAMES",
     "ArgumentParser",
     "UserError",
     "add_batch_size_flag",
@@ -40,6 +39,7 @@ __all__ = [
     "resolve",
     "run",
     "setup_logging",
+    "user_errors",
 ]
 
 C = TypeVar("C")
@@ -56,8 +56,12 @@ class UserError(Exception):
     """A mistake in a command's flags or inputs; the message names the problem (and the fix) in one line."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (UserError, TrainError)
-"""The errors :func:`run` reports as one line with exit code 2 (``TrainError`` covers config, data and checkpoint)."""
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors :func:`run` reports as one line with exit code 2: :class:`UserError` and ``TrainError`` (a bad
+    config, data or checkpoint, a diverging run)."""
+    from gsanet.train.config import TrainError
+
+    return (UserError, TrainError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -99,6 +103,8 @@ def resolve(cls: type[C], args: argparse.Namespace) -> C:
         ConfigError: An unknown key or a value of the wrong type (in the file).
         UserError: A value the config refuses (its ``ValueError``).
     """
+    from gsanet.train.config import resolve_config
+
     names = {f.name for f in dataclasses.fields(cls)}
     explicit = {k: v for k, v in vars(args).items() if k in names}
     try:
@@ -140,12 +146,14 @@ def setup_logging(verbose: bool = False, *, level: int = logging.INFO, prefix: s
 
 def error_line(command: str, error: BaseException) -> str:
     """``gsanet <command>: error: <message>`` (after :func:`rank_prefix`), the message's lines joined into one."""
+    from gsanet.train.config import error_message
+
     message = " ".join(error_message(error).split())
     return f"{rank_prefix()}gsanet {command}: error: {message}"
 
 
 def run(command: str, body: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a command's ``body(argv)`` and return its exit code: a :data:`USER_ERRORS` error is printed by
+    """Run a command's ``body(argv)`` and return its exit code: a :func:`user_errors` error is printed by
     :func:`error_line` and gives 2, ``--help`` gives 0. The ``gsanet`` logger is restored afterwards.
 
     Args:
@@ -158,7 +166,7 @@ def run(command: str, body: Callable[[list[str]], int | None], argv: Sequence[st
     saved = (list(logger.handlers), logger.level, logger.propagate)
     try:
         return int(body(argv) or 0)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(error_line(command, e), file=sys.stderr)
         return 2
     except SystemExit as e:  # argparse's --help (0), or a usage error of a plain argparse parser (2, printed)
