@@ -1,7 +1,8 @@
 """The ``gsanet`` command line: one entry point, one module per command.
 
 Each command module exposes ``main(argv: list[str] | None) -> int``; this file only dispatches, after setting the
-process's memory-reuse policy (:mod:`gsanet.runtime`).
+process's memory-reuse policy (:mod:`gsanet.runtime`). The commands share one convention for flags, config files,
+logging and errors (:mod:`gsanet.commands`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"gsanet: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"gsanet: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     from .runtime import keep_freed_memory
 

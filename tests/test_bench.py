@@ -27,7 +27,7 @@ from gsanet.bench.scaling import FIT_COLUMNS, run_scaling_bench
 
 
 def _cfg(tmp_path: Path, **kwargs) -> BenchConfig:
-    return BenchConfig(quick=True, repeats=1, warmup=0, batch=2, out=str(tmp_path), **kwargs)
+    return BenchConfig(quick=True, repeats=1, warmup=0, batch_size=2, out=str(tmp_path), **kwargs)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -173,19 +173,27 @@ def test_cli_isa_reruns_capped_at_avx2(tmp_path: Path) -> None:
     assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in rows[0]["isa"]
 
 
-def test_cli_config_file_and_errors(tmp_path: Path) -> None:
+def test_cli_config_file_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text("precision: bf16\nrepeats: 3\nmem_cap_gb: 2\n")
+    good.write_text("precision: bf16\nrepeats: 3\nmem_cap_gb: 2\nbatch_size: 4\n")
     args = cli.build_parser().parse_args(["module", "--config", str(good), "--repeats", "5"])
     cfg = cli.resolve_config(args)
-    assert (cfg.precision, cfg.repeats, cfg.mem_cap_gb) == ("bf16", 5, 2.0)  # the flag beats the file
-    for text in ("not_an_option: 1\n", "repeats: three\n"):
+    assert (cfg.precision, cfg.repeats, cfg.mem_cap_gb, cfg.batch_size) == ("bf16", 5, 2.0, 4)  # flag beats file
+    for text, problem in (("not_an_option: 1\n", "unknown key(s) not_an_option"), ("repeats: three\n", "repeats must")):
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
-        with pytest.raises(SystemExit):
-            cli.main(["module", "--config", str(bad)])
-    with pytest.raises(SystemExit):
-        cli.main(["module", "--precision", "fp16"])
+        assert cli.main(["module", "--config", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gsanet bench: error: ") and problem in err and err.count("\n") == 1
+    assert cli.main(["module", "--precision", "fp16"]) == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_cli_batch_size_and_out_flags_and_their_aliases() -> None:
+    parser = cli.build_parser()
+    for argv in (["--batch-size", "4", "--out", "a"], ["--batch", "4", "--output", "a"]):
+        args = parser.parse_args(["model", *argv])
+        assert (args.batch_size, args.out) == (4, "a")
 
 
 def test_profile_names_operators(tmp_path: Path) -> None:

@@ -486,10 +486,11 @@ def test_summary_at_224_prints_the_published_figures_beside_ours(tmp_path: Path)
     assert "| GSA-ResNet-50 (reconstructed) | 18.10M | 3.600G |" in text and "gsa_resnet50 | 18.28M" in text
 
 
-def test_summary_defaults_and_errors() -> None:
+def test_summary_defaults_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert summary_cmd.default_models((224, 224)) == [n for n in MODELS if not model_archs[n].small_input]
     assert summary_cmd.default_models((28, 28)) == [n for n in MODELS if model_archs[n].small_input]
-    with pytest.raises(SystemExit):
-        summary_cmd.main(["--models", "resnet50", "--out", ""])
-    with pytest.raises(SystemExit):
-        summary_cmd.main(["--img-size", "0"])
+    assert summary_cmd.main(["--models", "resnet50", "--out", ""]) == 2
+    assert capsys.readouterr().err.startswith("gsanet summary: error: no gsanet model matches 'resnet50'")
+    assert summary_cmd.main(["--img-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gsanet summary: error: argument --img-size") and err.count("\n") == 1

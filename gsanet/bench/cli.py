@@ -2,29 +2,37 @@
 
 Usage::
 
-    gsanet bench {module,scaling,model,axial,all,profile} [--device cpu|cuda] [--precision fp32|bf16] [--batch 8]
-                 [--repeats N] [--warmup N] [--out results/] [--quick] [--isa native|avx512|avx2|generic] ...
+    gsanet bench {module,scaling,model,axial,all,profile} [--device cpu|cuda] [--precision fp32|bf16]
+                 [--batch-size 8] [--repeats N] [--warmup N] [--out results/] [--quick]
+                 [--isa native|avx512|avx2|generic] ...
 
 Files are named ``bench_<kind>_torch<version>_<device>_<precision>[_<isa>].{csv,md,png}`` (the instruction set
 PyTorch ran at, on CPU). ``--isa avx2`` re-runs the command with PyTorch, oneDNN, MKL and the fused kernel capped at
 AVX2 (:data:`gsanet.bench.environment.ISA_ENV`), so an AVX-512 machine reproduces an AVX2 machine's ratios. Options come
 from the defaults, then ``--config`` (a YAML mapping of :class:`gsanet.bench.config.BenchConfig` fields), then the
-explicit flags.
+explicit flags (:func:`gsanet.commands.resolve`); a bad flag or value is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
+
+from gsanet.commands import (
+    ArgumentParser,
+    UserError,
+    add_batch_size_flag,
+    add_config_flag,
+    add_out_flag,
+    resolve,
+    run,
+    setup_logging,
+)
 
 from .config import BenchConfig
 from .environment import ISA_ENV, cpu_isa
@@ -32,17 +40,12 @@ from .report import BenchTable, result_stem
 
 __all__ = ["KINDS", "build_parser", "main", "resolve_config"]
 
-_LOGGER = logging.getLogger(__name__)
-
 KINDS = ("module", "scaling", "model", "axial", "all", "profile")
-
-_FLAG_FIELDS = ("device", "precision", "batch", "repeats", "warmup", "quick", "seed", "mem_cap_gb", "time_budget_s")
-_FLAG_FIELDS += ("max_step_s", "threads", "out")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gsanet bench`` argument parser; unset flags stay absent so ``--config`` values can fill them."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gsanet bench",
         description="Speed and memory of the GSA module and GSA networks against convolution and attention peers.",
         argument_default=argparse.SUPPRESS,
@@ -59,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = torch.autocast bfloat16; default fp32")
-    p.add_argument("--batch", type=int, help="batch size (default 8; 2 with --quick)")
+    add_batch_size_flag(p, "batch size (default 8; 2 with --quick)")
     p.add_argument(
         "--repeats", type=int, help="timed repeats (default: module 20, scaling 10, model 10; within --time-budget-s)"
     )
     p.add_argument("--warmup", type=int, help="untimed calls after the memory/FLOP pass (default 1; scaling 0)")
-    p.add_argument("--out", help="output directory (default results)")
+    add_out_flag(p, "output directory (default results)")
     p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: a smoke run")
     p.add_argument("--seed", type=int, help="torch.manual_seed (default 0)")
     p.add_argument(
@@ -77,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-step-s", dest="max_step_s", type=float, help="scaling: skip sizes where a step would take longer (400)"
     )
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--config", type=Path, help="YAML file of options (flags override it)")
+    add_config_flag(p, "YAML file of options (flags override it)")
     p.add_argument(
         "--layers",
         nargs="+",
@@ -92,30 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> BenchConfig:
-    """Defaults, then the ``--config`` YAML, then explicit flags; unknown keys and wrong types are errors."""
-    values: dict[str, Any] = {}
-    config_path = getattr(args, "config", None)
-    if config_path is not None:
-        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_path}: expected a mapping of options, got {type(loaded).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(BenchConfig)}
-        for key, value in loaded.items():
-            key = str(key).replace("-", "_")
-            if key not in fields:
-                raise ValueError(f"{config_path}: unknown option {key!r}; known: {', '.join(fields)}")
-            default = getattr(BenchConfig(), key)
-            expected = type(default) if default is not None else int
-            ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value, ok = float(value), True
-            if value is not None and not ok:
-                raise ValueError(f"{config_path}: option {key!r} must be {expected.__name__}, got {value!r}")
-            values[key] = value
-    for key in _FLAG_FIELDS:
-        if hasattr(args, key):
-            values[key] = getattr(args, key)
-    return BenchConfig(**values)
+    """Defaults, then the ``--config`` YAML, then explicit flags; unknown keys and wrong types are errors.
+
+    Raises:
+        ConfigError: An unknown key or a value of the wrong type in the file.
+        UserError: A value :class:`BenchConfig` refuses.
+    """
+    return resolve(BenchConfig, args)
 
 
 def _run(kind: str, cfg: BenchConfig, args: argparse.Namespace) -> BenchTable:
@@ -145,26 +131,24 @@ def _reexec_at(isa: str, argv: list[str]) -> None:
     from gsanet.layers import axial_kernel
 
     if isa not in axial_kernel.host_variants():  # "generic" always is
-        raise SystemExit(f"gsanet bench: error: --isa {isa}: this CPU cannot execute {isa} code")
+        raise UserError(f"--isa {isa}: this CPU cannot execute {isa} code")
     env = {**os.environ, **ISA_ENV[isa]}
     print(f"gsanet bench: re-running at {isa}: " + " ".join(f"{k}={v}" for k, v in ISA_ENV[isa].items()), flush=True)
     os.execve(sys.executable, [sys.executable, "-m", "gsanet.cli", "bench", *argv], env)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs ``gsanet bench``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Runs ``gsanet bench``; returns the exit status (2: a bad flag or value, reported in one line)."""
+    return run("bench", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     isa = getattr(args, "isa", "native")
     if isa != "native" and any(os.environ.get(k) != v for k, v in ISA_ENV[isa].items()):
         _reexec_at(isa, argv)  # the caps are read when PyTorch, oneDNN and MKL load: a fresh process
-    try:
-        cfg = resolve_config(args)
-    except (ValueError, TypeError, OSError) as e:
-        parser.error(str(e))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = resolve_config(args)
+    setup_logging()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)

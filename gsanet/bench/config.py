@@ -19,7 +19,7 @@ class BenchConfig:
     Attributes:
         device: ``"cpu"`` or ``"cuda"``.
         precision: ``"fp32"``, or ``"bf16"`` for ``torch.autocast(device, torch.bfloat16)``.
-        batch: batch size; ``None`` = the benchmark's default (8, or 2 with ``quick``).
+        batch_size: batch size; ``None`` = the benchmark's default (8, or 2 with ``quick``).
         repeats: timed calls per measurement; ``None`` = the benchmark's default.
         warmup: untimed calls before timing; ``None`` = the benchmark's default.
         quick: smaller sizes, fewer repeats: a smoke run.
@@ -33,7 +33,7 @@ class BenchConfig:
 
     device: str = "cpu"
     precision: str = "fp32"
-    batch: int | None = None
+    batch_size: int | None = None
     repeats: int | None = None
     warmup: int | None = None
     quick: bool = False
@@ -51,7 +51,7 @@ class BenchConfig:
             raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        for name in ("batch", "repeats"):
+        for name in ("batch_size", "repeats"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -69,7 +69,7 @@ class BenchConfig:
         quick_repeats = 1 if self.quick else repeats
         quick_warmup = 0 if self.quick else warmup
         return (
-            self.batch if self.batch is not None else quick_batch,
+            self.batch_size if self.batch_size is not None else quick_batch,
             self.repeats if self.repeats is not None else quick_repeats,
             self.warmup if self.warmup is not None else quick_warmup,
         )

@@ -163,7 +163,7 @@ def run_model_bench(cfg: BenchConfig, *, models: Sequence[tuple] | None = None) 
     rows: list[dict[str, Any]] = []
     for case in models:
         name, size = case.name, case.img_size
-        explicit = cfg.batch is not None or cfg.quick  # --batch (or --quick's batch) applies to every model
+        explicit = cfg.batch_size is not None or cfg.quick  # --batch-size (or --quick's batch) applies to every model
         case_batch = batch if explicit or case.batch is None else case.batch
         row: dict[str, Any] = {"model": name, "img_size": size, "note": case.note, "batch": case_batch}
         row.update({k: env.get(k) for k in ("torch", "device", "precision", "threads", "isa")})

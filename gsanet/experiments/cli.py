@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gsanet.commands import ArgumentParser, UserError, add_config_flag, add_out_flag, run, setup_logging
+
 from .plans import CIFAR_FOLDERS, DATASET_CONFIGS, Plan, RunSpec, expand, get_plan
 from .results import DATA_SHAPES, Row, aggregate
 from .runner import (
@@ -72,7 +74,7 @@ PLAN_CHOICES = ("compare", "ablations", "all", "study")
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gsanet experiment`` parser."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gsanet experiment",
         description="Train GSA-ResNet, its convolutional ResNet, timm's attention peers and the GSA ablations over "
         "seeds with one shared recipe, then write mean +- std tables.",
@@ -86,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every variant (default: compare 0 1 2, ablations 0)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     per_data = ", ".join(f"{k}: {v}" for k, v in DATASET_CONFIGS.items())
-    p.add_argument(
-        "--config",
-        help=f"recipe (gsanet train --config YAML) for every dataset (default: per dataset, {per_data}; the study: "
+    add_config_flag(
+        p,
+        f"recipe (gsanet train --config YAML) for every dataset (default: per dataset, {per_data}; the study: "
         f"{STUDY_CONFIG})",
     )
     p.add_argument(
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir (default: auto)",
     )
     p.add_argument("--data-dir", help="dataset root (default: the recipe's data_dir)")
-    p.add_argument("--out", default="results", help="directory of the tables (default: results)")
+    add_out_flag(p, "directory of the tables (default: results)", default="results")
     p.add_argument(
         "--runs", help="parent of the run directories (default: runs/study for the study, else runs/experiments)"
     )
@@ -168,26 +170,22 @@ def _plans(name: str) -> list[Plan]:
     return [get_plan("compare"), get_plan("ablations")] if name == "all" else [get_plan(name)]
 
 
-def _error(text: str) -> int:
-    print(f"gsanet experiment: error: {text}", file=sys.stderr)
-    return 2
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The checked arguments (``--runs`` defaulted).
 
-
-def _parse(argv: list[str]) -> argparse.Namespace | int:
-    """The checked arguments (``--runs`` defaulted), or the exit code of a usage error."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+    Raises:
+        UserError: A bad flag or value.
+    """
+    args = build_parser().parse_args(argv)
     if (
         args.jobs < 1
         or (args.threads is not None and args.threads < 1)
         or (args.epochs is not None and args.epochs < 1)
     ):
-        return _error("--jobs, --threads and --epochs must be >= 1")
+        raise UserError("--jobs, --threads and --epochs must be >= 1")
     if args.plan == "study" and (args.seeds is not None or args.epochs is not None):
         protocol = f"plans.study_plan and {STUDY_CONFIG}"
-        return _error(f"the study's seeds and epochs are its protocol's ({protocol}); remove --seeds/--epochs")
+        raise UserError(f"the study's seeds and epochs are its protocol's ({protocol}); remove --seeds/--epochs")
     if args.runs is None:
         args.runs = "runs/study" if args.plan == "study" else "runs/experiments"
     return args
@@ -263,16 +261,19 @@ def _write_all_tables(plans: Sequence[Plan], datasets: Sequence[str], ctx: Runne
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``gsanet experiment``; returns 0 when every requested run is finished (or a dry run)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of ``gsanet experiment``; returns 0 when every requested run is finished (or a dry run), 1 when
+    one is not, 2 for a bad flag, value or recipe (reported in one line), 130 when interrupted."""
+    return run("experiment", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = _parse(argv)
-    if isinstance(args, int):
-        return args
+    setup_logging()
     try:
         plans, datasets, recipes = _resolve(args)
         specs = expand(plans, datasets, args.runs, args.seeds)
     except (ValueError, KeyError) as e:
-        return _error(str(e))
+        raise UserError(str(e)) from e
     ctx = RunnerContext(args, recipes, child_env(args))
     if args.plan == "study":
         from . import study

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import timm
 
+from gsanet.commands import ArgumentParser, UserError, add_out_flag, run, setup_logging
 from gsanet.tables import fixed, markdown_table, si, write_csv
 
 from .flops import count_macs, count_params
@@ -297,7 +298,7 @@ def _parse_size(text: str) -> tuple[int, int] | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="gsanet summary",
         description="Parameters, multiply-adds and FLOPs of the gsanet models, beside the paper's reference figures.",
     )
@@ -317,9 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--in-chans", type=int, help="input channels (default: the model's, 3)")
     parser.add_argument("--num-classes", type=int, help="classifier classes (default: the model's)")
-    parser.add_argument(
-        "--out", default="results", metavar="DIR", help="directory for summary_<size>.md/.csv; '' to only print"
-    )
+    add_out_flag(parser, "directory for summary_<size>.md/.csv; '' to only print", default="results")
     parser.add_argument(
         "--meta",
         action="store_true",
@@ -329,14 +328,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs ``gsanet summary``; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Runs ``gsanet summary``; returns the exit code (2: a bad flag or model name, reported in one line)."""
+    return run("summary", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(level=logging.WARNING)
     try:
         models = select_models(args.models) if args.models else default_models(args.img_size)
     except ValueError as e:
-        parser.error(str(e))
+        raise UserError(str(e)) from e
     if args.meta:
         for row in summarize(select_models(args.models or ["*"])):
             fields = f"params={row.params:_}, macs={row.macs:_}, algorithmic_macs={row.algorithmic_macs:_}"

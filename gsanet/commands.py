@@ -1,0 +1,179 @@
+"""What every ``gsanet`` command shares: its flag names, its config loading, its logging and its error path.
+
+The convention:
+
+- The same flag for the same thing: ``--out DIR`` is where results go (``--output`` is accepted too), ``--batch-size
+  N`` the batch size (``--batch`` is accepted too), ``--config YAML`` a file of config keys (:func:`flag_names`).
+- One config loader, :func:`resolve` (:func:`gsanet.train.config.resolve_config`): dataclass defaults < the
+  ``--config`` YAML < explicit flags; unknown keys, wrong types and values the config refuses are errors.
+- One logging set-up, :func:`setup_logging`: the ``gsanet`` loggers write their messages to stderr; results and
+  tables go to stdout.
+- One error path, :func:`run`: a mistake of the user (a bad flag or value, a missing file, a wrong config) is
+  reported as ``gsanet <command>: error: <one line>`` on stderr with exit code 2, never as a traceback. A parser
+  made by :class:`ArgumentParser` reports its usage errors the same way.
+
+A command module's ``main(argv)`` is ``return run("<command>", _main, argv)`` with ``_main(argv) -> int``. This
+module imports :mod:`gsanet.train` only inside its functions, so that ``gsanet.train`` may build its parsers with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+__all__ = [
+    "FLAG_NAMES",
+    "ArgumentParser",
+    "UserError",
+    "add_batch_size_flag",
+    "add_config_flag",
+    "add_out_flag",
+    "error_line",
+    "flag_names",
+    "rank_prefix",
+    "resolve",
+    "run",
+    "setup_logging",
+    "user_errors",
+]
+
+C = TypeVar("C")
+
+FLAG_NAMES: dict[str, tuple[str, ...]] = {
+    "out": ("--out", "--output"),
+    "output": ("--out", "--output"),  # the train/eval config key (kept, so that config.yaml files stay the same)
+    "batch_size": ("--batch-size", "--batch"),
+}
+"""The command-line spellings of the config fields every command shares; the first is the documented one."""
+
+
+class UserError(Exception):
+    """A mistake in a command's flags or inputs; the message names the problem (and the fix) in one line."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors :func:`run` reports as one line with exit code 2: :class:`UserError` and ``TrainError`` (a bad
+    config, data or checkpoint, a diverging run)."""
+    from gsanet.train.config import TrainError
+
+    return (UserError, TrainError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors raise :class:`UserError`, so that :func:`run` reports them in one line."""
+
+    def error(self, message: str) -> Any:
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def flag_names(field: str) -> tuple[str, ...]:
+    """The flags of a config field: the shared spellings of :data:`FLAG_NAMES`, else ``--field-name``."""
+    return FLAG_NAMES.get(field, ("--" + field.replace("_", "-"),))
+
+
+def add_out_flag(parser: argparse.ArgumentParser, help_: str, *, dest: str = "out", **kwargs: Any) -> None:
+    """``--out DIR`` (also ``--output``): where the command writes its results."""
+    parser.add_argument(*flag_names("out"), dest=dest, metavar="DIR", help=help_, **kwargs)
+
+
+def add_batch_size_flag(parser: argparse.ArgumentParser, help_: str, **kwargs: Any) -> None:
+    """``--batch-size N`` (also ``--batch``)."""
+    parser.add_argument(*flag_names("batch_size"), dest="batch_size", type=int, metavar="N", help=help_, **kwargs)
+
+
+def add_config_flag(
+    parser: argparse.ArgumentParser, help_: str = "YAML file of config keys (flags override it)"
+) -> None:
+    """``--config YAML``: a file of config keys, loaded by :func:`resolve`."""
+    parser.add_argument("--config", metavar="YAML", help=help_)
+
+
+def resolve(cls: type[C], args: argparse.Namespace) -> C:
+    """A command's typed config: defaults < ``args.config`` (YAML) < the flags in ``args`` that are fields of ``cls``.
+
+    The parser must leave absent flags absent (``argument_default=argparse.SUPPRESS``) so that they do not override the
+    file. Other attributes of ``args`` are ignored.
+
+    Raises:
+        ConfigError: An unknown key or a value of the wrong type (in the file).
+        UserError: A value the config refuses (its ``ValueError``).
+    """
+    from gsanet.train.config import resolve_config
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    explicit = {k: v for k, v in vars(args).items() if k in names}
+    try:
+        return resolve_config(cls, explicit, getattr(args, "config", None))
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+def rank_prefix() -> str:
+    """``"[rank N] "`` in a process of a distributed run (``torchrun`` sets ``RANK``, ``WORLD_SIZE``), else ``""``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"[rank {int(os.environ.get('RANK', '0'))}] "
+    return ""
+
+
+def setup_logging(verbose: bool = False, *, level: int = logging.INFO, prefix: str | None = None) -> logging.Logger:
+    """Send the ``gsanet`` loggers' messages to stderr, replacing an earlier call's handler (not the root logger's).
+
+    Args:
+        verbose: Log debug messages too.
+        level: The least level logged otherwise.
+        prefix: Put before every message; default :func:`rank_prefix`.
+
+    Returns:
+        The ``gsanet`` logger.
+    """
+    logger = logging.getLogger("gsanet")
+    for handler in list(logger.handlers):
+        if getattr(handler, "gsanet_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.gsanet_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter((rank_prefix() if prefix is None else prefix) + "%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else level)
+    logger.propagate = False
+    return logger
+
+
+def error_line(command: str, error: BaseException) -> str:
+    """``gsanet <command>: error: <message>`` (after :func:`rank_prefix`), the message's lines joined into one."""
+    from gsanet.train.config import error_message
+
+    message = " ".join(error_message(error).split())
+    return f"{rank_prefix()}gsanet {command}: error: {message}"
+
+
+def run(command: str, body: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a command's ``body(argv)`` and return its exit code: a :func:`user_errors` error is printed by
+    :func:`error_line` and gives 2, ``--help`` gives 0. The ``gsanet`` logger is restored afterwards.
+
+    Args:
+        command: The command's name, e.g. ``"bench"``.
+        body: Parses ``argv``, does the work, returns the exit code (None: 0).
+        argv: The command's arguments (default: ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logger = logging.getLogger("gsanet")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        return int(body(argv) or 0)
+    except user_errors() as e:
+        print(error_line(command, e), file=sys.stderr)
+        return 2
+    except SystemExit as e:  # argparse's --help (0), or a usage error of a plain argparse parser (2, printed)
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        raise
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
