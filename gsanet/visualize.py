@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsanet.commands import ArgumentParser, UserError, add_out_flag, run
 from gsanet.layers import GlobalSelfAttention
-from gsanet.train.errors import TrainError
 
 __all__ = [
     "AttentionMaps",
@@ -446,7 +446,7 @@ def plot_positional(maps: AttentionMaps, shown: np.ndarray, path: Path, title: s
 # -------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The ``gsanet visualize`` parser."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gsanet visualize",
         description="PNG figures of a GSA module's content (key) attention maps and positional weights for a pixel.",
     )
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=4, help="heads shown (default 4)")
     p.add_argument("--channels", type=int, default=6, help="key channels shown per head (default 6)")
     p.add_argument("--img-size", type=int, help="input size of an untrained model (default: its config's)")
-    p.add_argument("--out", default="results/figures", help="output directory (default: results/figures)")
+    add_out_flag(p, "output directory (default: results/figures)", default="results/figures")
     p.add_argument("--prefix", help="file name prefix (default: derived from model, image, layer)")
     p.add_argument("--list-layers", action="store_true", help="list the GSA modules and their input sizes, then exit")
     return p
@@ -484,17 +484,15 @@ def _unwritable(out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``gsanet visualize``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+    """Entry point of ``gsanet visualize``; returns the exit code (2: bad input, one line on stderr)."""
+    return run("visualize", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     if not args.list_layers and (problem := _unwritable(out)):
-        message = f"cannot write figures to {out}: {problem}; choose another --out"
-        print(f"gsanet visualize: error: {message}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot write figures to {out}: {problem}; choose another --out")
     try:
         subject = load_subject(
             checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, img_size=args.img_size
@@ -504,13 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         array, caption = load_image(
             image=args.image, fmnist_index=args.fmnist_index, skimage_name=args.skimage, data_dir=args.data_dir
         )
-    except (ValueError, OSError, RuntimeError, TrainError) as e:
-        print(f"gsanet visualize: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, RuntimeError) as e:
+        raise UserError(str(e)) from e
     modules = gsa_modules(subject.model)
     if not modules:
-        print(f"gsanet visualize: error: {subject.name} has no GSA module", file=sys.stderr)
-        return 2
+        raise UserError(f"{subject.name} has no GSA module")
     x, shown = prepare(array, subject)
     inputs, logits = capture_inputs(subject.model, x, [m for _, m in modules])
     if args.list_layers:
@@ -518,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i:3d}  {name:28s} input {tuple(inp.shape[1:])}  {m.extra_repr()}")
         return 0
     if not 0 <= args.layer < len(modules):
-        print(f"gsanet visualize: error: --layer must be in 0..{len(modules) - 1}", file=sys.stderr)
-        return 2
+        raise UserError(f"--layer must be in 0..{len(modules) - 1}")
     name, module = modules[args.layer]
     feat = inputs[args.layer]
     H, W = feat.shape[-2:]

@@ -20,7 +20,7 @@ from gsanet.experiments import cli as exp_cli
 from gsanet.models import summary as summary_cmd
 from gsanet.train.config import ConfigError
 
-LATER = ("train", "eval", "visualize")
+LATER: tuple[str, ...] = ()
 """Commands that adopt the convention after their rewrite: their tests below are expected to fail until then."""
 
 BAD_VALUES = {

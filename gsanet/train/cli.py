@@ -34,9 +34,10 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from gsanet.commands import run, setup_logging
+
 from .config import TrainConfig, build_parser
 from .distributed import cleanup_distributed
-from .errors import TrainError, error_message
 from .rundir import RunDir
 from .training import format_seconds, run_training
 
@@ -70,18 +71,9 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(level: int = logging.INFO, prefix: str = "") -> logging.Logger:
-    """Send the ``gsanet`` loggers to stderr, replacing an earlier call's handler (the root logger is untouched)."""
-    logger = logging.getLogger("gsanet")
-    for handler in list(logger.handlers):
-        if getattr(handler, "gsanet_cli", False):
-            logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.gsanet_cli = True
-    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    return logger
+    """Send the ``gsanet`` loggers to stderr (:func:`gsanet.commands.setup_logging`, the one set-up of every
+    command); ``prefix`` goes before every message."""
+    return setup_logging(level=level, prefix=prefix)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -108,12 +100,11 @@ def _interrupt_message(error: KeyboardInterrupt) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gsanet train``; returns the exit code (0 ok, 2 bad input or diverged, 130 interrupted,
     143 SIGTERM)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_train_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse printed the usage error or the help
-        return int(e.code or 0)
+    return run("train", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_train_parser().parse_args(argv)
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"[rank {rank}] " if world_size > 1 else ""
     logger = configure_logging(logging.INFO if rank == 0 else logging.WARNING, prefix)
@@ -121,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm([logger]):
             summary = run_training(args, argv)
-    except TrainError as e:
-        print(f"{prefix}gsanet train: error: {error_message(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as e:
         print(f"{prefix}gsanet train: {_interrupt_message(e)}", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130

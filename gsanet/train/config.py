@@ -365,21 +365,23 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argument parser with ``--config`` and one flag per field of ``cls`` (absent flags stay absent)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False
-    )
+    from gsanet.commands import ArgumentParser, flag_names
+
+    parser = ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
     parser.add_argument("--config", metavar="YAML", help="yaml file of config keys (explicit flags override it)")
     defaults = cls()
     for f in dataclasses.fields(cls):
         base, optional = _split_optional(_field_types(cls)[f.name])
         help_ = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)!r})"
         if base is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
+            parser.add_argument(*flag_names(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         elif typing.get_origin(base) is dict:
-            parser.add_argument(_flag(f.name), dest=f.name, nargs="*", type=_key_value, metavar="KEY=VALUE", help=help_)
+            parser.add_argument(
+                *flag_names(f.name), dest=f.name, nargs="*", type=_key_value, metavar="KEY=VALUE", help=help_
+            )
         else:
             parse = _optional_scalar(base) if optional else base
-            parser.add_argument(_flag(f.name), dest=f.name, type=parse, metavar=base.__name__.upper(), help=help_)
+            parser.add_argument(*flag_names(f.name), dest=f.name, type=parse, metavar=base.__name__.upper(), help=help_)
     return parser
 
 

@@ -24,13 +24,15 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from gsanet.commands import resolve, run
+
 from .checkpoint import ensure_writable, json_safe
 from .cli import configure_logging
-from .config import EvalConfig, build_parser, resolve_config
+from .config import EvalConfig, build_parser
 from .data import DataInfo, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
-from .errors import CheckpointError, ConfigError, DataError, TrainError, error_message
+from .errors import CheckpointError, ConfigError, DataError
 from .plots import plot_confusion_matrix
 from .rundir import LoadedModel, load_model
 
@@ -148,20 +150,14 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gsanet eval``; returns the exit code (0 ok, 2 bad input)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(EvalConfig, "gsanet eval", "Evaluate a checkpoint written by gsanet train.")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    explicit = {k: v for k, v in vars(args).items() if k != "config"}
-    try:
-        cfg = resolve_config(EvalConfig, explicit, getattr(args, "config", None))
-        with logging_redirect_tqdm([configure_logging()]):
-            report = run_evaluation(cfg)
-    except TrainError as e:
-        print(f"gsanet eval: error: {error_message(e)}", file=sys.stderr)
-        return 2
+    return run("eval", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser(EvalConfig, "gsanet eval", "Evaluate a checkpoint written by gsanet train.").parse_args(argv)
+    cfg = resolve(EvalConfig, args)
+    with logging_redirect_tqdm([configure_logging()]):
+        report = run_evaluation(cfg)
     print(
         f"{report['model']} ({report['weights']} weights, epoch {report['epoch']}) on {report['data']}, "
         f"{report['images']} images: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
