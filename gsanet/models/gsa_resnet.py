@@ -6,7 +6,7 @@ https://arxiv.org/abs/2010.03019 (2020).
 What is the paper's: a GSA network uses GSA modules instead of the spatial convolutions of the corresponding ResNet;
 the comparison is with that ResNet.
 
-What is this project's choice (``shared/spec/gsa.md`` section 2):
+What is this project's choice (the reasons are in ``docs/design.md``):
     * bottleneck ResNets, depths 26 = [1, 2, 4, 1], 38 = [2, 3, 5, 2], 50 = [3, 4, 6, 3], 101 = [3, 4, 23, 3]
       blocks per stage, bottleneck widths 64/128/256/512, expansion 4; every 3x3 convolution of the bottlenecks is a
       ``GlobalSelfAttention(width -> width)`` followed, like the convolution it replaces, by batch norm and ReLU;
