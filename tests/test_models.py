@@ -393,7 +393,7 @@ def test_flop_counter_counts_the_attention_products_and_nothing_else(kwargs: dic
 
 
 def test_algorithmic_gsa_cost_is_the_spec_formula() -> None:
-    c, heads, size = 32, 8, 16  # the GSA equations (docs/design.md): QKV 3*N*c*d_in, content 2*N*c^2/heads, positional 4*N*S*c
+    c, heads, size = 32, 8, 16  # docs/design.md: QKV 3*N*c*d_in, content 2*N*c^2/heads, positional 4*N*S*c
     n = size * size
     layer = GlobalSelfAttention(c, heads=heads, feat_size=size)
     assert gsa_macs(layer, size, size, algorithmic=True) == 3 * n * c * c + 2 * n * c * c // heads + 4 * n * size * c

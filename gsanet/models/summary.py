@@ -71,7 +71,7 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("Axial-ResNet-50, conv stem", 12.4e6, 2.8e9, "Axial-DeepLab paper, Table 1"),
     Reference("Axial-ResNet-50 (S), full", 12.5e6, 3.3e9, "Axial-DeepLab paper, Table 1"),
     Reference("LambdaResNet-50", 15.0e6, None, "LambdaNetworks paper"),
-    Reference("GSA-ResNet-50 (reconstructed)", 18.1e6, 3.6e9, "docs/design.md, our reconstruction", ours="gsa_resnet50"),
+    Reference("GSA-ResNet-50 (reconstructed)", 18.1e6, 3.6e9, "docs/design.md (ours)", ours="gsa_resnet50"),
 )
 REFERENCE_SIZE = (224, 224)
 
