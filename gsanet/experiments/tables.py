@@ -139,6 +139,7 @@ def _measures(row: Row, reference: Row | None) -> list[str]:
 
 def _csv_row(row: Row, baseline: Row | None) -> dict[str, Any]:
     v = row.variant
+    test = _test(row, baseline)  # one Welch test for the four columns
     return {
         "key": v.key,
         "model": v.model,
@@ -156,10 +157,10 @@ def _csv_row(row: Row, baseline: Row | None) -> dict[str, Any]:
         "top1_per_seed": " ".join(f"{a:.2f}" for a in row.top1),
         "top5_mean": fixed(row.mean_top5, 4),
         "delta_vs_baseline": fixed(_difference(row, baseline), 4),
-        "delta_ci95_low": fixed(getattr(_test(row, baseline), "low", None), 4),
-        "delta_ci95_high": fixed(getattr(_test(row, baseline), "high", None), 4),
-        "welch_p": fixed(getattr(_test(row, baseline), "p", None), 4),
-        "significant": {True: "yes", False: "no", None: ""}[getattr(_test(row, baseline), "significant", None)],
+        "delta_ci95_low": fixed(test.low, 4) if test else "",
+        "delta_ci95_high": fixed(test.high, 4) if test else "",
+        "welch_p": fixed(test.p, 4) if test else "",
+        "significant": ("yes" if test.significant else "no") if test else "",
         "params": row.params,
         "macs": row.macs,
         "algorithmic_macs": row.algorithmic_macs,
