@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import stat
 import statistics
@@ -185,15 +186,15 @@ def test_ablation_table_follows_the_plan_groups(tmp_path: Path) -> None:
     plan = ablations_plan()
     recipe = yaml.safe_load(RECIPE.read_text())
     for i, spec in enumerate(expand([plan], ["fashion-mnist"], tmp_path)):
-        _fake_run(spec, 80.0 + i, RECIPE)
+        _fake_run(spec, 50.0 + i, RECIPE)
     rows = results.aggregate(plan, "fashion-mnist", tmp_path, recipe=recipe, macs=False)
     _, md_path = tables.write_tables(
         plan, rows, tmp_path / "out", data="fashion-mnist", recipe_path=RECIPE, recipe=recipe, runs=tmp_path
     )
     md = md_path.read_text()
     assert f"Baseline: `{plan.baseline}` = {plan.variant(plan.baseline).setting}." in md
-    # fake accuracies: the i-th run gets 80 + i, so every variant is 3 points above the one before it
-    assert "| layers | content + positional (baseline) | `gsa_resnet26_tiny` | 81.00 ± 1.00 (n=3) |  |  |" in md
+    # fake accuracies: the i-th run gets 50 + i, so every variant is 3 points above the one before it
+    assert "| layers | content + positional (baseline) | `gsa_resnet26_tiny` | 51.00 ± 1.00 (n=3) |  |  |" in md
     content = next(line for line in md.splitlines() if "`gsa_tiny_content`" in line and line.startswith("| layers"))
     assert "| +3.00 | [+0.73, +5.27], p=0.021 * |" in content  # Welch: se 0.816 with 4 degrees of freedom
     table = {r["key"]: r for r in csv.DictReader((tmp_path / "out" / "experiment_ablations.csv").open())}
@@ -223,7 +224,7 @@ def test_run_status_done_conflict_partial(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- the runner (no training)
 FAKE_TRAIN = """#!{python}
 # Stand-in for `python -m gsanet.cli train` (yaml only, so it starts fast): writes what a finished run leaves.
-import json, sys, yaml
+import json, os, sys, yaml
 from pathlib import Path
 args = sys.argv[sys.argv.index("train") + 1:]
 with open({calls!r}, "a") as f:
@@ -241,12 +242,13 @@ for a in args:
         flags[key] = []
     else:
         flags[key].append(a)
-cfg = yaml.safe_load(open(flags["config"][0]))
-cfg.update(model=flags["model"][0], seed=int(flags["seed"][0]), data=flags["data"][0], name=flags["name"][0])
-cfg["model_kwargs"] = {{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in flags.get("model_kwargs", []))}}
-for k in ("epochs", "img_size"):
-    if k in flags:
-        cfg[k] = int(flags[k][0])
+cfg = yaml.safe_load(open(flags.pop("config")[0]))
+cfg["model_kwargs"] = {{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in flags.pop("model_kwargs", []))}}
+for k, v in flags.items():  # every other flag: its value as YAML, a bare --flag True, --no-flag False
+    if not v:
+        cfg[k.removeprefix("no_")] = not k.startswith("no_")
+    else:
+        cfg[k] = v[0] if k in ("data", "name", "output", "model") else yaml.safe_load(v[0])
 run = Path(flags["output"][0]) / cfg["name"]
 run.mkdir(parents=True)
 (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -254,6 +256,7 @@ run.mkdir(parents=True)
 summary = dict(model=cfg["model"], epochs=cfg["epochs"], epochs_planned=cfg["epochs"], finished=True, params=1,
                val_top1=80.0 + cfg["seed"], val_top5=99.0, train_seconds=1.0)
 (run / "summary.json").write_text(json.dumps(summary))
+sys.exit(1 if cfg["name"] == os.environ.get("FAKE_FAIL") else 0)
 """
 
 
@@ -346,3 +349,222 @@ def test_recipe_validation(tmp_path: Path) -> None:
     assert exp_cli.resolve_datasets(["auto"], tmp_path) == ["fashion-mnist"]
     (tmp_path / "cifar-100-python").mkdir()
     assert exp_cli.resolve_datasets(["auto"], tmp_path) == ["fashion-mnist", "cifar100"]
+
+
+# ------------------------------------------------------------------------------ issue 23: runs meeting each other
+SLEEPER = """#!{python}
+# Stand-in for `python -m gsanet.cli train` that never ends: records its pid, then sleeps.
+import os, sys, time
+from pathlib import Path
+Path({pids!r}, str(os.getpid())).write_text("")
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait(condition: object, timeout: float) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _experiment_with_sleeping_children(tmp_path: Path) -> tuple[object, Path]:
+    """``gsanet experiment`` in its own process with two never-ending train children; returns it and their pids."""
+    import subprocess
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "sleeper"
+    script.write_text(SLEEPER.format(python=sys.executable, pids=str(pids)))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    argv = ["compare", "--seeds", "0", "--jobs", "2", "--no-macs", "--python", str(script)]
+    argv += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "gsanet.cli", "experiment", *argv], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert _wait(lambda: len(list(pids.iterdir())) == 2, 60), proc.communicate(timeout=5)
+    return proc, pids
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_killed_experiment_leaves_no_train_children(tmp_path: Path, signum: str) -> None:
+    """SIGTERM or SIGKILL to ``gsanet experiment`` ends its ``gsanet train`` children too (issue 23, item 3)."""
+    import signal
+
+    proc, pids = _experiment_with_sleeping_children(tmp_path)
+    children = [int(p.name) for p in pids.iterdir()]
+    try:
+        proc.send_signal(getattr(signal, signum))
+        output, _ = proc.communicate(timeout=30)
+        assert _wait(lambda: not any(_alive(pid) for pid in children), 5), f"children survive: {output}"
+    finally:
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    if signum == "SIGTERM":  # the runs were stopped, not counted: 128 + SIGTERM, nothing said done
+        assert proc.returncode == 143, output
+        assert "done " not in output
+
+
+def test_resume_leaves_a_run_another_process_writes_alone(tmp_path: Path, fake_python: tuple[Path, Path]) -> None:
+    """``--resume`` neither moves aside nor restarts a run whose lock file another process holds."""
+    import fcntl
+
+    script, calls = fake_python
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", runs)
+    spec.run_dir.mkdir(parents=True)  # a live run before its first checkpoint
+    with open(spec.run_dir / runner.RUN_LOCK_FILE, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code = exp_cli.main(["compare", "--seeds", "0", "--resume", "--runs", str(runs), "--out", str(out),
+                             "--python", str(script), "--no-macs"])  # fmt: skip
+    assert code == 1
+    assert spec.run_dir.is_dir() and not list(runs.glob("fashion-mnist/conv_resnet26_tiny-s0.incomplete-*"))
+    assert not any("conv_resnet26_tiny" in line for line in calls.read_text().splitlines())
+
+
+def test_study_exits_nonzero_when_a_run_fails(
+    tmp_path: Path, fake_python: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A train command that fails is not counted, even if its run directory says it finished."""
+    from gsanet.experiments import plans
+
+    script, _ = fake_python
+    conv = Variant("conv_resnet26_tiny", "conv_resnet26_tiny", "conv")
+    gsa = Variant("gsa_resnet26_tiny", "gsa_resnet26_tiny", "gsa")
+    tiny = plans.Study("study", "Tiny", (gsa, conv), grid=((1e-3, 0.0),), holdout=16, sweep_epochs=1, sweep_seed=0,
+                       final_seeds=(0, 1), reference="conv_resnet26_tiny")  # fmt: skip
+    monkeypatch.setattr(plans, "study_plan", lambda: tiny)
+    monkeypatch.setenv("FAKE_FAIL", "gsa_resnet26_tiny-s1")  # writes a finished run, then exits 1
+    argv = ["study", "--config", str(RECIPE), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert exp_cli.main([*argv, "--python", str(script), "--no-macs"]) == 1
+
+
+# ------------------------------------------------------------------------------ issue 23: what the tables say
+def _compare_runs(tmp_path: Path, accs: dict[str, list[float]], **config: object) -> Path:
+    """Finished fake runs of the comparison (``config`` overrides written into each ``config.yaml``)."""
+    plan = compare_plan()
+    runs = tmp_path / "runs"
+    for key, values in accs.items():
+        for seed, acc in enumerate(values):
+            spec = RunSpec(plan.variant(key), seed, "fashion-mnist", runs)
+            _fake_run(spec, acc, RECIPE)
+            if config:
+                path = spec.run_dir / "config.yaml"
+                path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **config}, sort_keys=False))
+    return runs
+
+
+def _table_only(tmp_path: Path, runs: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = exp_cli.main(["compare", "--table-only", "--no-macs", "--runs", str(runs), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [({"holdout": 5000}, "a held-out split of 5,000 training images"),
+     ({"val_subset": 2000}, "a fixed 2,000-image subset of the test set"),
+     ({}, "the full test set (10,000 images)")],
+)  # fmt: skip
+def test_table_says_which_split_it_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: dict[str, int], said: str
+) -> None:
+    """Held-out or ``val_subset`` numbers are not called the full 10,000-image test set."""
+    runs = _compare_runs(tmp_path, {"conv_resnet26_tiny": [85.0, 86.5]}, **config)
+    md = tables.write_tables(
+        compare_plan(), results.aggregate(compare_plan(), "fashion-mnist", runs, macs=False), tmp_path / "out",
+        data="fashion-mnist", recipe_path=RECIPE, recipe={}, runs=runs,
+    )[1].read_text()  # fmt: skip
+    assert said in md
+    assert ("10,000" in md) == (not config)
+    csv_rows = list(csv.DictReader((tmp_path / "out" / "experiment_compare.csv").open()))
+    assert {r["measured_on"] for r in csv_rows if r["n"] != "0"} == {said}
+
+
+@pytest.mark.parametrize("value", [-500.0, 100.5, float("nan"), float("inf"), 1e300])
+def test_impossible_accuracy_is_refused_not_averaged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: float
+) -> None:
+    runs = _compare_runs(tmp_path, {"conv_resnet26_tiny": [85.0, value, 86.0]})
+    code, out, err = _table_only(tmp_path, runs, capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "conv_resnet26_tiny-s1" in err and "val_top1" in err
+    assert not (tmp_path / "out" / "experiment_compare.md").exists()
+
+
+def test_zero_variance_difference_is_not_significant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Welch's test is undefined when neither group varies: p is n/a, nothing is marked significant."""
+    w = tables.welch([80.0, 80.0, 80.0], [80.01, 80.01, 80.01])
+    assert not w.defined and not w.significant and math.isnan(w.p)
+    runs = _compare_runs(tmp_path, {"gsa_resnet26_tiny": [80.0] * 3, "conv_resnet26_tiny": [80.01] * 3})
+    assert _table_only(tmp_path, runs, capsys)[0] == 0
+    md = (tmp_path / "out" / "experiment_compare.md").read_text()
+    gsa = next(line for line in md.splitlines() if line.startswith("| `gsa_resnet26_tiny`"))
+    assert "p=n/a" in gsa and "*" not in gsa and "p=0" not in md
+    assert "significant at 5%" not in md.split("## Reading")[1].replace("no significant", "")
+    table = {r["key"]: r for r in csv.DictReader((tmp_path / "out" / "experiment_compare.csv").open())}
+    assert table["gsa_resnet26_tiny"]["welch_p"] == "n/a" and table["gsa_resnet26_tiny"]["significant"] == "n/a"
+
+
+def _damage(run: Path, what: str) -> None:
+    """Damage a finished run directory the way the issue lists."""
+    summary = json.loads((run / "summary.json").read_text())
+    if what in ("nan", "huge"):
+        summary["val_top1"] = float("nan") if what == "nan" else 1e300
+        (run / "summary.json").write_text(json.dumps(summary))
+    elif what == "empty cell":
+        (run / "metrics.csv").write_text("epoch,val_top1,train_seconds\n1,80.0,5.0\n2,,9.0\n")
+    elif what == "missing column":
+        (run / "metrics.csv").write_text("epoch,train_seconds\n1,5.0\n")
+    elif what == "invalid config":
+        (run / "config.yaml").write_text("model: [unclosed\n")
+    elif what == "list config":
+        (run / "config.yaml").write_text("- a\n- b\n")
+    elif what == "one-word command":
+        (run / "command.txt").write_text("oops\n")
+    elif what == "no config":
+        (run / "config.yaml").unlink()
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["nan", "huge", "empty cell", "missing column", "invalid config", "list config", "one-word command", "no config"],
+)
+def test_table_only_names_a_damaged_run_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    """``--table-only`` on a damaged run directory: one line naming the run, exit code 2, no traceback."""
+    runs = _compare_runs(tmp_path, {"conv_resnet26_tiny": [85.0, 86.0]})
+    good = runs / "fashion-mnist" / "conv_resnet26_tiny-s0"
+    (good / "metrics.csv").write_text("epoch,val_top1,train_seconds\n1,80.0,5.0\n2,85.0,9.0\n")
+    _damage(runs / "fashion-mnist" / "conv_resnet26_tiny-s1", what)
+    code, _, err = _table_only(tmp_path, runs, capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gsanet experiment: error:") and "conv_resnet26_tiny-s1" in err
+
+
+@pytest.mark.parametrize("bad", ["file", "below a file"])
+def test_bad_out_is_refused_before_any_training(
+    tmp_path: Path, fake_python: tuple[Path, Path], capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    script, calls = fake_python
+    (tmp_path / "taken").write_text("")
+    out = tmp_path / "taken" if bad == "file" else tmp_path / "taken" / "tables"
+    argv = ["compare", "--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(out), "--python", str(script)]
+    assert exp_cli.main([*argv, "--no-macs"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert not calls.exists() and not (tmp_path / "runs").exists()

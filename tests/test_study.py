@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_welch_matches_scipy_and_needs_two_values() -> None:
     assert w.significant == (w.p < 0.05)
     assert welch([1.0], [2.0, 3.0]) is None
     same = welch([1.0, 1.0], [1.0, 1.0])
-    assert same.p == 1.0 and not same.significant
+    assert math.isnan(same.p) and not same.defined and not same.significant  # undefined, not p = 1
 
 
 # ------------------------------------------------------------------------------------------------------ the plan

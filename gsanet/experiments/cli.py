@@ -40,6 +40,7 @@ from .runner import (
     child_env,
     execute_run,
     expected_config,
+    interrupted,
     record_invocation,
     run_all,
     run_status,
@@ -226,14 +227,14 @@ def _dry_run(plans: Sequence[Plan], specs: Sequence[RunSpec], datasets: Sequence
 
 
 def _train(specs: Sequence[RunSpec], datasets: Sequence[str], ctx: RunnerContext, argv: Sequence[str]) -> int | None:
-    """Train the runs; return 130 when interrupted, 1 when a run is not done (each reported), else None."""
+    """Train the runs; return 130 (Ctrl-C) or 143 (SIGTERM) when interrupted, 1 when a run is not done (each
+    reported), else None."""
     for data in datasets:
         record_invocation(ctx, argv, data)
     try:
         results = run_all(specs, ctx)
-    except KeyboardInterrupt:
-        print("gsanet experiment: interrupted; finished runs are kept, continue with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return interrupted(e)
     bad = [(s, r) for s, r in results if r.state != "done"]
     for spec, status in bad:
         print(f"{status.state}: {spec.run_dir}: {status.detail}", file=sys.stderr)
@@ -260,9 +261,27 @@ def _write_all_tables(plans: Sequence[Plan], datasets: Sequence[str], ctx: Runne
             print(f"tables: {csv_path}  {md_path}")
 
 
+def _check_out(out: str) -> None:
+    """Create ``--out`` and check a file can be written in it.
+
+    Raises:
+        UserError: It is a file, or cannot be created or written.
+    """
+    from gsanet.train.checkpoint import ensure_writable
+    from gsanet.train.errors import CheckpointError
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file, not a directory; give the directory for the tables")
+    try:
+        ensure_writable(out)
+    except CheckpointError as e:
+        raise UserError(f"--out {out}: {e}") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gsanet experiment``; returns 0 when every requested run is finished (or a dry run), 1 when
-    one is not, 2 for a bad flag, value or recipe (reported in one line), 130 when interrupted."""
+    one is not, 2 for a bad flag, value, recipe, ``--out`` or damaged run directory (reported in one line), 130
+    (Ctrl-C) or 143 (SIGTERM) when interrupted."""
     return run("experiment", _main, argv)
 
 
@@ -274,6 +293,8 @@ def _main(argv: list[str]) -> int:
         specs = expand(plans, datasets, args.runs, args.seeds)
     except (ValueError, KeyError) as e:
         raise UserError(str(e)) from e
+    if not args.dry_run:
+        _check_out(args.out)  # before any training, not after it
     ctx = RunnerContext(args, recipes, child_env(args))
     if args.plan == "study":
         from . import study
@@ -283,7 +304,7 @@ def _main(argv: list[str]) -> int:
         _dry_run(plans, specs, datasets, ctx)
         return 0
     code = None if args.table_only else _train(specs, datasets, ctx, argv)
-    if code == 130:
+    if code is not None and code > 1:
         return code
     _write_all_tables(plans, datasets, ctx)
     return code or 0

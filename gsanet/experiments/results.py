@@ -1,4 +1,10 @@
-"""The results of an experiment: its finished runs gathered into one row per variant, with parameters and MACs."""
+"""The results of an experiment: its finished runs gathered into one row per variant, with parameters and MACs.
+
+Only checked runs are counted (:func:`gsanet.experiments.runner.run_status`): a damaged run directory (no or an
+invalid ``config.yaml``, an accuracy outside [0, 100] or not finite, a broken ``metrics.csv`` or ``command.txt``)
+refuses the table with one line naming the run (:class:`DamagedRunError`), rather than being averaged or silently
+left out. Each row says what its accuracies measured (:func:`measured_split`, from the runs' ``config.yaml``).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gsanet.commands import UserError
 from gsanet.train.rundir import RunDir
 
 from .plans import Plan, RunSpec, Variant
 from .runner import run_status
 
-__all__ = ["DATA_SHAPES", "Row", "aggregate", "run_command"]
+__all__ = ["DATA_SHAPES", "TEST_IMAGES", "DamagedRunError", "Row", "aggregate", "measured_split", "run_command"]
 
 DATA_SHAPES = {"fashion-mnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
 """``(num_classes, in_chans, native size)`` of each dataset, for the parameter and MAC counts of the tables."""
+
+TEST_IMAGES = {"fashion-mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000}
+"""Images in the test split of each built-in dataset (the validation set of ``gsanet train`` by default)."""
+
+
+class DamagedRunError(UserError):
+    """A finished run directory a table would count is damaged; the message names it and what is wrong."""
+
+
+def measured_split(config: Mapping[str, Any]) -> str:
+    """What a run's accuracies measured, from its ``config.yaml``: the held-out split, a ``val_subset`` of the
+    test set, or the full test set (with its size for a built-in dataset)."""
+    holdout, subset, data = config.get("holdout"), config.get("val_subset"), str(config.get("data", ""))
+    if holdout:
+        held = f"a held-out split of {holdout:,} training images"
+        return f"a fixed {subset:,}-image subset of {held}" if subset and subset < holdout else held
+    if subset:
+        return f"a fixed {subset:,}-image subset of the test set"
+    if data in TEST_IMAGES:
+        return f"the full test set ({TEST_IMAGES[data]:,} images)"
+    return f"the full validation split of {data}"
 
 
 @dataclass
@@ -38,6 +66,7 @@ class Row:
         run_dirs: The finished runs.
         commands: The ``gsanet train`` command of each finished run.
         missing: Seeds without a finished run.
+        measured: What the finished runs' accuracies measured (:func:`measured_split`), each once.
     """
 
     variant: Variant
@@ -53,6 +82,7 @@ class Row:
     run_dirs: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
+    measured: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -85,9 +115,8 @@ def run_command(run_dir: Path) -> str:
     path = RunDir(run_dir).command
     if not path.is_file():
         return ""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    first = lines[0].split(" ", 1)[1] if lines else ""  # "<timestamp> gsanet train ..."
-    return first
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[0].split(" ", 1)[-1] if lines else ""  # "<timestamp> gsanet train ..."
 
 
 def aggregate(
@@ -109,6 +138,9 @@ def aggregate(
         recipe: When given, runs whose ``config.yaml`` disagrees with it are left out (see :func:`run_status`).
         epochs: The ``--epochs`` override the runs were asked for.
         macs: Count parameters and multiply-adds by building each model (else only the runs' parameter counts).
+
+    Raises:
+        DamagedRunError: A run directory of the plan is damaged (see :func:`run_status`).
     """
     rows = []
     for variant in plan.variants:
@@ -118,6 +150,8 @@ def aggregate(
             for seed in variant_seeds:
                 spec = RunSpec(variant, seed, data, Path(runs))
                 status = run_status(spec, spec.expected_config(recipe, epochs) if recipe is not None else {})
+                if status.state == "damaged":
+                    raise DamagedRunError(f"{status.detail}, then write the tables again")
                 if status.state != "done":
                     row.missing.append(seed)
                     continue
@@ -128,6 +162,8 @@ def aggregate(
                 row.params = int(s.params) if s.params is not None else row.params
                 row.run_dirs.append(str(spec.run_dir))
                 row.commands.append(run_command(spec.run_dir))
+                split = measured_split(dict(status.config, data=data))
+                row.measured += [split] if split not in row.measured else []
         num_classes, in_chans, size = DATA_SHAPES.get(data, (None, 3, 224))
         size = variant.train_args.get("img_size") or (recipe or {}).get("img_size") or size
         row.input_size = (in_chans, size, size)

@@ -6,18 +6,35 @@ Every run is one ``python -m gsanet.cli train --config <recipe> ...`` subprocess
 nor overwritten; one whose ``config.yaml`` differs from what the plan asks is a conflict and is left alone. An
 interrupted run is continued with ``gsanet train --resume`` when the context's ``--resume`` is set (or moved aside to
 ``<name>.incomplete-<time>`` and restarted if it never finished an epoch). Each run holds an exclusive lock while it
-trains, so two experiment commands sharing a runs directory never train the same run twice.
+trains, so two experiment commands sharing a runs directory never train the same run twice; a run directory whose
+lock file (:data:`RUN_LOCK_FILE`) another process holds (a ``gsanet train`` still writing it) is never moved, resumed
+nor restarted.
+
+The experiment owns its ``gsanet train`` children (:func:`owned_children`, :func:`spawn`): each runs in its own
+process group, which SIGTERM or Ctrl-C of the experiment terminates (each run keeps its last checkpoint); and on Linux
+each child asks the kernel for SIGTERM when the experiment dies (``prctl(PR_SET_PDEATHSIG)``, set by a small launcher
+that then becomes the train command by ``exec``, so that no Python code runs between ``fork`` and ``exec`` in this
+multi-threaded process), so that not even SIGKILL of the experiment leaves a run training unowned. A killed or failed
+run is ``failed``, never ``done``.
+
+A finished run is checked before a table counts it (:func:`run_status`): a ``config.yaml`` that is missing or not a
+mapping, a ``summary.json`` accuracy outside [0, 100] or not finite, a ``metrics.csv`` with a missing column or an
+empty or non-numeric cell, or a ``command.txt`` that is not ``<time> gsanet train ...`` makes it ``damaged``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import fcntl
 import json
+import math
 import os
 import shlex
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from gsanet.train.cli import Terminated
 from gsanet.train.errors import CheckpointError
 from gsanet.train.rundir import RunDir, RunSummary, read_summary
 
@@ -36,22 +54,34 @@ from .plans import RunSpec, data_slug
 
 __all__ = [
     "COMMANDS_FILE",
+    "RUN_LOCK_FILE",
     "RunStatus",
     "RunnerContext",
     "child_env",
     "execute_run",
     "expected_config",
+    "interrupted",
     "invocations",
+    "owned_children",
     "record_invocation",
     "run_all",
+    "run_in_use",
     "run_lock",
     "run_status",
     "say",
+    "spawn",
     "train_command",
 ]
 
 COMMANDS_FILE = "experiment_commands.txt"
 """The file of ``<runs>/<data>/`` that records every ``gsanet experiment`` command that trained there."""
+
+RUN_LOCK_FILE = ".lock"
+"""The lock file ``gsanet train`` holds (``fcntl.flock``) in its run directory while it writes there; it must be the
+name the train side uses (gsanet/train/rundir.py)."""
+
+METRICS_COLUMNS = ("epoch", "val_top1", "train_seconds")
+"""The ``metrics.csv`` columns the experiment reads (the study's curves); each cell must be a finite number."""
 
 
 @dataclass
@@ -60,21 +90,88 @@ class RunStatus:
 
     Attributes:
         state: ``done``, ``todo``, ``partial`` (interrupted; resumable if it has a checkpoint), ``conflict`` (its
-            config differs from the plan's) or ``failed`` (set by the runner).
+            config differs from the plan's), ``damaged`` (a file of it is unreadable or holds impossible values),
+            ``busy`` (another process writes it) or ``failed`` (set by the runner: its train command failed or was
+            killed).
         detail: Why, for the user.
         summary: The run's ``summary.json`` when it has one.
+        config: The run's ``config.yaml`` when it has one.
     """
 
     state: str
     detail: str = ""
     summary: RunSummary | None = None
+    config: dict[str, Any] | None = None
 
 
-def _config_mismatch(run_dir: Path, expected: Mapping[str, Any]) -> list[str]:
+class _Damaged(Exception):
+    """A file of a run directory is unreadable or holds impossible values (the message says which, in one line)."""
+
+
+def _read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``config.yaml`` (None when it has none)."""
     path = RunDir(run_dir).config
     if not path.is_file():
-        return []
-    found = yaml.safe_load(path.read_text()) or {}
+        return None
+    try:
+        found = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise _Damaged(f"config.yaml is not valid YAML ({' '.join(str(e).split())})") from e
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise _Damaged(f"config.yaml is a {type(found).__name__}, not a mapping of config keys")
+    return found
+
+
+def _percent(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
+        raise _Damaged(f"{name} {value!r} is not an accuracy in [0, 100]")
+
+
+def _check_metrics(path: Path) -> None:
+    """Every row of ``metrics.csv`` has the :data:`METRICS_COLUMNS` as finite numbers (accuracies in [0, 100])."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in METRICS_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise _Damaged(f"metrics.csv has no column {', '.join(missing)}")
+            for line, row in enumerate(reader, start=2):
+                for column in METRICS_COLUMNS:
+                    try:
+                        value = float(row[column])
+                    except (TypeError, ValueError):
+                        value = math.nan
+                    if not math.isfinite(value):
+                        raise _Damaged(f"metrics.csv line {line}: {column} {row[column]!r} is not a finite number")
+                    if column == "val_top1":
+                        _percent(f"metrics.csv line {line}: val_top1", value)
+    except (csv.Error, UnicodeDecodeError, OSError) as e:
+        raise _Damaged(f"metrics.csv is unreadable ({e})") from e
+
+
+def _check_finished(run_dir: Path, config: dict[str, Any] | None, summary: RunSummary) -> None:
+    """Refuse a finished run the tables cannot count (see the module's docstring)."""
+    if config is None:
+        raise _Damaged("it has no config.yaml, so its recipe cannot be checked")
+    _percent("summary.json val_top1", summary.val_top1)
+    if summary.val_top5 is not None:
+        _percent("summary.json val_top5", summary.val_top5)
+    seconds = summary.train_seconds
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        raise _Damaged(f"summary.json train_seconds {seconds!r} is not a finite number of seconds")
+    paths = RunDir(run_dir)
+    if paths.metrics.is_file():
+        _check_metrics(paths.metrics)
+    if paths.command.is_file():
+        lines = [line for line in paths.command.read_text(errors="replace").splitlines() if line.strip()]
+        if not lines or not lines[0].split(" ", 1)[-1].startswith("gsanet train"):
+            raise _Damaged("command.txt does not start with a '<time> gsanet train ...' line")
+
+
+def _config_mismatch(config: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> list[str]:
+    found = config or {}
     return [f"{k}: {found.get(k)!r} != {v!r}" for k, v in expected.items() if k in found and found[k] != v]
 
 
@@ -87,24 +184,52 @@ def run_status(spec: RunSpec, expected: Mapping[str, Any]) -> RunStatus:
     run_dir = spec.run_dir
     if not run_dir.exists():
         return RunStatus("todo")
-    mismatch = _config_mismatch(run_dir, expected)
     try:
+        config = _read_config(run_dir)
         summary = read_summary(run_dir)
-    except CheckpointError as e:
-        return RunStatus("conflict", f"{e}; it is left alone")
+        if summary is not None and summary.finished:
+            _check_finished(run_dir, config, summary)
+    except (_Damaged, CheckpointError) as e:
+        reason = str(e).replace(f"{RunDir(run_dir).summary} ", "summary.json ")
+        return RunStatus("damaged", f"run {run_dir} is damaged: {reason}; repair it or move it away")
+    mismatch = _config_mismatch(config, expected)
     if mismatch:
         return RunStatus(
             "conflict",
             f"{run_dir} holds a run with another config ({'; '.join(mismatch)}); it is left alone: use another "
             "--runs directory or move it away",
             summary,
+            config,
         )
     if summary is not None and summary.finished:
-        return RunStatus("done", f"top-1 {summary.val_top1}", summary)
+        return RunStatus("done", f"top-1 {summary.val_top1}", summary, config)
     detail = (
         "interrupted after a checkpoint" if _checkpoint(spec).is_file() else "interrupted before its first checkpoint"
     )
-    return RunStatus("partial", detail, summary)
+    return RunStatus("partial", detail, summary, config)
+
+
+@contextlib.contextmanager
+def run_in_use(run_dir: Path) -> Iterator[bool]:
+    """Whether another process holds the run's :data:`RUN_LOCK_FILE`; while the block runs, this one holds it.
+
+    The lock file is opened only when it exists (creating one in a directory about to be moved aside would be
+    pointless); without it, nobody holds the run.
+    """
+    try:
+        fd = os.open(run_dir / RUN_LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield True
+            return
+        yield False
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -137,11 +262,12 @@ class RunnerContext:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def stop_children(self) -> None:
-        """Start no further run and ask the running train commands to stop (each keeps its last checkpoint)."""
+        """Start no further run and send SIGTERM to the process group of every running train command (each keeps
+        its last checkpoint)."""
         self.stop.set()
         with self.lock:
             for proc in self.children:
-                proc.terminate()
+                _terminate(proc)
 
     def expected_recipe(self, data: str) -> dict[str, Any]:
         """The recipe values every run of ``data`` must have in its ``config.yaml`` (``--data-dir`` included)."""
@@ -185,15 +311,56 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _resume_or_restart(spec: RunSpec, ctx: RunnerContext, status: RunStatus) -> bool | RunStatus:
-    """For an interrupted run: whether to resume it (else it was moved aside), or its status without ``--resume``."""
+    """For an interrupted run: whether to resume it (else it was moved aside), or its status when it is not to be
+    touched (no ``--resume``, or another process writes it)."""
     if not ctx.args.resume:
-        return RunStatus("partial", f"{status.detail}; continue it with --resume", status.summary)
-    if _checkpoint(spec).is_file():
-        return True
-    aside = spec.run_dir.with_name(f"{spec.name}.incomplete-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    spec.run_dir.rename(aside)
+        return RunStatus("partial", f"{status.detail}; continue it with --resume", status.summary, status.config)
+    with run_in_use(spec.run_dir) as busy:
+        if busy:
+            detail = f"another process holds {spec.run_dir / RUN_LOCK_FILE} (a gsanet train still writing it); skipped"
+            say(ctx, f"busy   {spec.name}: {detail}")
+            return RunStatus("busy", detail, status.summary, status.config)
+        if _checkpoint(spec).is_file():
+            return True
+        aside = spec.run_dir.with_name(f"{spec.name}.incomplete-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        spec.run_dir.rename(aside)
     say(ctx, f"moved {spec.run_dir} (no checkpoint) to {aside}; starting afresh")
     return False
+
+
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: SIGTERM when the parent dies
+    if os.getppid() != int(sys.argv[1]):  # it died before the line above
+        sys.exit(128 + signal.SIGTERM)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+"""Runs a train command so that it dies with the experiment: it sets the parent-death signal, then becomes the command
+(the signal survives ``exec``). A separate program rather than a ``preexec_fn``, which is unsafe in a process with
+threads."""
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM to a child's process group (the train command and its data loader workers)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+
+
+def spawn(command: Sequence[str], ctx: RunnerContext, **popen: Any) -> subprocess.Popen:
+    """Start a child the experiment owns: in its own process group, registered in ``ctx.children`` (so that
+    :meth:`RunnerContext.stop_children` reaches it), terminated at once when the experiment is stopping, and (on
+    Linux) sent SIGTERM by the kernel when the experiment's thread that started it dies, even by SIGKILL.
+
+    Remove it from ``ctx.children`` once it has been waited for.
+    """
+    launcher = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command]
+    proc = subprocess.Popen(launcher, env=ctx.env, cwd=os.getcwd(), process_group=0, **popen)
+    with ctx.lock:
+        ctx.children.add(proc)
+        if ctx.stop.is_set():  # stop_children ran between this run's start and now
+            _terminate(proc)
+    return proc
 
 
 def _train(command: list[str], log_path: Path, ctx: RunnerContext) -> int:
@@ -201,14 +368,33 @@ def _train(command: list[str], log_path: Path, ctx: RunnerContext) -> int:
     with open(log_path, "a") as log:
         log.write(f"# {datetime.now().isoformat(timespec='seconds')} {shlex.join(command)}\n")
         log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=ctx.env, cwd=os.getcwd())
-        with ctx.lock:
-            ctx.children.add(proc)
+        proc = spawn(command, ctx, stdout=log, stderr=subprocess.STDOUT)
         try:
             return proc.wait()
         finally:
             with ctx.lock:
                 ctx.children.discard(proc)
+
+
+@contextlib.contextmanager
+def owned_children(ctx: RunnerContext) -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`~gsanet.train.cli.Terminated` (a ``KeyboardInterrupt``) in the main
+    thread, and any ``KeyboardInterrupt`` stops the children (:meth:`RunnerContext.stop_children`) before it
+    propagates. The handler is installed only from the main thread (elsewhere the block only stops the children)."""
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        ctx.stop_children()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
@@ -219,7 +405,7 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
         if not locked:
             return RunStatus("todo", "running in another gsanet experiment process (locked); skipped")
         status = run_status(spec, expected_config(spec, ctx))
-        if status.state in ("done", "conflict"):
+        if status.state in ("done", "conflict", "damaged"):
             return status
         resume = _resume_or_restart(spec, ctx, status) if status.state == "partial" else False
         if isinstance(resume, RunStatus):
@@ -248,18 +434,22 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
         return status
 
 
+def interrupted(error: KeyboardInterrupt) -> int:
+    """Report an interrupted ``gsanet experiment`` on stderr; return its exit code (143 for SIGTERM, else 130)."""
+    what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
+    print(f"gsanet experiment: {what}; its train commands were stopped, finished runs are kept, continue with "
+          "--resume", file=sys.stderr)  # fmt: skip
+    return 128 + signal.SIGTERM if isinstance(error, Terminated) else 130
+
+
 def run_all(specs: Sequence[RunSpec], ctx: RunnerContext) -> list[tuple[RunSpec, RunStatus]]:
     """Run every spec on ``--jobs`` workers, the most expensive first so that the workers finish together."""
     order = sorted(specs, key=lambda s: -s.variant.cost)
     results: list[tuple[RunSpec, RunStatus]] = []
-    with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool, owned_children(ctx):  # children stop first
         futures = [(spec, pool.submit(execute_run, spec, ctx)) for spec in order]
-        try:
-            for spec, future in futures:
-                results.append((spec, future.result()))
-        except KeyboardInterrupt:
-            ctx.stop_children()
-            raise
+        for spec, future in futures:
+            results.append((spec, future.result()))
     return results
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import shlex
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -37,7 +38,17 @@ from gsanet.train.rundir import RunDir
 
 from .plans import Plan, RunSpec, Study, Variant, data_slug
 from .results import Row, aggregate
-from .runner import RunnerContext, RunStatus, execute_run, record_invocation, run_status, say, train_command
+from .runner import (
+    RunnerContext,
+    RunStatus,
+    execute_run,
+    interrupted,
+    owned_children,
+    record_invocation,
+    run_status,
+    say,
+    train_command,
+)
 from .runner import invocations as recorded_invocations
 from .stats import Welch, welch
 
@@ -118,35 +129,31 @@ def run_study(study: Study, data: str, ctx: RunnerContext) -> list[tuple[RunSpec
     recipe = expected_recipe(ctx, data)
     families = sorted(study.families, key=lambda f: -f.cost)
     results: list[tuple[RunSpec, RunStatus]] = []
-    with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool, owned_children(ctx):  # children stop first
         pending: dict[Future, RunSpec] = {}
         for family in families:
             for spec in sweep_specs(study, data, runs)[family.key]:
                 pending[pool.submit(execute_run, spec, ctx)] = spec
         waiting = [f.key for f in families]
-        try:
-            while pending or waiting:
-                for key in list(waiting):
-                    family = study.family(key)
-                    choice, states = choose(study, family, data, runs, recipe)
-                    busy = any(s in pending.values() for s, _ in states)
-                    if choice is not None:
-                        waiting.remove(key)
-                        say(ctx, f"chose {key}: lr {choice.lr:g}, weight decay {choice.weight_decay:g} "
-                                 f"(held-out top-1 {choice.holdout_top1:.2f}%)")  # fmt: skip
-                        for spec in final_specs(study, family, choice, data, runs):
-                            pending[pool.submit(execute_run, spec, ctx)] = spec
-                    elif not busy:  # a sweep run failed or is locked elsewhere: no choice this time
-                        waiting.remove(key)
-                        say(ctx, f"{key}: sweep incomplete, its final runs wait for the next invocation")
-                if not pending:
-                    break
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for future in done:
-                    results.append((pending.pop(future), future.result()))
-        except KeyboardInterrupt:
-            ctx.stop_children()
-            raise
+        while pending or waiting:
+            for key in list(waiting):
+                family = study.family(key)
+                choice, states = choose(study, family, data, runs, recipe)
+                busy = any(s in pending.values() for s, _ in states)
+                if choice is not None:
+                    waiting.remove(key)
+                    say(ctx, f"chose {key}: lr {choice.lr:g}, weight decay {choice.weight_decay:g} "
+                             f"(held-out top-1 {choice.holdout_top1:.2f}%)")  # fmt: skip
+                    for spec in final_specs(study, family, choice, data, runs):
+                        pending[pool.submit(execute_run, spec, ctx)] = spec
+                elif not busy:  # a sweep run failed or is locked elsewhere: no choice this time
+                    waiting.remove(key)
+                    say(ctx, f"{key}: sweep incomplete, its final runs wait for the next invocation")
+            if not pending:
+                break
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                results.append((pending.pop(future), future.result()))
     return results
 
 
@@ -277,6 +284,8 @@ def _fmt_mean(row: Row | None) -> str:
 def _fmt_welch(w: Welch | None) -> tuple[str, str]:
     if w is None:
         return "", "needs 2+ seeds on both sides"
+    if not w.defined:
+        return f"{w.diff:+.2f}", "p=n/a: no spread over the seeds on either side"
     return (f"{w.diff:+.2f} [{w.low:+.2f}, {w.high:+.2f}]", f"t={w.t:.2f}, df={w.dof:.1f}, p={w.p:.3g}"
             + (" (significant at 5%)" if w.significant else " (not significant at 5%)"))  # fmt: skip
 
@@ -295,6 +304,12 @@ def verdict(results: Sequence[FamilyResult], study: Study) -> str:
         w = welch(r.final.top1, ref.final.top1)
         if w is None:
             sentences.append(f"No verdict yet for {r.family.model}: fewer than two finished seeds on one side.")
+            continue
+        if not w.defined:
+            sentences.append(
+                f"No verdict for {r.family.model}: {r.final.mean:.2f}% vs {ref.final.mean:.2f}%, but neither side "
+                "varies over its seeds, so Welch's test is undefined (p = n/a)."
+            )
             continue
         head = (
             f"{r.family.model} {r.final.mean:.2f}% vs {ref.family.model} {ref.final.mean:.2f}% test top-1: "
@@ -374,6 +389,17 @@ def write_report(
     return [*paths, path]
 
 
+def _measured_line(results: Sequence[FamilyResult]) -> str:
+    """What the numbers measured, from the runs' ``config.yaml`` (:func:`~.results.measured_split`)."""
+    final = sorted({m for r in results if r.final for m in r.final.measured})
+    sweep = sorted({m for r in results for row in r.sweep for m in row.measured})
+    none = "no finished run yet"
+    return (
+        f"Measured on (from the runs' `config.yaml`): final runs: {'; '.join(final) or none}; sweep runs: "
+        f"{'; '.join(sweep) or none}."
+    )
+
+
 def _edge_choices(study: Study, results: Sequence[FamilyResult]) -> str:
     """A warning naming the families whose chosen point lies on the edge of the grid ("" when none does)."""
     lrs, wds = sorted({lr for lr, _ in study.grid}), sorted({wd for _, wd in study.grid})
@@ -422,6 +448,7 @@ def _report_lines(
                                     "smoothing", "augment") if k in recipe)  # fmt: skip
         + (f" (a fixed {subset:,}-image subset of the training set, the same images for every run: the scale this "
            "project's 2-core CPU allows)." if subset else "."), ""]  # fmt: skip
+    lines += [_measured_line(results), ""]
     if invocations:
         lines += ["Commands that ran the study:", "", "```", *invocations, "```", ""]
     lines += ["## Verdict", "", verdict(results, study), ""]
@@ -501,7 +528,8 @@ def dry_run(study: Study, data: str, ctx: RunnerContext) -> None:
 def main(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerContext) -> int:
     """``gsanet experiment study``: train (unless ``--dry-run``/``--table-only``), then write the report.
 
-    Returns 0 when every run of the study is finished (or for a dry run / table-only), 1 otherwise.
+    Returns 0 when every run of the study is finished (or for a dry run / table-only), 1 when a run is not or a train
+    command failed in this invocation, 130 (Ctrl-C) or 143 (SIGTERM) when interrupted.
     """
     from .plans import study_plan
 
@@ -516,12 +544,12 @@ def main(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerCon
             record_invocation(ctx, argv, data)
             try:
                 results = run_study(study, data, ctx)
-            except KeyboardInterrupt:
-                print("gsanet experiment: interrupted; finished runs are kept, continue with --resume")
-                return 130
+            except KeyboardInterrupt as e:
+                return interrupted(e)
             for spec, status in results:
-                if status.state != "done":
-                    print(f"{status.state}: {spec.run_dir}: {status.detail}")
+                if status.state != "done":  # failed, killed, busy, damaged: never counted, the study is not complete
+                    complete = False
+                    print(f"{status.state}: {spec.run_dir}: {status.detail}", file=sys.stderr)
         recipe_path, _ = ctx.recipes[data]
         recipe = expected_recipe(ctx, data)
         found = collect(study, data, args.runs, recipe, macs=not args.no_macs)

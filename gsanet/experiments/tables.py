@@ -1,9 +1,11 @@
 """The tables of ``gsanet experiment``: ``experiment_<plan>[_<data>].csv`` and ``.md`` from the aggregated rows.
 
-Per variant: the mean and standard deviation over the seeds of the final test top-1 accuracy, the difference to the
-plan's baseline, the parameters and multiply-adds at the run's input size, the training time, every skipped variant
-with its reason, and the exact commands. What the rows are and how they group comes from the plan: its baseline, the
-row its reading is about (``Plan.subject``) and, for the ablations, its factor groups (``Plan.groups``).
+Per variant: the mean and standard deviation over the seeds of the final top-1 accuracy on what the runs measured
+(the test set, a ``val_subset`` of it, or a held-out split, with its size: :func:`~.results.measured_split`; runs that
+measured different things are refused in one table), the difference to the plan's baseline (with Welch's test; "n/a"
+when neither side varies), the parameters and multiply-adds at the run's input size, the training time, every skipped
+variant with its reason, and the exact commands. What the rows are and how they group comes from the plan: its
+baseline, the row its reading is about (``Plan.subject``) and, for the ablations, its factor groups (``Plan.groups``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gsanet.commands import UserError
 from gsanet.tables import csv_text, fixed, markdown_table, mean_std
 
 from .plans import Plan, Variant, data_slug, format_kwarg
@@ -58,6 +61,7 @@ def write_tables(
         runs: Parent of the run directories (for the recorded experiment commands).
         spread: The baseline over several seeds, quoted in the ablation table as the seed-to-seed noise level.
     """
+    measured = _measured(plan, data, rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = table_stem(plan, data)
@@ -67,15 +71,31 @@ def write_tables(
     csv_path = out / f"{stem}.csv"
     csv_path.write_text(csv_text(list(csv_rows[0]) if csv_rows else ["key"], csv_rows))
 
-    lines = _common_header(plan.title, data, recipe_path, recipe, epochs, runs)
+    lines = _common_header(plan.title, data, recipe_path, recipe, epochs, runs, measured)
+    label = ("held-out" if "held-out" in measured else "test") + " top-1 %"
     if plan.groups:
-        lines += _ablation_body(plan, rows, by_key, spread)
+        lines += _ablation_body(plan, rows, by_key, spread, label)
     else:
-        lines += _compare_body(plan, rows, by_key)
+        lines += _compare_body(plan, rows, by_key, label)
     lines += _commands_section(rows)
     md_path = out / f"{stem}.md"
     md_path.write_text("\n".join(lines))
     return csv_path, md_path
+
+
+def _measured(plan: Plan, data: str, rows: Sequence[Row]) -> str:
+    """What every counted run of the table measured (:func:`~.results.measured_split`).
+
+    Raises:
+        UserError: The runs measured different things (their accuracies are not comparable in one table).
+    """
+    found = sorted({m for row in rows for m in row.measured})
+    if len(found) > 1:
+        raise UserError(
+            f"the finished runs of {plan.name} on {data} measured different things ({'; '.join(found)}); their "
+            "accuracies are not comparable in one table: give each recipe its own --runs directory"
+        )
+    return found[0] if found else "no finished run yet"
 
 
 # ------------------------------------------------------------------------------------------------------- cells
@@ -120,6 +140,8 @@ def _interval(row: Row, reference: Row | None) -> str:
     w = _test(row, reference)
     if w is None:
         return ""
+    if not w.defined:
+        return "p=n/a (no spread on either side)"
     return f"[{w.low:+.2f}, {w.high:+.2f}], p={w.p:.2g}" + (" *" if w.significant else "")
 
 
@@ -157,10 +179,10 @@ def _csv_row(row: Row, baseline: Row | None) -> dict[str, Any]:
         "top1_per_seed": " ".join(f"{a:.2f}" for a in row.top1),
         "top5_mean": fixed(row.mean_top5, 4),
         "delta_vs_baseline": fixed(_difference(row, baseline), 4),
-        "delta_ci95_low": fixed(test.low, 4) if test else "",
-        "delta_ci95_high": fixed(test.high, 4) if test else "",
-        "welch_p": fixed(test.p, 4) if test else "",
-        "significant": ("yes" if test.significant else "no") if test else "",
+        "delta_ci95_low": fixed(test.low, 4) if test and test.defined else "",
+        "delta_ci95_high": fixed(test.high, 4) if test and test.defined else "",
+        "welch_p": test.p_text(".4f") if test else "",
+        "significant": ("yes" if test.significant else "no" if test.defined else "n/a") if test else "",
         "params": row.params,
         "macs": row.macs,
         "algorithmic_macs": row.algorithmic_macs,
@@ -168,6 +190,7 @@ def _csv_row(row: Row, baseline: Row | None) -> dict[str, Any]:
         "status": "skipped" if v.skip_reason else ("complete" if not row.missing else "incomplete"),
         "note": v.skip_reason or v.note,
         "run_dirs": " ".join(row.run_dirs),
+        "measured_on": "; ".join(row.measured),
     }
 
 
@@ -199,6 +222,8 @@ def _verdict(a: Row, b: Row, what: str) -> str:
     w = welch(a.top1, b.top1)
     if w is None:
         return text + " (fewer than two seeds on one side: no error estimate)."
+    if not w.defined:
+        return text + " (no spread over the seeds on either side: Welch p = n/a, no significance claimed)."
     text += f" (95% CI [{w.low:+.2f}, {w.high:+.2f}], Welch p = {w.p:.2g}: "
     if not w.significant:
         return text + "no significant difference at this budget)."
@@ -206,12 +231,18 @@ def _verdict(a: Row, b: Row, what: str) -> str:
 
 
 def _common_header(
-    title: str, data: str, recipe_path: Path, recipe: Mapping[str, Any], epochs: int | None, runs: str | Path
+    title: str,
+    data: str,
+    recipe_path: Path,
+    recipe: Mapping[str, Any],
+    epochs: int | None,
+    runs: str | Path,
+    measured: str,
 ) -> list[str]:
     lines = [f"# {title} ({data})", ""]
     lines.append(
         "Written by `gsanet experiment` (gsanet/experiments/cli.py) from the `summary.json` of every finished run; "
-        "test top-1 = accuracy (%) after the last epoch on the full test set (10,000 images for Fashion-MNIST), "
+        f"top-1 = accuracy (%) after the last epoch on {measured} (from the runs' `config.yaml`), "
         "mean ± sample standard deviation over seeds. Parameters and MACs (multiply-adds of one image, as computed "
         "by `gsanet.models.flops.count_macs`) at the runs' input size. Training time = seconds of training plus "
         "the per-epoch test evaluation, on a 2-core CPU shared with other jobs, usually two runs at once with one "
@@ -235,14 +266,14 @@ def _commands_section(rows: Sequence[Row]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ the two bodies
-def _compare_body(plan: Plan, rows: Sequence[Row], by_key: Mapping[str, Row]) -> list[str]:
+def _compare_body(plan: Plan, rows: Sequence[Row], by_key: Mapping[str, Row], label: str) -> list[str]:
     conv = by_key.get(plan.baseline)
     table = []
     for row in rows:
         model = f"`{row.variant.model}`" + (f" {format_kwargs(row.variant)}" if row.variant.model_kwargs else "")
         size = "x".join(map(str, row.input_size[1:])) if row.input_size else ""
         table.append([model, size, *_measures(row, conv)])
-    cols = ["model", "input", "test top-1 % (mean ± std)", "Δ vs conv", "95% CI, Welch p", "params", "MACs",
+    cols = ["model", "input", f"{label} (mean ± std)", "Δ vs conv", "95% CI, Welch p", "params", "MACs",
             "train s", "note"]  # fmt: skip
     lines = ["## Results", "", markdown_table(cols, table), ""]
     gsa = by_key.get(plan.subject) if plan.subject else None
@@ -302,7 +333,9 @@ def _ablation_intro(plan: Plan, rows: Sequence[Row], baseline: Row | None, sprea
     return lines + [""]
 
 
-def _ablation_body(plan: Plan, rows: Sequence[Row], by_key: Mapping[str, Row], spread: Row | None) -> list[str]:
+def _ablation_body(
+    plan: Plan, rows: Sequence[Row], by_key: Mapping[str, Row], spread: Row | None, label: str
+) -> list[str]:
     baseline = by_key.get(plan.baseline)
     lines = _ablation_intro(plan, rows, baseline, spread)
     table = []
@@ -313,7 +346,7 @@ def _ablation_body(plan: Plan, rows: Sequence[Row], by_key: Mapping[str, Row], s
                 continue
             setting = group.setting(row.variant) + (" (baseline)" if key == plan.baseline else "")
             table.append([group.factor, setting, f"`{row.variant.key}`", *_measures(row, baseline)])
-    cols = ["factor", "setting", "run", "test top-1 %", "Δ vs baseline", "95% CI, Welch p", "params", "MACs",
+    cols = ["factor", "setting", "run", label, "Δ vs baseline", "95% CI, Welch p", "params", "MACs",
             "train s", "note"]  # fmt: skip
     lines += ["## Results", "", markdown_table(cols, table), ""]
     lines += ["## Variants", "", "Model and arguments of each run key:", ""]
