@@ -399,6 +399,7 @@ def _experiment_with_sleeping_children(tmp_path: Path) -> tuple[object, Path]:
     return proc, pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
 def test_killed_experiment_leaves_no_train_children(tmp_path: Path, signum: str) -> None:
     """SIGTERM or SIGKILL to ``gsanet experiment`` ends its ``gsanet train`` children too (issue 23, item 3)."""
@@ -417,6 +418,58 @@ def test_killed_experiment_leaves_no_train_children(tmp_path: Path, signum: str)
     if signum == "SIGTERM":  # the runs were stopped, not counted: 128 + SIGTERM, nothing said done
         assert proc.returncode == 143, output
         assert "done " not in output
+
+
+def _sleepers(tmp_path: Path, count: int) -> tuple[list[str], Path]:
+    """A command that records its pid in the returned folder and sleeps (``count`` of them are expected)."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    code = f"import os, time; open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close(); time.sleep(120)"
+    return [sys.executable, "-c", code], pids
+
+
+def test_sigterm_stops_owned_children(tmp_path: Path, fake_python: tuple[Path, Path]) -> None:
+    """Fast variant of the SIGTERM case: SIGTERM within :func:`runner.owned_children` ends the spawned children."""
+    import signal
+    import subprocess
+
+    command, pids = _sleepers(tmp_path, 2)
+    args = exp_cli.build_parser().parse_args(["compare", "--runs", str(tmp_path / "runs")])
+    ctx = runner.RunnerContext(args, {}, dict(os.environ))
+    procs = []
+    with pytest.raises(KeyboardInterrupt) as raised, runner.owned_children(ctx):
+        procs = [runner.spawn(command, ctx, stdout=subprocess.DEVNULL) for _ in range(2)]
+        assert _wait(lambda: len(list(pids.iterdir())) == 2, 20)
+        assert all(os.getpgid(p.pid) == p.pid != os.getpgid(0) for p in procs)  # each in its own process group
+        os.kill(os.getpid(), signal.SIGTERM)
+        _wait(lambda: False, 5)  # the handler raises here
+    assert type(raised.value).__name__ == "Terminated" and ctx.stop.is_set()
+    assert [p.wait(timeout=5) for p in procs] == [-signal.SIGTERM] * 2
+    assert signal.getsignal(signal.SIGTERM) is not None and runner.interrupted(raised.value) == 143
+
+
+def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
+    """Fast variant of the SIGKILL case: a child started through the launcher ends when its parent is SIGKILLed."""
+    import signal
+    import subprocess
+
+    command, pids = _sleepers(tmp_path, 1)
+    parent_code = (
+        "import os, subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid()), *sys.argv[2:]])\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, runner.CHILD_LAUNCHER, *command])
+    try:
+        assert _wait(lambda: len(list(pids.iterdir())) == 1, 20)
+        child = int(next(pids.iterdir()).name)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=5)
+        assert _wait(lambda: not _alive(child), 5)
+    finally:
+        parent.kill()
+        if pids.exists() and any(pids.iterdir()) and _alive(int(next(pids.iterdir()).name)):
+            os.kill(int(next(pids.iterdir()).name), signal.SIGKILL)
 
 
 def test_resume_leaves_a_run_another_process_writes_alone(tmp_path: Path, fake_python: tuple[Path, Path]) -> None:
@@ -534,6 +587,9 @@ def _damage(run: Path, what: str) -> None:
         (run / "config.yaml").write_text("model: [unclosed\n")
     elif what == "list config":
         (run / "config.yaml").write_text("- a\n- b\n")
+    elif what == "holdout of text":
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "holdout": "five thousand"}))
     elif what == "one-word command":
         (run / "command.txt").write_text("oops\n")
     elif what == "no config":
@@ -542,7 +598,8 @@ def _damage(run: Path, what: str) -> None:
 
 @pytest.mark.parametrize(
     "what",
-    ["nan", "huge", "empty cell", "missing column", "invalid config", "list config", "one-word command", "no config"],
+    ["nan", "huge", "empty cell", "missing column", "invalid config", "list config", "holdout of text",
+     "one-word command", "no config"],
 )
 def test_table_only_names_a_damaged_run_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str

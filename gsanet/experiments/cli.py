@@ -11,13 +11,15 @@ Usage::
 Every run is one ``python -m gsanet.cli train --config <recipe> ...`` subprocess writing
 ``<runs>/<data>/<variant>-s<seed>/``; a finished run is never started again nor overwritten, one whose ``config.yaml``
 differs from what the plan asks (another recipe, another ``--epochs``) is reported as a conflict and left alone (use
-another ``--runs``), an interrupted one is continued only with ``--resume`` (:mod:`.runner`).
+another ``--runs``), an interrupted one is continued only with ``--resume`` and never while another process writes
+it; the train children end with the experiment, even when it is killed (:mod:`.runner`). A damaged run directory or
+a ``--out`` that cannot be written is reported in one line with exit code 2 (``--out`` before any training).
 
 The tables (``<out>/experiment_<plan>[_<data>].{csv,md}``, :mod:`.tables`) give, per model, the mean and standard
-deviation over the seeds of the final test top-1 accuracy (Fashion-MNIST's 10,000-image test split is the train
-command's validation set), the parameters and multiply-adds at the run's input size, and the training time; every
-skipped variant with its reason, and the exact commands. This module parses the command line, loads the recipes and
-puts the two together.
+deviation over the seeds of the final top-1 accuracy on what the runs measured (the test set, a ``val_subset`` of
+it or a held-out split, and how many images, from the runs' ``config.yaml``), the parameters and multiply-adds at
+the run's input size, and the training time; every skipped variant with its reason, and the exact commands. This
+module parses the command line, loads the recipes and puts the two together.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from gsanet.train.rundir import RunDir, RunSummary, read_summary
 from .plans import RunSpec, data_slug
 
 __all__ = [
+    "CHILD_LAUNCHER",
     "COMMANDS_FILE",
     "RUN_LOCK_FILE",
     "RunStatus",
@@ -155,6 +156,10 @@ def _check_finished(run_dir: Path, config: dict[str, Any] | None, summary: RunSu
     """Refuse a finished run the tables cannot count (see the module's docstring)."""
     if config is None:
         raise _Damaged("it has no config.yaml, so its recipe cannot be checked")
+    for key in ("holdout", "val_subset"):  # what the accuracies measured (the tables say it)
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise _Damaged(f"config.yaml {key} {value!r} is not a number of images")
     _percent("summary.json val_top1", summary.val_top1)
     if summary.val_top5 is not None:
         _percent("summary.json val_top5", summary.val_top5)
@@ -328,7 +333,7 @@ def _resume_or_restart(spec: RunSpec, ctx: RunnerContext, status: RunStatus) -> 
     return False
 
 
-_LAUNCHER = """\
+CHILD_LAUNCHER = """\
 import ctypes, os, signal, sys
 if sys.platform.startswith("linux"):
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: SIGTERM when the parent dies
@@ -336,9 +341,10 @@ if sys.platform.startswith("linux"):
         sys.exit(128 + signal.SIGTERM)
 os.execvp(sys.argv[2], sys.argv[2:])
 """
-"""Runs a train command so that it dies with the experiment: it sets the parent-death signal, then becomes the command
-(the signal survives ``exec``). A separate program rather than a ``preexec_fn``, which is unsafe in a process with
-threads."""
+"""``python -c CHILD_LAUNCHER <parent pid> <command...>`` runs a command so that it dies with the experiment: it sets
+the parent-death signal, then becomes the command (the signal survives ``exec``). A separate program rather than a
+``preexec_fn``, which is unsafe in a process with threads. The signal follows the death of the parent *thread* that
+started the child: the runner's worker threads outlive their children (each waits for its own)."""
 
 
 def _terminate(proc: subprocess.Popen) -> None:
@@ -354,7 +360,7 @@ def spawn(command: Sequence[str], ctx: RunnerContext, **popen: Any) -> subproces
 
     Remove it from ``ctx.children`` once it has been waited for.
     """
-    launcher = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command]
+    launcher = [sys.executable, "-c", CHILD_LAUNCHER, str(os.getpid()), *command]
     proc = subprocess.Popen(launcher, env=ctx.env, cwd=os.getcwd(), process_group=0, **popen)
     with ctx.lock:
         ctx.children.add(proc)
