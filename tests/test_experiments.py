@@ -436,7 +436,7 @@ def test_sigterm_stops_owned_children(tmp_path: Path, fake_python: tuple[Path, P
     command, pids = _sleepers(tmp_path, 2)
     args = exp_cli.build_parser().parse_args(["compare", "--runs", str(tmp_path / "runs")])
     ctx = runner.RunnerContext(args, {}, dict(os.environ))
-    procs = []
+    procs, before = [], signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt) as raised, runner.owned_children(ctx):
         procs = [runner.spawn(command, ctx, stdout=subprocess.DEVNULL) for _ in range(2)]
         assert _wait(lambda: len(list(pids.iterdir())) == 2, 20)
@@ -445,7 +445,7 @@ def test_sigterm_stops_owned_children(tmp_path: Path, fake_python: tuple[Path, P
         _wait(lambda: False, 5)  # the handler raises here
     assert type(raised.value).__name__ == "Terminated" and ctx.stop.is_set()
     assert [p.wait(timeout=5) for p in procs] == [-signal.SIGTERM] * 2
-    assert signal.getsignal(signal.SIGTERM) is not None and runner.interrupted(raised.value) == 143
+    assert signal.getsignal(signal.SIGTERM) == before and runner.interrupted(raised.value) == 143  # restored
 
 
 def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
@@ -472,7 +472,9 @@ def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
             os.kill(int(next(pids.iterdir()).name), signal.SIGKILL)
 
 
-def test_resume_leaves_a_run_another_process_writes_alone(tmp_path: Path, fake_python: tuple[Path, Path]) -> None:
+def test_resume_leaves_a_run_another_process_writes_alone(
+    tmp_path: Path, fake_python: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--resume`` neither moves aside nor restarts a run whose lock file another process holds."""
     import fcntl
 
@@ -484,7 +486,7 @@ def test_resume_leaves_a_run_another_process_writes_alone(tmp_path: Path, fake_p
         fcntl.flock(held, fcntl.LOCK_EX)
         code = exp_cli.main(["compare", "--seeds", "0", "--resume", "--runs", str(runs), "--out", str(out),
                              "--python", str(script), "--no-macs"])  # fmt: skip
-    assert code == 1
+    assert code == 1 and f"busy: {spec.run_dir}: another process holds" in capsys.readouterr().err
     assert spec.run_dir.is_dir() and not list(runs.glob("fashion-mnist/conv_resnet26_tiny-s0.incomplete-*"))
     assert not any("conv_resnet26_tiny" in line for line in calls.read_text().splitlines())
 
@@ -612,6 +614,19 @@ def test_table_only_names_a_damaged_run_in_one_line(
     code, _, err = _table_only(tmp_path, runs, capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("gsanet experiment: error:") and "conv_resnet26_tiny-s1" in err
+
+
+def test_study_table_only_names_a_damaged_sweep_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gsanet.experiments import study as study_mod
+    from gsanet.experiments.plans import study_plan
+
+    study = study_plan()
+    spec = study_mod.sweep_specs(study, "fashion-mnist", tmp_path / "runs")[study.families[0].key][0]
+    _fake_run(spec, -500.0, RECIPE)
+    argv = ["study", "--table-only", "--no-macs", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert exp_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and spec.name in err and "not an accuracy in [0, 100]" in err
 
 
 @pytest.mark.parametrize("bad", ["file", "below a file"])

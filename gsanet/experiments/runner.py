@@ -318,13 +318,13 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
 def _resume_or_restart(spec: RunSpec, ctx: RunnerContext, status: RunStatus) -> bool | RunStatus:
     """For an interrupted run: whether to resume it (else it was moved aside), or its status when it is not to be
     touched (no ``--resume``, or another process writes it)."""
-    if not ctx.args.resume:
-        return RunStatus("partial", f"{status.detail}; continue it with --resume", status.summary, status.config)
     with run_in_use(spec.run_dir) as busy:
         if busy:
             detail = f"another process holds {spec.run_dir / RUN_LOCK_FILE} (a gsanet train still writing it); skipped"
             say(ctx, f"busy   {spec.name}: {detail}")
             return RunStatus("busy", detail, status.summary, status.config)
+        if not ctx.args.resume:
+            return RunStatus("partial", f"{status.detail}; continue it with --resume", status.summary, status.config)
         if _checkpoint(spec).is_file():
             return True
         aside = spec.run_dir.with_name(f"{spec.name}.incomplete-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -361,7 +361,9 @@ def spawn(command: Sequence[str], ctx: RunnerContext, **popen: Any) -> subproces
     Remove it from ``ctx.children`` once it has been waited for.
     """
     launcher = [sys.executable, "-c", CHILD_LAUNCHER, str(os.getpid()), *command]
-    proc = subprocess.Popen(launcher, env=ctx.env, cwd=os.getcwd(), process_group=0, **popen)
+    # its own session, hence its own process group (set between fork and exec, so killpg can never miss it); the
+    # child needs no terminal: its output goes to its log
+    proc = subprocess.Popen(launcher, env=ctx.env, cwd=os.getcwd(), start_new_session=True, **popen)
     with ctx.lock:
         ctx.children.add(proc)
         if ctx.stop.is_set():  # stop_children ran between this run's start and now
