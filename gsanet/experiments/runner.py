@@ -401,8 +401,8 @@ def owned_children(ctx: RunnerContext) -> Iterator[None]:
         ctx.stop_children()
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if main:  # None: a handler not set from Python; the default is the closest we can restore
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
