@@ -94,7 +94,7 @@ def _interrupt_message(error: KeyboardInterrupt) -> str:
         return f"{what} before a run directory was made; nothing to resume"
     if RunDir(Path(run_dir)).last.is_file():
         return f"{what}; continue with: gsanet train --resume {run_dir}"
-    return f"{what} before the first checkpoint of {run_dir}; nothing to resume, start the run again"
+    return f"{what} before the first checkpoint of {run_dir}; start it again with: gsanet train --resume {run_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:
