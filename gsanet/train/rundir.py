@@ -620,7 +620,7 @@ def checkpoint_file(source: str | Path) -> Path:
     return best_checkpoint(path) if path.is_dir() else path
 
 
-def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, fix: str) -> int:
+def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, fix: str) -> nn.Module:
     """Refuse a model that is too large or that its arguments break, before any memory is allocated for it.
 
     The model is built on the ``meta`` device (shapes only), so the parameters are counted exactly at no cost; the
@@ -634,7 +634,7 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
         fix: What the user should change, ending the messages (e.g. ``"fix --model-kwargs"``).
 
     Returns:
-        The parameter count.
+        The model on the ``meta`` device: its state dict has the shapes (and no data) that weights must fit.
 
     Raises:
         ConfigError: The model rejects its arguments, or is larger than the limits.
@@ -660,7 +660,7 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
             f"{in_chans} input channels has {params:,} parameters ({params * 4 / 2**30:.1f} GiB in float32), more "
             f"than --max-params {max_params:,}; {fix}, or raise --max-params if it is meant"
         )
-    return params
+    return model
 
 
 def load_model(
@@ -668,8 +668,9 @@ def load_model(
 ) -> LoadedModel:
     """Build the model of a ``gsanet train`` checkpoint or run directory (its best checkpoint), ready for evaluation.
 
-    The model name and arguments come from the checkpoint's checked metadata; the model's size is bounded before it
-    is built (:func:`check_model_size`); the weights must fit the model and be finite.
+    The model name and arguments come from the checkpoint's checked metadata; the model's size is bounded, and the
+    weights must fit its shapes, before it is built (:func:`check_model_size`): what is allocated is at most what the
+    file holds. The weights must be finite.
 
     Args:
         source: A ``.safetensors`` checkpoint or a run directory.
@@ -683,12 +684,12 @@ def load_model(
     """
     path = checkpoint_file(source)
     meta = CheckpointMeta.read(path, (*MODEL_KEYS, *require))
-    check_model_size(meta.model, meta.model_args, max_params, f"the checkpoint {path} cannot be used")
+    skeleton = check_model_size(meta.model, meta.model_args, max_params, f"the checkpoint {path} cannot be used")
     checkpoint = load_checkpoint(path, with_state=ema)
-    model = create_model(meta.model, **meta.model_args)
     use_ema = ema and checkpoint.ema_state is not None
     weights = checkpoint.ema_state if use_ema else checkpoint.model_state
-    check_state_dict(model.state_dict(), weights, model_name=meta.model, checkpoint_model=meta.model, path=path)
+    check_state_dict(skeleton.state_dict(), weights, model_name=meta.model, checkpoint_model=meta.model, path=path)
     check_finite(weights, path, "EMA weights" if use_ema else "weights")
+    model = create_model(meta.model, **meta.model_args)
     model.load_state_dict(weights)
     return LoadedModel(model.eval(), meta, path, "ema" if use_ema else "model")

@@ -232,11 +232,16 @@ class _Resumed:
 
     @property
     def base(self) -> dict[str, Any]:
-        """The config values the resumed run starts from (:data:`NOT_FROM_CHECKPOINT` dropped; in place, the run
-        directory's own place and name)."""
+        """The config values the resumed run starts from (:data:`NOT_FROM_CHECKPOINT` dropped; in place, the place and
+        name of the run directory itself, as recorded when they name it)."""
         base = {k: v for k, v in self.source.items() if k not in NOT_FROM_CHECKPOINT}
         if not self.fork:
-            base.update(output=str(self.target.run_dir.parent), name=self.target.run_dir.name)
+            run_dir, output, name = self.target.run_dir, self.source.get("output"), self.source.get("name")
+            recorded = isinstance(output, str) and isinstance(name, str) and bool(name)
+            if recorded and (Path(output) / name).resolve() == run_dir.resolve():
+                base.update(output=output, name=name)
+            else:
+                base.update(output=str(run_dir.parent), name=run_dir.name)
         return base
 
 
@@ -411,17 +416,18 @@ def _create_datasets(run: TrainingRun) -> tuple[dict[str, Any], DataInfo]:
 def _build_model(run: TrainingRun) -> nn.Module:
     cfg, checkpoint = run.cfg, run.checkpoint
     run.model_args = _model_args(cfg, run.info)
-    check_model_size(cfg.model, run.model_args, cfg.max_params, "fix --model or --model-kwargs")
-    model = create_model(cfg.model, **run.model_args)
-    if checkpoint is not None:
+    skeleton = check_model_size(cfg.model, run.model_args, cfg.max_params, "fix --model or --model-kwargs")
+    if checkpoint is not None:  # checked on the meta-device skeleton: nothing is allocated for weights that do not fit
         check_state_dict(
-            model.state_dict(),
+            skeleton.state_dict(),
             checkpoint.model_state,
             model_name=cfg.model,
             checkpoint_model=checkpoint.meta.get("model"),
             path=checkpoint.path,
         )
         check_finite(checkpoint.model_state, checkpoint.path)
+    model = create_model(cfg.model, **run.model_args)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint.model_state)
     if cfg.sync_bn and run.ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
