@@ -652,6 +652,11 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
         raise
     except (ValueError, TypeError, AssertionError, ArithmeticError, RuntimeError, KeyError, IndexError) as e:
         kwargs = dict(model_args.get("model_kwargs") or {})
+        if "meta" in str(e):  # the model reads tensor values while it is built: it cannot be sized without memory
+            raise ConfigError(
+                f"model {name} cannot be built on the meta device to count its parameters before allocating them "
+                f"({e}); use another model"
+            ) from e
         raise ConfigError(f"model {name} rejects its arguments {kwargs}: {e}; {fix}") from e
     params = sum(p.numel() for p in model.parameters())
     if params > max_params:
