@@ -230,10 +230,12 @@ def test_model_kwargs_the_model_rejects_are_one_line_errors(
 
 
 # ---------------------------------------------------------------------------------------- files that would hang
-def _train_in_thread(args: list[str], timeout: float, unblock: list[Path]) -> int | None:
-    """``gsanet train args`` with a deadline; a FIFO it blocks on is opened from the other end to free it."""
+def _with_deadline(
+    main: Callable[[list[str]], int], args: list[str], timeout: float, unblock: list[Path]
+) -> int | None:
+    """``main(args)`` (a command) with a deadline; a FIFO it blocks on is opened from the other end to free it."""
     codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(cli.main(args)), daemon=True)
+    thread = threading.Thread(target=lambda: codes.append(main(args)), daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
@@ -254,10 +256,20 @@ def test_resume_refuses_fifo_in_run_dir(
     run = Path(shutil.copytree(two_epoch_run, tmp_path / "run"))
     (run / name).unlink()
     os.mkfifo(run / name)
-    code = _train_in_thread(["--resume", str(run), "--epochs", "3"], 60, [run / name])
+    code = _with_deadline(cli.main, ["--resume", str(run), "--epochs", "3"], 60, [run / name])
     err = capsys.readouterr().err
     assert code == 2 and f"{run / name} is a FIFO" in err and "Traceback" not in err, err
     assert _epochs_in_last(run) == 2
+
+
+def test_eval_refuses_fifo_report(two_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "last-eval.json"
+    os.mkfifo(report)
+    checkpoint = two_epoch_run / "checkpoints" / "last.safetensors"
+    args = ["--checkpoint", str(checkpoint), "--output", str(tmp_path), "--no-progress"]
+    code = _with_deadline(evaluate_cli.main, args, 60, [report])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{report} is a FIFO" in err, err
 
 
 def _epochs_in_last(run: Path) -> int:

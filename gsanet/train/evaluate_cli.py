@@ -36,7 +36,7 @@ from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
 from .errors import CheckpointError, ConfigError, DataError
 from .plots import plot_confusion_matrix
-from .rundir import LoadedModel, load_model
+from .rundir import LoadedModel, check_regular_file, load_model
 
 __all__ = ["main", "run_evaluation"]
 
@@ -121,6 +121,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     loaded = _load(cfg)
     if cfg.output:
         ensure_writable(cfg.output)  # before the work: an explicit --output must take the report
+    out_dir = Path(cfg.output) if cfg.output else loaded.path.parent
+    for name in (f"{loaded.path.stem}-eval.json", f"{loaded.path.stem}-confusion.png"):
+        check_regular_file(out_dir / name)  # a FIFO in their place would block the writer forever
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     dataset, info = _val_data(cfg, loaded)
@@ -155,7 +158,6 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         "confusion_matrix": stats["confusion"].tolist(),
         "class_names": list(info.class_names),
     }
-    out_dir = Path(cfg.output) if cfg.output else loaded.path.parent
     _write_report(report, stats["confusion"], info, out_dir, loaded.path.stem)
     return report
 
