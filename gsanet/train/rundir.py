@@ -428,7 +428,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 raise ConfigError(
                     f"run directory {run_dir} is in use by {holder}: a second writer would mix the two runs' "
                     f"checkpoints and metrics; wait for it to end (or stop it), or fork it with --resume {run_dir} "
