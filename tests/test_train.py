@@ -196,6 +196,8 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path: Path, capsys: pytest.Cap
         while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert last.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in 120 s"
+        code, _, err = train(["--resume", str(tmp_path / "killed")], capsys)  # the run is live: a second writer
+        assert code == 2 and f"is in use by pid {proc.pid} on " in err, err
         time.sleep(0.4)  # into the next epoch, or into the next checkpoint write
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -204,7 +206,7 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path: Path, capsys: pytest.Cap
     assert proc.returncode == -signal.SIGKILL
     epoch = load_checkpoint(last).meta["epoch"]
     assert 1 <= epoch < 50
-    code, out, _ = train(["--resume", str(tmp_path / "killed"), "--stop-after", "1"], capsys)
+    code, out, _ = train(["--resume", str(tmp_path / "killed"), "--stop-after", "1"], capsys)  # the lock died too
     assert code == 0 and f"epoch {epoch + 1}/50" in out
     assert not list(last.parent.glob(".*.tmp"))
 

@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -231,6 +232,14 @@ def _write_error(path: Path, error: OSError) -> CheckpointError:
     else:
         fix = "check the disk and the directory"
     return CheckpointError(f"cannot write {path}: {reason}; {fix}")
+
+
+def _os_error(error: SafetensorError) -> OSError:
+    """The OSError a :class:`SafetensorError` of safetensors' writer wraps (its message names the OS error code)."""
+    text = str(error)
+    match = re.search(r"code: (\d+)", text)
+    code = int(match.group(1)) if match else None
+    return OSError(code, os.strerror(code)) if code is not None else OSError(None, text)
 
 
 def ensure_writable(folder: str | Path) -> None:
@@ -492,6 +501,8 @@ def save_checkpoint(
             save_file(_storable(tensors), str(tmp), metadata={"format": "pt", _META_KEY: text})
     except OSError as e:
         raise _write_error(path, e) from e
+    except SafetensorError as e:  # safetensors reports its own I/O errors (a full disk) as SafetensorError
+        raise _write_error(path, _os_error(e)) from e
     return path
 
 

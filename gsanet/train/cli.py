@@ -9,7 +9,10 @@ Usage::
 
 A run directory ``<output>/<name>`` (default ``<model>-<data>-<timestamp>``) receives ``config.yaml`` (the resolved
 config), ``command.txt``, ``checkpoints/{last,best}.safetensors``, ``metrics.csv``, ``tensorboard/``, ``loss.png``,
-``accuracy.png`` and ``summary.json``. An existing directory is never reused except by ``--resume``.
+``accuracy.png`` and ``summary.json``. An existing directory is never reused except by ``--resume``, and only while no
+other process writes it: the process that trains a run holds its ``run.lock`` (:class:`~.rundir.RunLock`). A
+checkpoint outside a run directory is forked into a new one; a run directory without a checkpoint yet is started
+again from scratch by ``--resume``.
 
 Nothing is lost or wrong in silence: ``--resume`` continues a run only from a checkpoint at least as recent as its
 ``last`` (an older one, e.g. ``best``, is forked into a new directory with ``--name``/``--output``); a run whose
@@ -94,7 +97,7 @@ def _interrupt_message(error: KeyboardInterrupt) -> str:
         return f"{what} before a run directory was made; nothing to resume"
     if RunDir(Path(run_dir)).last.is_file():
         return f"{what}; continue with: gsanet train --resume {run_dir}"
-    return f"{what} before the first checkpoint of {run_dir}; nothing to resume, start the run again"
+    return f"{what} before the first checkpoint of {run_dir}; start it again with: gsanet train --resume {run_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:

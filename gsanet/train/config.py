@@ -26,6 +26,7 @@ __all__ = [
     "AMP_CHOICES",
     "MAX_IMG_SIZE",
     "RESERVED_MODEL_KWARGS",
+    "DEFAULT_MAX_PARAMS",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -55,6 +56,8 @@ RESERVED_MODEL_KWARGS = frozenset(
 )  # fmt: skip
 """``model_kwargs`` keys refused: ones that load files or weights from elsewhere, or have their own config key."""
 _MAX_SEED = 2**32 - 1
+DEFAULT_MAX_PARAMS = 1_000_000_000
+"""Largest model accepted by default (4 GiB of float32 weights): a bound on what checkpoint metadata can allocate."""
 
 C = TypeVar("C")
 
@@ -74,6 +77,10 @@ class TrainConfig:
     # model
     model: str = _help("timm model name (``import gsanet`` registers the gsa_* models)", default="gsa_resnet26_tiny")
     model_kwargs: dict[str, Any] = _help("extra keyword arguments of timm.create_model", default_factory=dict)
+    max_params: int = _help(
+        "refuse a model with more parameters (counted before it is built; never taken from a checkpoint)",
+        default=DEFAULT_MAX_PARAMS,
+    )
     drop_rate: float = _help("dropout before the classifier", default=0.0)
     drop_path_rate: float = _help("stochastic depth rate", default=0.0)
     # data
@@ -134,7 +141,7 @@ class TrainConfig:
         _check_choice("amp", self.amp, AMP_CHOICES)
         _check_choice("opt", self.opt, _OPTIMIZERS)
         _check_choice("sched", self.sched, _SCHEDULERS)
-        for key in ("epochs", "batch_size"):
+        for key in ("epochs", "batch_size", "max_params"):
             _check_min(key, getattr(self, key), 1)
         _check_min("workers", self.workers, 0)
         _check_range("seed", self.seed, 0, _MAX_SEED)
@@ -147,6 +154,11 @@ class TrainConfig:
             _check_finite_min(key, getattr(self, key), 0)
         if self.lr == 0:
             raise ConfigError("lr must be > 0, got 0.0: a zero learning rate trains nothing")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"warmup_epochs ({self.warmup_epochs}) is longer than the run ({self.epochs} epochs): the learning "
+                "rate would never reach --lr; lower --warmup-epochs or raise --epochs"
+            )
         for key in ("drop_rate", "drop_path_rate", "smoothing"):
             _check_range(key, getattr(self, key), 0, 1, include_max=False)
         _check_range("reprob", self.reprob, 0, 1)
@@ -169,7 +181,10 @@ class EvalConfig:
 
     checkpoint: str = _help("checkpoint file (.safetensors) or run directory (uses its best checkpoint)", default="")
     data: str | None = _help("dataset; default: the one the checkpoint was trained on", default=None)
-    data_dir: str | None = _help("dataset root; default: the checkpoint's", default=None)
+    data_dir: str | None = _help(
+        "dataset root; default: the checkpoint's (read, but downloaded into only when it is the default data)",
+        default=None,
+    )
     download: bool = _help("download fashion-mnist/cifar with torchvision when missing", default=True)
     val_subset: int | None = _help("evaluate on a fixed random subset of this many images", default=None)
     batch_size: int = _help("batch size", default=256)
@@ -179,6 +194,9 @@ class EvalConfig:
         "autocast: auto (bf16 where the hardware has native bf16), none, bf16, fp16 (CUDA)", default="auto"
     )
     channels_last: bool = _help("channels-last memory format", default=False)
+    max_params: int = _help(
+        "refuse a checkpoint's model with more parameters (counted before it is built)", default=DEFAULT_MAX_PARAMS
+    )
     ema: bool = _help("use the EMA weights when the checkpoint has them", default=True)
     output: str | None = _help(
         "directory for the report and confusion matrix; default: next to the checkpoint", default=None
@@ -188,6 +206,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check_choice("amp", self.amp, AMP_CHOICES)
         _check_min("batch_size", self.batch_size, 1)
+        _check_min("max_params", self.max_params, 1)
         _check_min("workers", self.workers, 0)
         if self.val_subset is not None:
             _check_min("val_subset", self.val_subset, 1)

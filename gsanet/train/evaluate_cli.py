@@ -5,7 +5,9 @@ Usage::
     gsanet eval --checkpoint runs/<run>                       # its best checkpoint, on the data it was trained on
     gsanet eval --checkpoint runs/<run>/checkpoints/last.safetensors --data-dir data --output reports/
 
-The model name and arguments (classes, channels, input size, extra kwargs) come from the checkpoint's metadata;
+The model name and arguments (classes, channels, input size, extra kwargs) come from the checkpoint's metadata and
+are refused beyond ``--max-params`` before the model is built; without ``--data-dir`` the checkpoint's data directory
+is read but never created or downloaded into (a checkpoint is untrusted: it chooses no path that is written);
 the EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). Writes
 ``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--output``.
 A checkpoint with NaN or infinite weights is refused. An explicit ``--output`` is checked for writing before the
@@ -28,13 +30,13 @@ from gsanet.commands import resolve, run
 
 from .checkpoint import ensure_writable, json_safe
 from .cli import configure_logging
-from .config import EvalConfig, build_parser
+from .config import EvalConfig, TrainConfig, build_parser
 from .data import DataInfo, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
 from .errors import CheckpointError, ConfigError, DataError
 from .plots import plot_confusion_matrix
-from .rundir import LoadedModel, load_model
+from .rundir import LoadedModel, check_regular_file, load_model
 
 __all__ = ["main", "run_evaluation"]
 
@@ -45,7 +47,7 @@ def _load(cfg: EvalConfig) -> LoadedModel:
     """The checkpoint's model (EMA weights unless ``--no-ema``), after checking its config names its data."""
     if not cfg.checkpoint:
         raise ConfigError("--checkpoint is required: a .safetensors file or a run directory")
-    loaded = load_model(cfg.checkpoint, ema=cfg.ema, require=("config", "epoch"))
+    loaded = load_model(cfg.checkpoint, ema=cfg.ema, require=("config", "epoch"), max_params=cfg.max_params)
     train_cfg = loaded.meta.config
     if not isinstance(train_cfg.get("data"), str) or not isinstance(train_cfg.get("data_dir"), str):
         raise CheckpointError(
@@ -60,16 +62,26 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
     train_cfg, model_args = meta.config, meta.model_args
     data = cfg.data or train_cfg["data"]
     same_data = data == train_cfg["data"]
-    datasets, info = create_datasets(
-        data,
-        cfg.data_dir or train_cfg["data_dir"],
-        splits=("val",),
-        download=cfg.download,
-        img_size=model_args["img_size"],
-        model_name=meta.model,
-        val_subset=cfg.val_subset,
-        class_names=meta.data["class_names"] if same_data else None,
-    )
+    # the checkpoint's data directory (unless it is the default one) is read, never created or downloaded into
+    data_dir = cfg.data_dir or train_cfg["data_dir"]
+    try:
+        datasets, info = create_datasets(
+            data,
+            data_dir,
+            splits=("val",),
+            download=cfg.download and (bool(cfg.data_dir) or data_dir == TrainConfig.data_dir),
+            img_size=model_args["img_size"],
+            model_name=meta.model,
+            val_subset=cfg.val_subset,
+            class_names=meta.data["class_names"] if same_data else None,
+        )
+    except DataError as e:
+        if cfg.data_dir or data_dir == TrainConfig.data_dir:
+            raise
+        raise DataError(
+            f"{e} (the data directory {data_dir} is the checkpoint's, which is only read, never downloaded into: "
+            "pass --data-dir to choose one)"
+        ) from e
     if info.num_classes != model_args["num_classes"] or info.in_chans != model_args["in_chans"]:
         raise DataError(
             f"{path} was trained for {model_args['num_classes']} classes of {model_args['in_chans']}-channel images, "
@@ -109,6 +121,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     loaded = _load(cfg)
     if cfg.output:
         ensure_writable(cfg.output)  # before the work: an explicit --output must take the report
+    out_dir = Path(cfg.output) if cfg.output else loaded.path.parent
+    for name in (f"{loaded.path.stem}-eval.json", f"{loaded.path.stem}-confusion.png"):
+        check_regular_file(out_dir / name)  # a FIFO in their place would block the writer forever
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     dataset, info = _val_data(cfg, loaded)
@@ -143,7 +158,6 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         "confusion_matrix": stats["confusion"].tolist(),
         "class_names": list(info.class_names),
     }
-    out_dir = Path(cfg.output) if cfg.output else loaded.path.parent
     _write_report(report, stats["confusion"], info, out_dir, loaded.path.stem)
     return report
 

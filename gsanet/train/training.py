@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import time
 import uuid
@@ -55,17 +56,22 @@ from .config import TrainConfig, config_to_dict, resolve_config
 from .data import DataInfo, create_datasets, create_loader, epoch_seed, set_epoch
 from .distributed import DistContext, barrier, broadcast_text, init_distributed
 from .engine import EpochOptions, create_model, evaluate, resolve_amp, seed_everything, train_one_epoch
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, TrainError
+from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainError
 from .plots import plot_curves
 from .rundir import (
     RESUME_KEYS,
     CheckpointMeta,
+    ResumeTarget,
     RunDir,
+    RunLock,
     RunSummary,
     append_command,
+    check_model_size,
     check_resume_lineage,
+    check_run_files,
     create_run_dir,
-    resume_paths,
+    read_run_config,
+    resume_target,
     write_config,
     write_metrics_csv,
     write_summary,
@@ -73,6 +79,7 @@ from .rundir import (
 
 __all__ = [
     "INVOCATION_ONLY",
+    "NOT_FROM_CHECKPOINT",
     "TrainingRun",
     "build",
     "epoch_line",
@@ -90,6 +97,12 @@ _logger = logging.getLogger("gsanet.train")
 INVOCATION_ONLY = ("config", "resume", "stop_after")
 """``gsanet train`` arguments that are not config fields."""
 
+NOT_FROM_CHECKPOINT = ("output", "name", "data_dir", "max_params")
+"""Config keys a resumed checkpoint (or an empty run's ``config.yaml``) never sets, as they are untrusted: where the
+run is written comes from ``--resume`` (continued in place) or the flags (a fork), the model-size limit from the
+flags, and the data directory from ``--data-dir`` (the checkpoint's is only read, never created or downloaded into:
+see :func:`resolve`)."""
+
 
 @dataclass
 class TrainingRun:
@@ -104,6 +117,8 @@ class TrainingRun:
         checkpoint: The checkpoint resumed from (released by :func:`restore`).
         resume_from: Its file.
         fork: Whether the resumed run continues in a new run directory.
+        lock: The lock of the run directory held by this process (rank 0), released by :func:`run_training`.
+        read_only_data: The data directory comes from the checkpoint: read it, never download into it.
         info, datasets, train_loader, val_loader: The data (:func:`build`).
         model, model_args, params, model_ema, optimizer, lr_scheduler, amp_dtype, scaler: The model and its
             training (:func:`build`).
@@ -119,6 +134,8 @@ class TrainingRun:
     checkpoint: Checkpoint | None = None
     resume_from: Path | None = None
     fork: bool = False
+    lock: RunLock | None = None
+    read_only_data: bool = False
     info: DataInfo | None = None
     datasets: dict[str, Any] = field(default_factory=dict)
     train_loader: Any = None
@@ -192,29 +209,140 @@ def run_training(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any
     except KeyboardInterrupt as e:
         e.run_dir = run.run_dir if run is not None else None
         raise
+    finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
 
 
 # -------------------------------------------------------------------------------------------------- resolve
+def _is_rank0() -> bool:
+    """Whether this process is rank 0 (``torchrun`` sets ``RANK``; read before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class _Resumed:
+    """What ``--resume`` brings into :func:`resolve`: the target, its metadata (None for an empty run) and the config
+    it was trained with (``source``), before the untrusted keys are dropped."""
+
+    target: ResumeTarget
+    fork: bool
+    meta: CheckpointMeta | None
+    source: dict[str, Any]
+
+    @property
+    def base(self) -> dict[str, Any]:
+        """The config values the resumed run starts from (:data:`NOT_FROM_CHECKPOINT` dropped; in place, the place and
+        name of the run directory itself, as recorded when they name it)."""
+        base = {k: v for k, v in self.source.items() if k not in NOT_FROM_CHECKPOINT}
+        if not self.fork:
+            run_dir, output, name = self.target.run_dir, self.source.get("output"), self.source.get("name")
+            recorded = isinstance(output, str) and isinstance(name, str) and bool(name)
+            if recorded and (Path(output) / name).resolve() == run_dir.resolve():
+                base.update(output=output, name=name)
+            else:
+                base.update(output=str(run_dir.parent), name=run_dir.name)
+        return base
+
+
+def _read_resumed(args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[_Resumed, RunLock | None]:
+    """Read what ``--resume`` names; a run continued in place is locked first (rank 0), so that its ``last`` cannot
+    change between this read and the end of the run.
+
+    Raises:
+        TrainError: A bad target, a live run (locked by another process), or a malformed checkpoint.
+    """
+    target = resume_target(args.resume)
+    fork = "name" in explicit or "output" in explicit or target.run_dir is None
+    if target.empty and fork:
+        raise CheckpointError(
+            f"{target.run_dir} has no checkpoint to fork (it stopped before its first epoch ended); start it again "
+            f"with --resume {target.run_dir} alone"
+        )
+    lock = RunLock.acquire(target.run_dir) if not fork and _is_rank0() else None
+    try:
+        if not fork:
+            check_run_files(target.run_dir)
+        if target.empty:
+            _logger.info("%s has no checkpoint yet: starting it from scratch with its config.yaml", target.run_dir)
+            return _Resumed(target, fork, None, read_run_config(target.run_dir)), lock
+        meta = CheckpointMeta.read(target.checkpoint, RESUME_KEYS)
+        if not fork:
+            check_resume_lineage(target.checkpoint, meta, target.run_dir)
+        elif target.run_dir is None:
+            _logger.info("%s is not in a run directory: forking it into a new run directory", target.checkpoint)
+        return _Resumed(target, fork, meta, meta.config), lock
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _check_resumed_config(cfg: TrainConfig, resumed: _Resumed) -> None:
+    """Refuse a resumed config that cannot continue the run: fewer epochs than done, a model beyond the limits, or
+    (in place) another validation split.
+
+    Raises:
+        ConfigError: What is wrong and what to do instead.
+    """
+    meta = resumed.meta
+    if meta is None:
+        return
+    if cfg.epochs < meta.epoch:
+        raise ConfigError(
+            f"--epochs {cfg.epochs} is fewer than the {meta.epoch} epochs {resumed.target.checkpoint} has done; give "
+            f"--epochs {meta.epoch} or more"
+        )
+    fix = f"the checkpoint {resumed.target.checkpoint} cannot be used"
+    check_model_size(meta.model, meta.model_args, cfg.max_params, fix)
+    fixed = ["holdout", "seed"] if meta.config.get("holdout") is not None or cfg.holdout is not None else []
+    changed = [k for k in fixed if meta.config.get(k, getattr(TrainConfig(), k)) != getattr(cfg, k)]
+    if changed and not resumed.fork:
+        was = ", ".join(f"{k} {meta.config.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"the run was trained with {was}, which choose its held-out validation images: changing them mid-run "
+            f"would validate on images it trained on; resume with the same values, or fork with --name <new name>"
+        )
+    if changed:
+        _logger.warning(
+            "the fork changes %s: its validation images may include images the checkpoint was trained on",
+            ", ".join(changed),
+        )
+
+
 def resolve(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
     """The config, the distributed context and the resumed checkpoint (read once) of a ``gsanet train`` command.
 
+    A run continued in place is locked (:class:`RunLock`) before its checkpoint is read. The resumed checkpoint's
+    config is the base of the config, without :data:`NOT_FROM_CHECKPOINT`; when no ``--data-dir`` is given, its data
+    directory is used for reading only (no download into it).
+
     Raises:
-        TrainError: A bad config or flag, an unusable checkpoint, or a run directory that cannot be written.
+        TrainError: A bad config or flag, an unusable checkpoint, a live run, or a run directory that cannot be
+            written.
     """
     explicit = {k: v for k, v in vars(args).items() if k not in INVOCATION_ONLY}
-    checkpoint, checkpoint_path, run_dir, base, fork = None, None, None, None, False
-    if getattr(args, "resume", None):
-        fork = "name" in explicit or "output" in explicit
-        checkpoint_path, run_dir = resume_paths(args.resume)
-        checkpoint = load_checkpoint(checkpoint_path)
-        meta = CheckpointMeta.from_dict(checkpoint.meta, checkpoint_path, RESUME_KEYS)
-        base = meta.config
-        if fork:
-            run_dir = None  # a new directory, made by restore()
-            base = {k: v for k, v in base.items() if k != "name"}
-        else:
-            check_resume_lineage(checkpoint_path, meta, run_dir)
-    cfg = resolve_config(TrainConfig, explicit, getattr(args, "config", None), base)
+    resumed, lock = _read_resumed(args, explicit) if getattr(args, "resume", None) else (None, None)
+    try:
+        run = _resolve_run(args, argv, explicit, resumed)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def _resolve_run(
+    args: argparse.Namespace, argv: Sequence[str], explicit: dict[str, Any], resumed: _Resumed | None
+) -> TrainingRun:
+    cfg = resolve_config(TrainConfig, explicit, getattr(args, "config", None), resumed.base if resumed else None)
+    read_only_data = False
+    if resumed is not None:
+        _check_resumed_config(cfg, resumed)
+        data_dir = resumed.source.get("data_dir")
+        if isinstance(data_dir, str) and "data_dir" not in explicit and cfg.data_dir == TrainConfig.data_dir:
+            cfg, read_only_data = dataclasses.replace(cfg, data_dir=data_dir), data_dir != TrainConfig.data_dir
     stop_after = getattr(args, "stop_after", None)
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after must be >= 1, got {stop_after}")
@@ -224,7 +352,12 @@ def resolve(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
             "--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU drop it or use a model without "
             "BatchNorm"
         )
+    checkpoint_path = resumed.target.checkpoint if resumed else None
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    run_dir = resumed.target.run_dir if resumed and not resumed.fork else None
+    fork = resumed is not None and resumed.fork
     run = TrainingRun(cfg, list(argv), ctx, stop_after, run_dir, checkpoint, checkpoint_path, fork)
+    run.read_only_data = read_only_data
     if run_dir is not None and ctx.is_main:
         ensure_writable(run.paths.checkpoints)  # before any work: a read-only run fails now, not in an hour
     return run
@@ -246,10 +379,28 @@ def _build_data(run: TrainingRun) -> None:
     cfg, ctx = run.cfg, run.ctx
     if ctx.distributed and not ctx.is_main:
         barrier(ctx)  # rank 0 downloads first; the others then find the files
-    run.datasets, run.info = create_datasets(
+    try:
+        run.datasets, run.info = _create_datasets(run)
+    except DataError as e:
+        if not run.read_only_data:
+            raise
+        raise DataError(
+            f"{e} (the data directory {cfg.data_dir} is the checkpoint's, which is only read, never downloaded into: "
+            "pass --data-dir to choose one)"
+        ) from e
+    if ctx.distributed and ctx.is_main:
+        barrier(ctx)
+    kwargs = {"ctx": ctx, "seed": cfg.seed, "workers": cfg.workers}
+    run.train_loader = create_loader(run.datasets["train"], cfg.batch_size, train=True, **kwargs)
+    run.val_loader = create_loader(run.datasets["val"], cfg.batch_size, train=False, **kwargs)
+
+
+def _create_datasets(run: TrainingRun) -> tuple[dict[str, Any], DataInfo]:
+    cfg, ctx = run.cfg, run.ctx
+    return create_datasets(
         cfg.data,
         cfg.data_dir,
-        download=cfg.download and ctx.is_main,
+        download=cfg.download and ctx.is_main and not run.read_only_data,
         img_size=cfg.img_size,
         model_name=cfg.model,
         augment=cfg.augment,
@@ -260,26 +411,23 @@ def _build_data(run: TrainingRun) -> None:
         val_subset=cfg.val_subset,
         holdout=cfg.holdout,
     )
-    if ctx.distributed and ctx.is_main:
-        barrier(ctx)
-    kwargs = {"ctx": ctx, "seed": cfg.seed, "workers": cfg.workers}
-    run.train_loader = create_loader(run.datasets["train"], cfg.batch_size, train=True, **kwargs)
-    run.val_loader = create_loader(run.datasets["val"], cfg.batch_size, train=False, **kwargs)
 
 
 def _build_model(run: TrainingRun) -> nn.Module:
     cfg, checkpoint = run.cfg, run.checkpoint
     run.model_args = _model_args(cfg, run.info)
-    model = create_model(cfg.model, **run.model_args)
-    if checkpoint is not None:
+    skeleton = check_model_size(cfg.model, run.model_args, cfg.max_params, "fix --model or --model-kwargs")
+    if checkpoint is not None:  # checked on the meta-device skeleton: nothing is allocated for weights that do not fit
         check_state_dict(
-            model.state_dict(),
+            skeleton.state_dict(),
             checkpoint.model_state,
             model_name=cfg.model,
             checkpoint_model=checkpoint.meta.get("model"),
             path=checkpoint.path,
         )
         check_finite(checkpoint.model_state, checkpoint.path)
+    model = create_model(cfg.model, **run.model_args)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint.model_state)
     if cfg.sync_bn and run.ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -421,7 +569,13 @@ def restore(run: TrainingRun) -> None:
             run.model, device_ids=[device] if device.type == "cuda" else None
         )
     if run.run_dir is None:
-        run.run_dir = Path(_broadcast_outcome(lambda: create_run_dir(cfg, run.info.name), ctx))
+
+        def create_and_lock() -> Path:
+            run_dir = create_run_dir(cfg, run.info.name)
+            run.lock = RunLock.acquire(run_dir)
+            return run_dir
+
+        run.run_dir = Path(_broadcast_outcome(create_and_lock, ctx))
         if run.fork:
             _logger.info("forked %s (epoch %d) into %s", run.resume_from, run.start_epoch, run.run_dir)
     if ctx.is_main:
@@ -468,14 +622,15 @@ def _check_disk_space(folder: Path, model: nn.Module, model_ema: Any) -> None:
 def _open_run_dir(run: TrainingRun) -> None:
     """Rank 0: clean up, complete or start the checkpoints, write config.yaml and command.txt, open TensorBoard."""
     paths, cfg = run.paths, run.cfg
+    check_run_files(paths.path)
     for folder in (paths.path, paths.checkpoints):
         for stale in clean_stale_tmp(folder):  # left by a process killed while writing
             _logger.info("removed %s, left by an interrupted write", stale)
+    _check_disk_space(paths.checkpoints, unwrap_model(run.model), run.model_ema)
     if run.fork:
         run.commit(run.start_epoch)  # the fork point, so that the new run is resumable and has a best file at once
     else:
         repair_best(paths.checkpoints)
-    _check_disk_space(paths.checkpoints, unwrap_model(run.model), run.model_ema)
     try:
         write_config(cfg, paths.config)
         append_command(paths.command, run.argv)
