@@ -475,17 +475,19 @@ def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
 def test_resume_leaves_a_run_another_process_writes_alone(
     tmp_path: Path, fake_python: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``--resume`` neither moves aside nor restarts a run whose lock file another process holds."""
-    import fcntl
+    """``--resume`` neither moves aside nor restarts a run whose lock ``gsanet train`` holds (its own ``RunLock``)."""
+    from gsanet.train.rundir import RunLock
 
     script, calls = fake_python
     runs, out = tmp_path / "runs", tmp_path / "results"
     spec = RunSpec(compare_plan().variant("conv_resnet26_tiny"), 0, "fashion-mnist", runs)
     spec.run_dir.mkdir(parents=True)  # a live run before its first checkpoint
-    with open(spec.run_dir / runner.RUN_LOCK_FILE, "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    held = RunLock.acquire(spec.run_dir)
+    try:
         code = exp_cli.main(["compare", "--seeds", "0", "--resume", "--runs", str(runs), "--out", str(out),
                              "--python", str(script), "--no-macs"])  # fmt: skip
+    finally:
+        held.release()
     assert code == 1 and f"busy: {spec.run_dir}: another process holds" in capsys.readouterr().err
     assert spec.run_dir.is_dir() and not list(runs.glob("fashion-mnist/conv_resnet26_tiny-s0.incomplete-*"))
     assert not any("conv_resnet26_tiny" in line for line in calls.read_text().splitlines())

@@ -77,9 +77,9 @@ __all__ = [
 COMMANDS_FILE = "experiment_commands.txt"
 """The file of ``<runs>/<data>/`` that records every ``gsanet experiment`` command that trained there."""
 
-RUN_LOCK_FILE = ".lock"
-"""The lock file ``gsanet train`` holds (``fcntl.flock``) in its run directory while it writes there; it must be the
-name the train side uses (gsanet/train/rundir.py)."""
+RUN_LOCK_FILE = RunDir(".").lock.name
+"""The lock file ``gsanet train`` holds (``fcntl.flock``) in its run directory while it writes there
+(:class:`gsanet.train.rundir.RunLock`)."""
 
 METRICS_COLUMNS = ("epoch", "val_top1", "train_seconds")
 """The ``metrics.csv`` columns the experiment reads (the study's curves); each cell must be a finite number."""
