@@ -24,6 +24,7 @@ applies (``RelPosModule.axis_weights``, ``RelPosModule.plane_weights``), and ``r
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -283,6 +284,38 @@ class RelPosModule(nn.Module):
             ``(B, h, N, N)``, ``N = H * W`` in row-major pixel order, zero outside the span.
         """
         return plane_weights(q, self.rel_col, self.rel_row, pos_span=self.pos_span, softmax=self.pos_softmax)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Fits the incoming global tables to this module with ``fit_rel_pos_state`` before loading them.
+
+        Weights saved at another input size therefore load through ``load_state_dict`` and everything built on it
+        (timm's ``pretrained=True``, ``pretrained_cfg_overlay``, ``checkpoint_path``, ``load_checkpoint``): a shorter
+        table is extended, a longer one grows this module's table. A grown table stays the same ``Parameter`` object
+        (its ``data`` is replaced), so an optimizer built before loading still holds it. Other mismatches (a windowed
+        table of another span, another width) are left for ``load_state_dict`` to report, and strict loading still
+        reports missing and unexpected keys. Runs only when loading; the forward pass is unchanged.
+        """
+        keys = {attr: prefix + attr for attr in ("rel_col", "rel_row") if prefix + attr in state_dict}
+        held = {attr: getattr(self, attr) for attr in keys}
+        fitted = fit_rel_pos_state({attr: state_dict[key] for attr, key in keys.items()}, self) if keys else {}
+        for attr, key in keys.items():
+            state_dict[key] = fitted[attr]  # a copy of the caller's dict (load_state_dict makes one)
+            param, old = getattr(self, attr), held[attr]
+            if old is not None and param is not old:  # grown: keep the Parameter object, give it the new shape
+                old.data = param.data
+                setattr(self, attr, old)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 @torch.no_grad()
