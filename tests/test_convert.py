@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import runpy
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import timm
@@ -143,3 +145,12 @@ def test_conversion_refuses_what_it_cannot_do() -> None:
     fixed = nn.Sequential(OrderedDict(stem=tiny.stem, layer1=tiny.layer1, flat=nn.Flatten(), head=nn.Linear(320, 3)))
     with pytest.raises(ValueError, match=r"could not run Sequential on a \(1, 3, 5, 5\) input .* pass an img_size"):
         gsanet.convert_to_gsa(fixed, img_size=5)
+
+
+def test_the_finetuning_script_runs(fmnist: Path, one_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """``scripts/finetune_converted.py`` (the README's example) converts, fine-tunes and evaluates."""
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "finetune_converted.py"))
+    argv = ["--stages", "4", "--img-size", "16", "--steps", "2", "--batch-size", "8", "--eval-images", "16"]
+    assert script["main"]([*argv, "--data-dir", str(fmnist), "--log-every", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "converted 4 convolutions" in out and "step 2/2" in out and "top-1 on the first 16 test images" in out
