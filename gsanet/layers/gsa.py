@@ -238,7 +238,7 @@ class GlobalSelfAttention(RelPosModule):
             )
         if not x.is_floating_point():
             raise TypeError(f"GlobalSelfAttention expects a floating-point input, got {x.dtype}")
-        if self.training and self.norm is not None and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        if self.training and x.shape[2] == 1 and x.shape[3] == 1 and x.shape[0] == 1 and self.norm is not None:
             raise ValueError(
                 "GlobalSelfAttention in training mode got a batch of one 1x1 map: the batch norm between its column "
                 "and row layers has one value per channel, whose batch statistics are undefined (nn.BatchNorm2d "
