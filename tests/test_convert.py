@@ -141,6 +141,10 @@ def test_conversion_refuses_what_it_cannot_do() -> None:
         gsanet.convert_to_gsa(TinyNet(), stages=(2,))
     with pytest.raises(TypeError, match=r"convert_to_gsa sets \['stride'\] from each convolution"):
         gsanet.convert_to_gsa(TinyNet(), stride=2)
+    model = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match=r"cannot replace layer1\.0\.conv1 .*dim_out=64 is not divisible by heads=3"):
+        gsanet.convert_to_gsa(model, img_size=32, heads=3)
+    assert not gsa_modules(model)  # refused before any replacement
     tiny = TinyNet()
     fixed = nn.Sequential(OrderedDict(stem=tiny.stem, layer1=tiny.layer1, flat=nn.Flatten(), head=nn.Linear(320, 3)))
     with pytest.raises(ValueError, match=r"could not run Sequential on a \(1, 3, 5, 5\) input .* pass an img_size"):

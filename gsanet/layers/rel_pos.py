@@ -360,8 +360,9 @@ def fit_rel_pos_state(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
     A model built for another input size (``img_size``) has tables of another length. A loaded table shorter than the
     module's is extended by edge replication (``extend_rel_pos``, exactly what the module computes at forward time);
     a longer one is kept whole: the module's table grows to its length (``max_size`` with it), so no learned
-    embedding is dropped. Either way the loaded model computes on any input what the saved model computed. Used as
-    timm's ``pretrained_filter_fn``; other shape mismatches are left for ``load_state_dict`` to report.
+    embedding is dropped. Either way the loaded model computes on any input what the saved model computed. Every GSA
+    module calls it on the tables it loads (``RelPosModule._load_from_state_dict``), so ``load_state_dict`` needs no
+    explicit call; other shape mismatches are left for ``load_state_dict`` to report.
 
     Args:
         state_dict: the weights to load (not modified; a new dict is returned).

@@ -114,7 +114,10 @@ def _input_sizes(
     """The (height, width) of the map each convolution sees at ``img_size``: one forward pass of a 1-image batch in
     eval mode (no batch norm statistics change), every module's mode restored after."""
     first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")  # timm names the input conv
-    first = model.get_submodule(first_conv) if isinstance(first_conv, str) else None
+    try:
+        first = model.get_submodule(first_conv) if isinstance(first_conv, str) else None
+    except AttributeError:
+        first = None
     if not isinstance(first, nn.Conv2d):
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     param = next(model.parameters())
@@ -182,17 +185,22 @@ def convert_to_gsa(
     size = _default_img_size(model) if img_size is None else to_pair(img_size, "img_size")
     convs = _chosen_convs(model, stages)
     sizes = _input_sizes(model, convs, size)
-    for name, conv in convs.items():
-        layer = GlobalSelfAttention(
-            conv.in_channels,
-            conv.out_channels,
-            heads=heads,
-            stride=conv.stride[0],
-            feat_size=sizes.get(name),  # None (the module's default) for a convolution the forward pass never reaches
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **gsa_kwargs,
-        )
+    layers = {}
+    for name, conv in convs.items():  # every module built before any is put in: a refusal leaves the model as it was
+        try:
+            layers[name] = GlobalSelfAttention(
+                conv.in_channels,
+                conv.out_channels,
+                heads=heads,
+                stride=conv.stride[0],
+                feat_size=sizes.get(name),  # None (the module's default) for a convolution no forward pass reaches
+                device=conv.weight.device,
+                dtype=conv.weight.dtype,
+                **gsa_kwargs,
+            ).train(conv.training)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"cannot replace {name} ({conv}) with a GSA module: {error}") from error
+    for name, layer in layers.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer.train(conv.training))
+        setattr(model.get_submodule(parent_name), child, layer)
     return model
