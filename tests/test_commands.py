@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +93,16 @@ def test_unknown_command_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixtu
         err.startswith("gsanet: error: unknown command 'no-such-command'; commands: train, eval")
         and err.count("\n") == 1
     )
+
+
+def test_python_dash_m_gsanet_is_the_command_line() -> None:
+    """``python -m gsanet`` runs ``gsanet.cli.main`` and exits with its code."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "gsanet", "no-such-command"]
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("gsanet: error: unknown command 'no-such-command'; commands: train, eval")
 
 
 @pytest.mark.parametrize("command", _marked(COMMANDS))

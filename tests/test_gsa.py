@@ -374,3 +374,17 @@ def test_torchscript_script_refused_clearly_trace_works() -> None:
     x = torch.randn(3, 8, 5, 7)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_training_batch_of_one_1x1_map_says_why() -> None:
+    """One value per channel reaches the inner batch norm: refused with the reason (torch's own message names no
+    module), while eval mode, a larger batch or map, and a module without the norm run."""
+    m = GlobalSelfAttention(16, heads=2).double().train()
+    one = torch.randn(1, 16, 1, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"training mode got a batch of one 1x1 map: the batch norm .* \.eval\(\)"):
+        m(one)
+    for x in (torch.randn(2, 16, 1, 1, dtype=torch.float64), torch.randn(1, 16, 2, 1, dtype=torch.float64)):
+        assert torch.isfinite(m(x)).all()
+    assert torch.isfinite(m.eval()(one)).all()
+    for kwargs in (dict(positional=False), dict(axial=False)):  # no inner norm
+        assert torch.isfinite(GlobalSelfAttention(16, heads=2, **kwargs).double().train()(one)).all()

@@ -1,8 +1,8 @@
-"""The wheel built from the repository: its dependencies build the kernel, and it works installed outside the tree.
+"""The wheel built from the repository: what it carries, and that it works installed outside the tree.
 
-Slow (a wheel build and a kernel compile), and offline: the wheel is built without build isolation and installed
-without dependencies into a fresh target folder; the dependencies (torch, timm, ...) come from the running
-environment, so nothing is downloaded.
+Offline: the wheel is built without build isolation and installed without dependencies into a fresh target folder;
+the dependencies (torch, timm, ...) come from the running environment, so nothing is downloaded. Building the wheel
+takes seconds (its contents are checked in the default suite); installing it and compiling the kernel is slow.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-pytestmark = pytest.mark.slow
+PIP = [sys.executable, "-m", "pip"]
 
 CHECK = """
 import pathlib, sys, timm, torch
@@ -33,23 +32,41 @@ print("ok")
 """
 
 
-def test_wheel_installs_and_builds_the_kernel(tmp_path: Path) -> None:
-    dist, target, source = tmp_path / "dist", tmp_path / "site", tmp_path / "source"
-    source.mkdir()  # a copy of the sources: the build writes its build/ folder beside them
-    for name in ("pyproject.toml", "README.md"):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from a copy of the sources (the build writes its build/ folder beside them)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
+    dist, source = tmp_path / "dist", tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, source / name)
     shutil.copytree(ROOT / "gsanet", source / "gsanet", ignore=shutil.ignore_patterns("__pycache__"))
-    pip = [sys.executable, "-m", "pip"]
-    build = [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(dist), "-q"]
+    build = [*PIP, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(dist), "-q"]
     subprocess.run(build, check=True, cwd=tmp_path)
-    (wheel,) = dist.glob("gsanet-*.whl")
+    (built,) = dist.glob("gsanet-*.whl")
+    return built
+
+
+def test_wheel_carries_data_license_and_dependencies(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        (license_file,) = (n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+        license_text = zf.read(license_file).decode()
     assert {"gsanet/weights/gsa_resnet26_tiny_fmnist.safetensors", "gsanet/layers/csrc/axial_rel_pos.cpp"} <= names
-    requires = {line.split(":", 1)[1].split()[0] for line in metadata.splitlines() if line.startswith("Requires-Dist:")}
+    assert "gsanet/__main__.py" in names
+    assert license_text == (ROOT / "LICENSE").read_text() and "Apache License" in license_text
+    assert "Version 2.0, January 2004" in license_text and "END OF TERMS AND CONDITIONS" in license_text
+    fields = [tuple(part.strip() for part in line.split(":", 1)) for line in metadata.splitlines() if ": " in line]
+    assert ("License-Expression", "Apache-2.0") in fields and ("License-File", "LICENSE") in fields
+    requires = {value.split()[0] for key, value in fields if key == "Requires-Dist"}
     assert {"torch>=2.4", "timm>=1.0.15", "ninja"} <= requires
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel), "-q"], check=True)
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_builds_the_kernel(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([*PIP, "install", "--no-deps", "--target", str(target), str(wheel), "-q"], check=True)
     env = {
         **os.environ,
         "PYTHONPATH": str(target),  # the installed wheel only, not the repository

@@ -147,3 +147,27 @@ def test_pretrained_at_another_img_size(img_size: int | tuple[int, int]) -> None
             expected = reference(x)
             torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
         assert torch.isfinite(expected).all()
+
+
+@pytest.mark.parametrize("path", ["checkpoint_path", "pretrained_cfg_overlay", "load_checkpoint", "load_state_dict"])
+def test_weights_load_at_another_img_size_through_every_path(path: str) -> None:
+    """Weights saved at one size load into a model built at another by each ordinary path (each GSA module fits the
+    tables it loads), and the model computes what the saved one computes, at the saved size and a larger one."""
+    name, file = "gsa_resnet26_tiny", str(SHIPPED["gsa_resnet26_tiny"].path)
+    reference = _create(name).eval()
+    x = {size: torch.randn(2, 1, *size) for size in ((28, 28), (40, 36))}
+    for img_size in (16, 64):  # shorter and longer tables than the saved 28x28 model's
+        if path == "checkpoint_path":
+            model = timm.create_model(name, img_size=img_size, checkpoint_path=file)
+        elif path == "pretrained_cfg_overlay":
+            model = _create(name, img_size=img_size, pretrained_cfg_overlay=dict(file=file))
+        else:
+            model = timm.create_model(name, img_size=img_size)
+            if path == "load_checkpoint":
+                timm.models.load_checkpoint(model, file)
+            else:
+                model.load_state_dict(load_file(file))
+        model.eval()
+        with torch.no_grad():
+            for inputs in x.values():
+                torch.testing.assert_close(model(inputs), reference(inputs), rtol=1e-5, atol=1e-5)

@@ -88,3 +88,44 @@ def test_plane_weights_are_what_the_2d_layer_applies(kwargs: dict) -> None:
     expected = torch.einsum("bhnm,bhdm->bhdn", m.plane_weights(q), v.reshape(B, h, dv, H * W))
     with torch.no_grad():
         torch.testing.assert_close(m(x), expected.reshape(B, h * dv, H, W), rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+@pytest.mark.parametrize("built", [(4, 3), (9, 8)], ids=["shorter_tables", "longer_tables"])
+def test_load_state_dict_fits_tables_saved_at_another_size(built: tuple[int, int]) -> None:
+    """Plain ``load_state_dict`` loads tables saved at another size: the module computes what the saved one computes,
+    within and beyond the saved size, and its table parameters stay the objects an optimizer holds."""
+    saved = randomize_(GlobalSelfAttention(8, heads=2, feat_size=(6, 5)).double(), seed=3).eval()
+    module = GlobalSelfAttention(8, heads=2, feat_size=built).double().eval()
+    params = dict(module.named_parameters())
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    result = module.load_state_dict(saved.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    assert dict(module.named_parameters()) == params  # the same Parameter objects
+    assert module.max_size == (max(built[0], 6), max(built[1], 5))  # a longer saved table is kept whole
+    for size in ((6, 5), (11, 13)):
+        x = torch.randn(2, 8, *size, dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), saved(x), rtol=1e-10, atol=1e-10)
+    module.train()
+    module(torch.randn(2, 8, 7, 6, dtype=torch.float64)).square().sum().backward()
+    before = module.rel_col.detach().clone()
+    optimizer.step()
+    assert not torch.equal(module.rel_col, before)  # the optimizer trains the loaded table
+
+
+def test_load_state_dict_still_reports_real_mismatches() -> None:
+    saved = GlobalSelfAttention(8, heads=2, feat_size=6).state_dict()
+    module = GlobalSelfAttention(8, heads=2, feat_size=4)
+    missing = {k: v for k, v in saved.items() if k != "rel_row"}
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"rel_row\""):
+        module.load_state_dict(missing)
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"extra\""):
+        module.load_state_dict({**saved, "extra": torch.zeros(1)})
+    result = module.load_state_dict(missing, strict=False)
+    assert result.missing_keys == ["rel_row"] and module.rel_col.shape[0] == 11  # the present table was fitted
+    windowed = GlobalSelfAttention(8, heads=2, pos_span=5)  # a window of another span is not a size change
+    with pytest.raises(RuntimeError, match="size mismatch for rel_col"):
+        windowed.load_state_dict(GlobalSelfAttention(8, heads=2, pos_span=3).state_dict())
+    with pytest.raises(RuntimeError, match="size mismatch for rel_col"):  # another width
+        module.load_state_dict(GlobalSelfAttention(16, 16, heads=2, feat_size=6).state_dict(), strict=False)

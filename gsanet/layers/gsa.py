@@ -54,6 +54,7 @@ from .rel_pos import (
 
 __all__ = [
     "GlobalSelfAttention",
+    "auto_heads",
     # at home in rel_pos, axial_ops and axial_kernel; importable from here too
     "AxialRelPosAttention",
     "FusedAxialRelPosAttention",
@@ -65,6 +66,18 @@ __all__ = [
 ]
 
 _DEFAULT_MAX_SIZE = 64
+_MAX_AUTO_HEADS, _MIN_AUTO_HEAD_DIM = 8, 8
+
+
+def auto_heads(dim_out: int, dim_key: int | None = None) -> int:
+    """The heads ``heads=None`` chooses: the largest count that divides both ``dim_out`` and ``dim_key`` (default
+    ``dim_out``), at most 8 and at most ``dim_key // 8`` (at least 1), so each head keeps >= 8 key channels where the
+    width allows. For multiples of 8 this is the GSA-ResNets' rule ``min(8, width // 8)`` (64 -> 8, 32 -> 4); other
+    widths get a divisor: 100 -> 5, 36 -> 4, 20 -> 2, 3 -> 1.
+    """
+    dim_key = dim_out if dim_key is None else dim_key
+    cap = min(_MAX_AUTO_HEADS, max(1, dim_key // _MIN_AUTO_HEAD_DIM))
+    return next(h for h in range(cap, 0, -1) if dim_out % h == 0 and dim_key % h == 0)
 
 
 @register_notrace_module  # a leaf for FX (timm's feature_cls="fx", create_feature_extractor): its shapes drive Python
@@ -81,7 +94,8 @@ class GlobalSelfAttention(RelPosModule):
     Args:
         dim: input channels.
         dim_out: output channels (default ``dim``).
-        heads: attention heads; must divide ``dim_key`` and ``dim_out``.
+        heads: attention heads; must divide ``dim_key`` and ``dim_out``. ``None`` chooses them (``auto_heads``: the
+            largest count <= 8 that divides both and keeps >= 8 key channels a head), for any width.
         dim_key: query/key channels (default ``dim_out``).
         stride: 1, or 2 for a 2x2 average pool after the module.
         pos_span: ``None`` for a global positional span, or an odd window length L.
@@ -106,7 +120,7 @@ class GlobalSelfAttention(RelPosModule):
         dim: int,
         dim_out: int | None = None,
         *,
-        heads: int = 8,
+        heads: int | None = 8,
         dim_key: int | None = None,
         stride: int = 1,
         pos_span: int | None = None,
@@ -125,11 +139,12 @@ class GlobalSelfAttention(RelPosModule):
         dim = check_int(dim, "dim")
         dim_out = dim if dim_out is None else check_int(dim_out, "dim_out")
         dim_key = dim_out if dim_key is None else check_int(dim_key, "dim_key")
-        heads = check_int(heads, "heads")
+        heads = auto_heads(dim_out, dim_key) if heads is None else check_int(heads, "heads")
         for name, width in (("dim_out", dim_out), ("dim_key", dim_key)):
             if width % heads:
                 raise ValueError(
-                    f"{name}={width} is not divisible by heads={heads}: choose heads among the divisors of {width}"
+                    f"{name}={width} is not divisible by heads={heads}: choose heads among the divisors of {width}, "
+                    f"or heads=None to let the module choose (auto_heads)"
                 )
         if isinstance(stride, bool) or stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}; for more downsampling stack modules or pool")
@@ -223,6 +238,12 @@ class GlobalSelfAttention(RelPosModule):
             )
         if not x.is_floating_point():
             raise TypeError(f"GlobalSelfAttention expects a floating-point input, got {x.dtype}")
+        if self.training and x.shape[2] == 1 and x.shape[3] == 1 and x.shape[0] == 1 and self.norm is not None:
+            raise ValueError(
+                "GlobalSelfAttention in training mode got a batch of one 1x1 map: the batch norm between its column "
+                "and row layers has one value per channel, whose batch statistics are undefined (nn.BatchNorm2d "
+                "refuses the same); train with a batch of at least 2 or a larger map, or call .eval()"
+            )
 
     # ------------------------------------------------------------------ branches
     def _content(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

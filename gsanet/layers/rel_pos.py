@@ -24,6 +24,7 @@ applies (``RelPosModule.axis_weights``, ``RelPosModule.plane_weights``), and ``r
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -284,6 +285,38 @@ class RelPosModule(nn.Module):
         """
         return plane_weights(q, self.rel_col, self.rel_row, pos_span=self.pos_span, softmax=self.pos_softmax)
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Fits the incoming global tables to this module with ``fit_rel_pos_state`` before loading them.
+
+        Weights saved at another input size therefore load through ``load_state_dict`` and everything built on it
+        (timm's ``pretrained=True``, ``pretrained_cfg_overlay``, ``checkpoint_path``, ``load_checkpoint``): a shorter
+        table is extended, a longer one grows this module's table. A grown table stays the same ``Parameter`` object
+        (its ``data`` is replaced), so an optimizer built before loading still holds it. Other mismatches (a windowed
+        table of another span, another width) are left for ``load_state_dict`` to report, and strict loading still
+        reports missing and unexpected keys. Runs only when loading; the forward pass is unchanged.
+        """
+        keys = {attr: prefix + attr for attr in ("rel_col", "rel_row") if prefix + attr in state_dict}
+        held = {attr: getattr(self, attr) for attr in keys}
+        fitted = fit_rel_pos_state({attr: state_dict[key] for attr, key in keys.items()}, self) if keys else {}
+        for attr, key in keys.items():
+            state_dict[key] = fitted[attr]  # a copy of the caller's dict (load_state_dict makes one)
+            param, old = getattr(self, attr), held[attr]
+            if old is not None and param is not old:  # grown: keep the Parameter object, give it the new shape
+                old.data = param.data
+                setattr(self, attr, old)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
 
 @torch.no_grad()
 def resize_rel_pos(module: nn.Module, size: int | tuple[int, int]) -> nn.Module:
@@ -327,8 +360,9 @@ def fit_rel_pos_state(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
     A model built for another input size (``img_size``) has tables of another length. A loaded table shorter than the
     module's is extended by edge replication (``extend_rel_pos``, exactly what the module computes at forward time);
     a longer one is kept whole: the module's table grows to its length (``max_size`` with it), so no learned
-    embedding is dropped. Either way the loaded model computes on any input what the saved model computed. Used as
-    timm's ``pretrained_filter_fn``; other shape mismatches are left for ``load_state_dict`` to report.
+    embedding is dropped. Either way the loaded model computes on any input what the saved model computed. Every GSA
+    module calls it on the tables it loads (``RelPosModule._load_from_state_dict``), so ``load_state_dict`` needs no
+    explicit call; other shape mismatches are left for ``load_state_dict`` to report.
 
     Args:
         state_dict: the weights to load (not modified; a new dict is returned).

@@ -19,8 +19,8 @@ What is this project's choice (the reasons are in ``docs/design.md``):
       (the default input size unless given), rounded up to a multiple of the network stride so that every
       ceil-mode downsampling stays covered. Any input size runs (``fixed_input_size=False``): on larger inputs the
       GSA modules extend their tables at forward time by edge replication (``gsanet.layers.extend_rel_pos``), so
-      ``img_size`` only decides which offsets get learned embeddings of their own. Pretrained weights load at any
-      ``img_size``: ``gsanet.layers.fit_rel_pos_state`` (the ``pretrained_filter_fn``) fits their tables.
+      ``img_size`` only decides which offsets get learned embeddings of their own. Weights load at any
+      ``img_size`` through every loading path: each GSA module fits the tables it loads (``fit_rel_pos_state``).
 
 Every registered model is a ``GsaResNetArch`` below; a variant (GSA in the last two stages only, content attention
 only, ...) is a ``dataclasses.replace`` of it. Every entrypoint also takes ``width_mult``, ``gsa_stages`` and
@@ -42,7 +42,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from torch import nn
 
-from ..layers import GlobalSelfAttention, fit_rel_pos_state
+from ..layers import GlobalSelfAttention
 from .pretrained import FMNIST_MEAN, FMNIST_STD, SHIPPED, shipped_cfg
 
 __all__ = [
@@ -386,7 +386,6 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> GsaResNet:
         variant,
         pretrained,
         model_cfg=make_model_cfg(arch),
-        pretrained_filter_fn=fit_rel_pos_state,
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
     )
