@@ -323,12 +323,12 @@ def test_empty_batch(path: str, kwargs: dict, train: bool, monkeypatch: pytest.M
 @pytest.mark.parametrize("path", ["fused", "gemm", "pos_softmax", "non_axial"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_larger_input_equals_explicit_resize_rel_pos(path: str, stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beyond ``feat_size`` the module extends its tables at forward time: the output and every gradient equal those
-    of a copy whose tables ``resize_rel_pos`` enlarged (the extra rows' gradients summed into the edge rows), and the
-    per-pixel reference run on that copy."""
+    """Beyond ``feat_size`` the module extends its tables at forward time: under edge replication the output and
+    every gradient equal those of a copy whose tables ``resize_rel_pos`` enlarged (the extra rows' gradients summed
+    into the edge rows), and the per-pixel reference run on that copy."""
     if path == "gemm":
         monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
-    kwargs = dict(pos_softmax=path == "pos_softmax", axial=path != "non_axial")
+    kwargs = dict(pos_softmax=path == "pos_softmax", axial=path != "non_axial", rel_pos_extend="edge", pos_scale=False)
     H, W = 9, 7
     m, resized = (
         randomize_(GlobalSelfAttention(8, heads=2, feat_size=(4, 3), stride=stride, **kwargs).double(), 3).train()
