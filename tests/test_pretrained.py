@@ -7,12 +7,13 @@ from collections.abc import Iterator
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
 
 import gsanet  # noqa: F401  (registers the models)
-from gsanet.models.pretrained import SHIPPED, evaluate_shipped, shipped_cfg
-from gsanet.train.data import find_fashion_mnist
+from gsanet.models.pretrained import FMNIST_MEAN, FMNIST_STD, SHIPPED, evaluate_shipped, shipped_cfg
+from gsanet.train.data import find_fashion_mnist, idx_file, read_idx
 
 TOLERANCE = 0.2  # accuracy points
 NAMES = sorted(SHIPPED)
@@ -145,3 +146,34 @@ def test_pretrained_at_another_img_size(img_size: int | tuple[int, int]) -> None
             expected = reference(x)
             torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
         assert torch.isfinite(expected).all()
+
+
+def _first_test_images(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` Fashion-MNIST test images resized (bilinear) to ``size`` and normalised, and their labels."""
+    folder = find_fashion_mnist("data")
+    images = read_idx(idx_file(folder, "t10k-images-idx3-ubyte"))[:n].unsqueeze(1).float() / 255.0
+    labels = read_idx(idx_file(folder, "t10k-labels-idx1-ubyte"))[:n].long()
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False) if size != 28 else images
+    return (images - FMNIST_MEAN[0]) / FMNIST_STD[0], labels
+
+
+@needs_data
+@pytest.mark.parametrize("size", [56, 64])
+def test_shipped_gsa_model_keeps_sensible_values_at_larger_inputs(size: int) -> None:
+    """At 2x and 2.3x its training size the shipped GSA model gives finite logits of the size it gives at 28 px (its
+    largest there is 4.6) and classifies well above chance (results/size_sweep.md: 74% at 56 px on 1,000 images)."""
+    x, labels = _first_test_images(100, size)
+    with torch.no_grad():
+        logits = _create("gsa_resnet26_tiny").eval()(x)
+    assert torch.isfinite(logits).all()
+    assert logits.abs().max() < 10
+    assert (logits.argmax(1) == labels).double().mean() > 0.4
+
+
+def test_size_policy_leaves_the_trained_size_unchanged() -> None:
+    """At 28 px (and below) the tables cover every offset: the default size policy computes bit for bit what edge
+    replication without scaling (the behaviour before the policy existed) computes."""
+    x = torch.randn(4, 1, 28, 28)
+    before = _create("gsa_resnet26_tiny", gsa_kwargs=dict(rel_pos_extend="edge", pos_scale=False)).eval()
+    with torch.no_grad():
+        assert torch.equal(_create("gsa_resnet26_tiny").eval()(x), before(x))
