@@ -1,7 +1,8 @@
 """Fine-tune a shipped Fashion-MNIST model at another input size, starting from its 28x28 weights.
 
-The model is built at the new size (``img_size``, so its GSA tables are fitted to it by ``fit_rel_pos_state``), loads
-the shipped weights, is evaluated at that size before any step, trains a few epochs on a fixed subset of the training
+The model is built at the new size (``img_size``; ``fit_rel_pos_state`` keeps the loaded GSA tables whole, and the
+modules extend them at forward time by their size policy, so gradients reach the learned rows), loads the shipped
+weights, is evaluated at that size before any step, trains a few epochs on a fixed subset of the training
 images resized to the new size (bilinear, antialiased, as ``gsanet train --img-size`` resizes them), and is evaluated
 on the first ``--test`` test images. Prints one CSV row and appends it to ``--csv``; no checkpoint is written::
 
