@@ -17,7 +17,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 from PIL import Image
@@ -35,6 +34,7 @@ POLICIES = (  # (label, gsa_kwargs); the first is the behaviour before the size 
     ("interp+scale", dict(rel_pos_extend="interp", pos_scale=True)),
 )
 GSA, CONV = "gsa_resnet26_tiny.fmnist", "conv_resnet26_tiny.fmnist"
+OVERFLOW = 1e30  # where the plot draws an infinite or NaN largest logit
 FIELDS = ("model", "policy", "img_size", "scale", "images", "top1", "max_abs_logit", "nonfinite", "loss")
 
 
@@ -130,10 +130,10 @@ def plot(rows: list[dict], path: Path) -> None:
         name = "conv twin" if m == "conv" else f"gsa {p}"
         style = dict(marker="o", linestyle="--" if m == "conv" else "-", label=name)
         ax_acc.plot(sizes, [r["top1"] for r in rs], **style)
-        logits = [r["max_abs_logit"] if np.isfinite(r["max_abs_logit"]) else np.nan for r in rs]
+        logits = [min(float(r["max_abs_logit"]), OVERFLOW) for r in rs]  # inf and NaN drawn at OVERFLOW
         ax_logit.plot(sizes, logits, **style)
     ax_acc.set(xlabel="input size (px), trained at 28", ylabel="test top-1 (%)", ylim=(0, 100))
-    ax_logit.set(xlabel="input size (px), trained at 28", ylabel="largest |logit| (log)", yscale="log")
+    ax_logit.set(xlabel="input size (px), trained at 28", ylabel="largest |logit| (log; inf/NaN at 1e30)", yscale="log")
     for ax in (ax_acc, ax_logit):
         ax.axvline(28, color="grey", lw=0.8)
         ax.grid(alpha=0.3)
@@ -150,10 +150,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="results")
+    parser.add_argument("--replot", action="store_true", help="only redraw <out>/size_sweep.png from its CSV")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.replot:
+        with open(out / "size_sweep.csv", newline="") as f:
+            rows = [{k: v if k in ("model", "policy") else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        plot(rows, out / "size_sweep.png")
+        return
     torch.set_num_threads(args.threads)
     rows = sweep(args.sizes, args.limit, args.batch, args.data_dir)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "size_sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
