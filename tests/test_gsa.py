@@ -215,16 +215,30 @@ def test_timm_byobnet_uses_it_as_self_attn_layer() -> None:
 
 
 def test_resize_rel_pos_keeps_learned_offsets() -> None:
+    """Under edge replication (or zero extension) without scaling the learned offsets keep their embeddings: the
+    output is unchanged at the old size and at the new one."""
     torch.manual_seed(0)
-    m = GlobalSelfAttention(8, heads=2, feat_size=(6, 5)).eval()
-    x_small = torch.randn(1, 8, 6, 5)
+    m = GlobalSelfAttention(8, heads=2, feat_size=(6, 5), rel_pos_extend="edge", pos_scale=False).eval()
+    x_small, x_large = torch.randn(1, 8, 6, 5), torch.randn(1, 8, 10, 12)
     with torch.no_grad():
-        before = m(x_small)
+        before, before_large = m(x_small), m(x_large)
     resize_rel_pos(m, (10, 12))
     assert m.max_size == (10, 12) and m.rel_col.shape[0] == 19 and m.rel_row.shape[0] == 23
     with torch.no_grad():
         torch.testing.assert_close(m(x_small), before)
-        assert m(torch.randn(1, 8, 10, 12)).shape == (1, 8, 10, 12)
+        torch.testing.assert_close(m(x_large), before_large)
+
+
+def test_resize_rel_pos_under_the_default_policy_keeps_the_new_size() -> None:
+    """Under the default policy the stored tables are the resampled, scaled ones the module uses at the new size: the
+    output at exactly that size is unchanged (smaller inputs now use the resampled tables as they are)."""
+    m = randomize_(GlobalSelfAttention(8, heads=2, feat_size=(6, 5)).double(), 6).eval()
+    x_large = torch.randn(2, 8, 10, 12, dtype=torch.float64)
+    with torch.no_grad():
+        before = m(x_large)
+        resize_rel_pos(m, (10, 12))
+        assert m.max_size == (10, 12) and m.rel_col.shape[0] == 19
+        torch.testing.assert_close(m(x_large), before, rtol=1e-12, atol=1e-12)
 
 
 def test_state_dict_round_trip() -> None:
@@ -323,12 +337,12 @@ def test_empty_batch(path: str, kwargs: dict, train: bool, monkeypatch: pytest.M
 @pytest.mark.parametrize("path", ["fused", "gemm", "pos_softmax", "non_axial"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_larger_input_equals_explicit_resize_rel_pos(path: str, stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beyond ``feat_size`` the module extends its tables at forward time: the output and every gradient equal those
-    of a copy whose tables ``resize_rel_pos`` enlarged (the extra rows' gradients summed into the edge rows), and the
-    per-pixel reference run on that copy."""
+    """Beyond ``feat_size`` the module extends its tables at forward time: under edge replication the output and
+    every gradient equal those of a copy whose tables ``resize_rel_pos`` enlarged (the extra rows' gradients summed
+    into the edge rows), and the per-pixel reference run on that copy."""
     if path == "gemm":
         monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
-    kwargs = dict(pos_softmax=path == "pos_softmax", axial=path != "non_axial")
+    kwargs = dict(pos_softmax=path == "pos_softmax", axial=path != "non_axial", rel_pos_extend="edge", pos_scale=False)
     H, W = 9, 7
     m, resized = (
         randomize_(GlobalSelfAttention(8, heads=2, feat_size=(4, 3), stride=stride, **kwargs).double(), 3).train()

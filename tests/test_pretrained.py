@@ -7,12 +7,13 @@ from collections.abc import Iterator
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
 
 import gsanet  # noqa: F401  (registers the models)
-from gsanet.models.pretrained import SHIPPED, evaluate_shipped, shipped_cfg
-from gsanet.train.data import find_fashion_mnist
+from gsanet.models.pretrained import FMNIST_MEAN, FMNIST_STD, SHIPPED, evaluate_shipped, shipped_cfg
+from gsanet.train.data import find_fashion_mnist, idx_file, read_idx
 
 TOLERANCE = 0.2  # accuracy points
 NAMES = sorted(SHIPPED)
@@ -125,8 +126,8 @@ def test_accuracy_on_the_full_test_set(name: str) -> None:
 
 @pytest.mark.parametrize("img_size", [16, 64, (40, 56)])
 def test_pretrained_at_another_img_size(img_size: int | tuple[int, int]) -> None:
-    """The loaded tables are fitted to a model built for another ``img_size`` (extended, or kept whole when longer):
-    it computes what the model at the weights' own size computes, at that size and at a larger one."""
+    """The loaded tables are kept whole in a model built for another ``img_size`` (its tables take their length): it
+    computes what the model at the weights' own size computes, at that size and at a larger one."""
     name = "gsa_resnet26_tiny"
     reference = timm.create_model(name, pretrained=True).eval()
     model = timm.create_model(name, pretrained=True, img_size=img_size).eval()
@@ -136,11 +137,9 @@ def test_pretrained_at_another_img_size(img_size: int | tuple[int, int]) -> None
 
     built = lengths(timm.create_model(name, img_size=img_size))  # the tables' lengths before loading
     assert built != lengths(reference)
-    assert lengths(model) == [max(a, b) for a, b in zip(built, lengths(reference), strict=True)]
+    assert lengths(model) == lengths(reference)
     stored = load_file(str(SHIPPED[name].path))["stages.0.0.self_attn.rel_col"]  # (2 * 32 - 1, 16)
-    loaded = model.state_dict()["stages.0.0.self_attn.rel_col"]
-    n = min(len(stored), len(loaded))
-    torch.testing.assert_close(loaded[(len(loaded) - n) // 2 :][:n], stored[(len(stored) - n) // 2 :][:n])
+    torch.testing.assert_close(model.state_dict()["stages.0.0.self_attn.rel_col"], stored, rtol=0, atol=0)
     for size in ((28, 28), (64, 48)):
         x = torch.randn(2, 1, *size)
         with torch.no_grad():
@@ -171,3 +170,34 @@ def test_weights_load_at_another_img_size_through_every_path(path: str) -> None:
         with torch.no_grad():
             for inputs in x.values():
                 torch.testing.assert_close(model(inputs), reference(inputs), rtol=1e-5, atol=1e-5)
+
+
+def _first_test_images(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` Fashion-MNIST test images resized (bilinear) to ``size`` and normalised, and their labels."""
+    folder = find_fashion_mnist("data")
+    images = read_idx(idx_file(folder, "t10k-images-idx3-ubyte"))[:n].unsqueeze(1).float() / 255.0
+    labels = read_idx(idx_file(folder, "t10k-labels-idx1-ubyte"))[:n].long()
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False) if size != 28 else images
+    return (images - FMNIST_MEAN[0]) / FMNIST_STD[0], labels
+
+
+@needs_data
+@pytest.mark.parametrize("size", [56, 64])
+def test_shipped_gsa_model_keeps_sensible_values_at_larger_inputs(size: int) -> None:
+    """At 2x and 2.3x its training size the shipped GSA model gives finite logits of the size it gives at 28 px (its
+    largest there is 4.6) and classifies well above chance (results/size_sweep.md: 74% at 56 px on 1,000 images)."""
+    x, labels = _first_test_images(64, size)
+    with torch.no_grad():
+        logits = _create("gsa_resnet26_tiny").eval()(x)
+    assert torch.isfinite(logits).all()
+    assert logits.abs().max() < 10
+    assert (logits.argmax(1) == labels).double().mean() > 0.4
+
+
+def test_size_policy_leaves_the_trained_size_unchanged() -> None:
+    """At 28 px (and below) the tables cover every offset: the default size policy computes bit for bit what edge
+    replication without scaling (the behaviour before the policy existed) computes."""
+    x = torch.randn(4, 1, 28, 28)
+    before = _create("gsa_resnet26_tiny", gsa_kwargs=dict(rel_pos_extend="edge", pos_scale=False)).eval()
+    with torch.no_grad():
+        assert torch.equal(_create("gsa_resnet26_tiny").eval()(x), before(x))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from gsanet.layers import GlobalSelfAttention
+from gsanet.layers import GlobalSelfAttention, axial_kernel
 from gsanet.layers.rel_pos import (
+    REL_POS_EXTENDS,
+    cover,
     extend_rel_pos,
     relative_to_absolute,
     span_mask,
@@ -30,8 +33,8 @@ def test_relative_to_absolute() -> None:
 
 def test_extend_rel_pos_replicates_the_edge_offsets() -> None:
     table = torch.randn(5, 3, dtype=torch.float64)  # offsets -2 .. 2
-    assert extend_rel_pos(table, 3) is table and extend_rel_pos(table, 2) is table
-    grown = extend_rel_pos(table, 5)  # offsets -4 .. 4
+    assert extend_rel_pos(table, 3, "edge") is table and extend_rel_pos(table, 2, "edge") is table
+    grown = extend_rel_pos(table, 5, "edge")  # offsets -4 .. 4
     assert grown.shape == (9, 3)
     torch.testing.assert_close(grown[2:7], table, rtol=0, atol=0)
     for row in (0, 1):
@@ -102,7 +105,7 @@ def test_load_state_dict_fits_tables_saved_at_another_size(built: tuple[int, int
     result = module.load_state_dict(saved.state_dict())
     assert not result.missing_keys and not result.unexpected_keys
     assert dict(module.named_parameters()) == params  # the same Parameter objects
-    assert module.max_size == (max(built[0], 6), max(built[1], 5))  # a longer saved table is kept whole
+    assert module.max_size == (6, 5)  # the saved tables are kept whole, shorter or longer than the built ones
     for size in ((6, 5), (11, 13)):
         x = torch.randn(2, 8, *size, dtype=torch.float64)
         with torch.no_grad():
@@ -129,3 +132,79 @@ def test_load_state_dict_still_reports_real_mismatches() -> None:
         windowed.load_state_dict(GlobalSelfAttention(8, heads=2, pos_span=3).state_dict())
     with pytest.raises(RuntimeError, match="size mismatch for rel_col"):  # another width
         module.load_state_dict(GlobalSelfAttention(16, 16, heads=2, feat_size=6).state_dict(), strict=False)
+
+
+# ------------------------------------------------------------------------------------------ size policy (issue 22)
+def _resampled(table: torch.Tensor, size: int) -> torch.Tensor:
+    """The ``"interp"`` extension by its definition: offset ``d`` of the new table is offset ``d (M-1)/(S-1)`` of the
+    old one, linearly interpolated channel by channel (NumPy)."""
+    half = (len(table) - 1) // 2
+    old = np.arange(-half, half + 1)
+    new = np.arange(-(size - 1), size) * half / (size - 1)
+    return torch.from_numpy(np.stack([np.interp(new, old, column) for column in table.numpy().T], axis=1))
+
+
+def test_extensions_are_their_definitions() -> None:
+    table = torch.randn(7, 4, dtype=torch.float64)  # offsets -3 .. 3
+    zero = extend_rel_pos(table, 8, "zero")  # offsets -7 .. 7
+    assert torch.equal(zero, torch.cat([torch.zeros(4, 4, dtype=torch.float64), table, torch.zeros(4, 4).double()]))
+    torch.testing.assert_close(extend_rel_pos(table, 8, "interp"), _resampled(table, 8), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(extend_rel_pos(table, 7, "interp")[::2], table, rtol=1e-12, atol=1e-12)  # 2x: kept
+    torch.testing.assert_close(cover(table, 8, None, "interp", True), _resampled(table, 8) * 4 / 8)
+    for mode in REL_POS_EXTENDS:
+        assert extend_rel_pos(table, 4, mode) is table and cover(table, 3, None, mode, True) is table
+        assert cover(table, 9, 7, mode, True) is table  # a windowed table covers any axis
+    with pytest.raises(ValueError, match="rel_pos_extend must be one of 'edge', 'zero', 'interp', got 'nearest'"):
+        extend_rel_pos(table, 8, "nearest")
+    with pytest.raises(ValueError, match="rel_pos_extend must be one of"):
+        GlobalSelfAttention(8, heads=2, rel_pos_extend="linear")
+
+
+def _explicit_copy(m: GlobalSelfAttention, size: tuple[int, int], scale: bool) -> GlobalSelfAttention:
+    """A copy of ``m`` built for ``size`` holding the policy's tables computed independently (``_resampled``, times
+    ``M / S`` with ``scale``): it uses them as they are on an input of ``size``."""
+    copy = GlobalSelfAttention(
+        m.dim, m.dim_out, heads=m.heads, feat_size=size, content=m.content, axial=m.axial, pos_softmax=m.pos_softmax
+    ).double()
+    state = m.state_dict()
+    for name, old, new in (("rel_col", m.max_size[0], size[0]), ("rel_row", m.max_size[1], size[1])):
+        state[name] = _resampled(state[name], new) * (old / new if scale else 1.0)
+    copy.load_state_dict(state)
+    return copy.eval()
+
+
+@pytest.mark.parametrize("path", ["fused", "gemm", "pos_softmax", "non_axial"])
+def test_module_at_twice_its_tables_computes_the_policy(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trained-like module (random non-trivial weights, float64) on an input twice the size its tables cover
+    computes with the default policy's tables: resampled and, for the paper's sum (no softmax), scaled by M / S;
+    the 2-D ablation scales its weights by the product of both axes' factors."""
+    if path == "gemm":
+        monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
+    axial, softmax = path != "non_axial", path == "pos_softmax"
+    m = GlobalSelfAttention(8, heads=2, feat_size=(5, 4), content=axial, axial=axial, pos_softmax=softmax)
+    m = randomize_(m.double(), 4).eval()
+    size = (10, 8)
+    x = torch.randn(2, 8, *size, dtype=torch.float64)
+    with torch.no_grad():
+        out = m(x)
+        if axial:
+            expected = _explicit_copy(m, size, scale=not softmax)(x)
+        else:  # no content, no batch norm: the output is linear in the weights
+            expected = _explicit_copy(m, size, scale=False)(x) * (5 / 10) * (4 / 8)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_positional_sum_at_larger_sizes_keeps_the_trained_bound(factor: int) -> None:
+    """On an axis ``factor`` times the table's, the absolute weights a query gives its line sum to at most
+    ``M * max_d |q . r_d|`` over the learned offsets ``d``, the bound of an axis of the table's length M (a resampled
+    row is a convex combination of learned rows, and the sum of S of them is scaled by M / S)."""
+    M = 6
+    m = randomize_(GlobalSelfAttention(8, heads=2, feat_size=M).double(), 5).eval()
+    q = torch.randn(3, 2, 4, M * factor, 7, dtype=torch.float64)  # (B, h, dk, H, W): the column layer's lines
+    weights = m.axis_weights(q, 0)  # (B, h, W, H, H)
+    learned = m.rel_col.view(2 * M - 1, 2, 4)  # (offsets, h, dk)
+    bound = torch.einsum("bhdaw,ohd->bhwao", q, learned).abs().amax(-1) * M  # (B, h, W, H)
+    total = weights.abs().sum(-1)
+    assert (total <= bound * (1 + 1e-12)).all()
+    assert (total / bound).mean() > 0.15  # and not vanishing (about 0.35 for these random weights)

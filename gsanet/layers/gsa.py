@@ -19,6 +19,9 @@ What is this project's choice (each is a constructor argument; ``docs/design.md`
     * ablation switches ``content``, ``positional``, ``pos_softmax``, ``query_softmax`` (content branch only),
       ``rel_pos`` (off = plain averaging over the span), ``axial`` (off = one 2-D positional attention whose
       logit for offset ``(da, db)`` is ``q . (r^col_da + r^row_db)``, no batch norm; dense O(N^2), for ablations);
+    * beyond the size its global tables cover, ``rel_pos_extend="interp"`` (tables resampled to the axis) and
+      ``pos_scale=True`` (the positional sum scaled by ``table axis / axis``), so a model trained at one size gives
+      sensible values at larger ones (``docs/design.md``, "relative tables");
     * 1x1 projections without bias; embeddings initialised ``N(0, (dim_key/heads)^-1)``;
     * the content branch (key softmax and ``K^T V``) always runs in float32 under autocast.
 
@@ -39,8 +42,10 @@ from .axial_kernel import FusedAxialRelPosAttention
 from .axial_ops import AxialRelPosAttention
 from .helpers import check_int, to_pair
 from .rel_pos import (
+    DEFAULT_REL_POS_EXTEND,
     RelPosModule,
     axis_weights,
+    check_rel_pos_extend,
     extend_rel_pos,
     fit_rel_pos_state,
     head_keys,
@@ -101,15 +106,20 @@ class GlobalSelfAttention(RelPosModule):
         pos_span: ``None`` for a global positional span, or an odd window length L.
         feat_size: the input (height, width) the global relative tables are sized for (default 64x64), i.e. the
             offsets that get their own learned embedding; timm's ``ByobNet`` passes the stage's feature size here.
-            Any input size runs: on a larger input the tables are extended at forward time by edge replication
-            (``extend_rel_pos``, what ``resize_rel_pos`` stores), so the parameters never change shape. Windowed
-            spans cover any size.
+            Any input size runs: on a larger input the tables are extended at forward time (``rel_pos_extend``,
+            ``pos_scale``), so the parameters never change shape. Windowed spans cover any size.
         content: use the content attention layer.
         positional: use the positional attention layer.
         pos_softmax: softmax over the neighbours' positional logits (the paper has none).
         query_softmax: softmax of each query over its channels in the content layer (the paper has none).
         rel_pos: relative embeddings as keys; off, positional attention averages the span uniformly.
         axial: column, batch norm, row (the paper); off, one 2-D positional attention over the same span.
+        rel_pos_extend: how a global table serves an axis longer than it covers (``extend_rel_pos``): ``"interp"``
+            (default) resamples it to the axis, ``"zero"`` attends only within its span, ``"edge"`` repeats the
+            farthest embedding (the behaviour before this choice existed). No effect at or below ``feat_size``.
+        pos_scale: on such an axis, scale the positional sum (without ``pos_softmax``) by ``table axis / axis``
+            (``extension_scale``) so its size does not grow with the axis (default on). ``docs/design.md`` measures
+            the combinations on a trained model.
         qkv_bias: bias in the 1x1 query/key/value projection.
         device: device of the parameters (timm's factory keyword).
         dtype: dtype of the parameters (timm's factory keyword).
@@ -131,6 +141,8 @@ class GlobalSelfAttention(RelPosModule):
         query_softmax: bool = False,
         rel_pos: bool = True,
         axial: bool = True,
+        rel_pos_extend: str = DEFAULT_REL_POS_EXTEND,
+        pos_scale: bool = True,
         qkv_bias: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -162,6 +174,7 @@ class GlobalSelfAttention(RelPosModule):
         self.content, self.positional = bool(content), bool(positional)
         self.pos_softmax, self.query_softmax = bool(pos_softmax), bool(query_softmax)
         self.rel_pos, self.axial = bool(rel_pos), bool(axial)
+        self.rel_pos_extend, self.pos_scale = check_rel_pos_extend(rel_pos_extend), bool(pos_scale)
         self.max_size = to_pair(feat_size if feat_size is not None else _DEFAULT_MAX_SIZE, "feat_size")
 
         dd = dict(device=device, dtype=dtype)
@@ -198,6 +211,8 @@ class GlobalSelfAttention(RelPosModule):
             ("query_softmax", False),
             ("rel_pos", True),
             ("axial", True),
+            ("rel_pos_extend", DEFAULT_REL_POS_EXTEND),
+            ("pos_scale", True),
         ):
             if getattr(self, flag) != default:
                 s += f", {flag}={getattr(self, flag)}"
@@ -270,9 +285,9 @@ class GlobalSelfAttention(RelPosModule):
         S, span = q.shape[-1], self.pos_span
         if table is not None and not self.pos_softmax:  # the paper's layer, by the kernel or the GEMM path
             if axial_kernel.usable(q, values):  # the table is cast to their dtype
-                rows = head_rows(table, S, self.heads, pos_span=span, dtype=q.dtype)
+                rows = head_rows(table, S, self.heads, pos_span=span, dtype=q.dtype, **self.size_policy())
                 return FusedAxialRelPosAttention.apply(q, values, rows)
-            keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype)
+            keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, **self.size_policy())
             if axial_ops.exporting():  # one loop-free graph for any (symbolic) batch size
                 return axial_ops.axial_matmul(q, values, keys)
             return AxialRelPosAttention.apply(q, values, keys)
@@ -280,7 +295,7 @@ class GlobalSelfAttention(RelPosModule):
             weights = uniform_weights(S, span, values.dtype, q.device)  # (S, S)
             return torch.matmul(values, weights.t())
         q = q.transpose(2, 4).transpose(2, 3)  # (B, h, L, S, dk)
-        weights = axis_weights(q, table, pos_span=span, softmax=True)  # (B, h, L, S, S)
+        weights = axis_weights(q, table, pos_span=span, softmax=True, **self.size_policy())  # (B, h, L, S, S)
         return torch.matmul(values.transpose(2, 3), weights.transpose(-1, -2)).transpose(2, 3)
 
     def _positional_axial(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

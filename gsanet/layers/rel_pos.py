@@ -6,7 +6,9 @@ offset ``d``. Each of the ``heads`` heads uses its own ``C / heads`` slice of th
 The span of a query at position ``x`` on an axis of length ``S`` is the set of key positions ``x'`` it attends to:
 
 * global (``pos_span=None``): every offset of the axis, ``-(S-1) .. S-1``. The table is sized for the longest axis the
-  module was built for (``table_length``); on a longer axis it is extended by edge replication (``extend_rel_pos``);
+  module was built for (``table_length``); on a longer axis ``cover`` extends it (by default resampled to the axis,
+  ``extend_rel_pos``) and scales the positional sum back to the table's length (``extension_scale``): the module's
+  size policy (``RelPosModule.size_policy``, ``docs/design.md``);
 * windowed (``pos_span=L``, odd): the ``L`` offsets ``-(L-1)/2 .. (L-1)/2``, a table of ``L`` rows for any axis length.
 
 Keys outside the image or outside the span contribute nothing. The weight query ``x`` gives key ``x'`` is the logit
@@ -33,11 +35,15 @@ from torch import nn
 from .helpers import to_pair
 
 __all__ = [
+    "DEFAULT_REL_POS_EXTEND",
+    "REL_POS_EXTENDS",
     "RelPosModule",
     "axis_logits",
     "axis_weights",
+    "check_rel_pos_extend",
     "cover",
     "extend_rel_pos",
+    "extension_scale",
     "fit_rel_pos_state",
     "head_keys",
     "head_rows",
@@ -117,71 +123,148 @@ def skew(rel: torch.Tensor, size: int) -> torch.Tensor:
     return rel.as_strided((*rel.shape[:-1], size), (*st[:-2], st[-2] - 1, 1), rel.storage_offset() + size - 1)
 
 
-def extend_rel_pos(table: torch.Tensor, size: int) -> torch.Tensor:
-    """A global relative table extended by edge replication to cover an axis of ``size``.
+REL_POS_EXTENDS = ("edge", "zero", "interp")
+"""How a global table is extended to an axis longer than it covers (``extend_rel_pos``)."""
 
-    Offsets the table covers keep their embeddings; each farther offset gets the embedding of the farthest learned
-    offset on its side, the choice of ``resize_rel_pos`` (which stores the result) and the one that keeps every
-    learned embedding unchanged: an attention learned at one size sees at a larger size the same embeddings for the
-    offsets it knows and a constant one beyond. Differentiable (the extra rows' gradients flow to the edge rows).
+DEFAULT_REL_POS_EXTEND = "interp"
+"""The extension ``GlobalSelfAttention`` uses unless told otherwise (``docs/design.md``, "relative tables")."""
+
+
+def check_rel_pos_extend(mode: str) -> str:
+    """``mode`` if it names an extension (``REL_POS_EXTENDS``), else a ValueError saying which do."""
+    if mode not in REL_POS_EXTENDS:
+        raise ValueError(f"rel_pos_extend must be one of {', '.join(map(repr, REL_POS_EXTENDS))}, got {mode!r}")
+    return mode
+
+
+def extend_rel_pos(table: torch.Tensor, size: int, mode: str = DEFAULT_REL_POS_EXTEND) -> torch.Tensor:
+    """A global relative table extended to cover an axis of ``size``.
+
+    ``mode`` says what the offsets beyond the table get (``docs/design.md`` compares them on trained models):
+
+    * ``"edge"``: each farther offset the embedding of the farthest learned offset on its side; learned offsets keep
+      theirs. Gradients of the extra rows flow to the edge rows.
+    * ``"zero"``: farther offsets get zero embeddings, so a query attends only to keys within the table's span;
+      learned offsets keep theirs.
+    * ``"interp"``: the table resampled to the new offset range (linear, end rows kept: offset ``d`` of the new
+      table is offset ``d (M-1)/(S-1)`` of the old one), timm's treatment of relative tables at a new resolution;
+      every offset changes embedding.
 
     Args:
         table: ``(2M-1, C)`` embeddings of offsets ``-(M-1) .. M-1``.
         size: axis length S.
+        mode: one of ``REL_POS_EXTENDS``.
 
     Returns:
         ``table`` itself when ``S <= M``, else ``(2S-1, C)``.
     """
+    check_rel_pos_extend(mode)
     extra = size - (table.shape[0] + 1) // 2
     if extra <= 0:
         return table
+    if mode == "zero":
+        return F.pad(table, (0, 0, extra, extra))
+    if mode == "interp":
+        rows = 2 * size - 1
+        return F.interpolate(table.t()[None], size=rows, mode="linear", align_corners=True)[0].t()
     return F.pad(table.t()[None], (extra, extra), mode="replicate")[0].t()
 
 
-def cover(table: torch.Tensor, size: int, pos_span: int | None) -> torch.Tensor:
+def extension_scale(table: torch.Tensor, size: int, pos_span: int | None) -> float:
+    """The factor ``M / S`` on the positional sum of a global table covering axes up to ``M`` on an axis of ``S > M``
+    (1 when the table covers the axis or the span is windowed).
+
+    The paper's positional layer sums ``q . r_d`` times the value over every key of the axis, with no normalisation:
+    on a longer axis the sum has more terms and its magnitude grows with ``S``, and a network compounds the growth
+    layer after layer. The factor keeps the sum's size that of the table's axis length (a mean over the keys times
+    ``M``), the normalisation ``pos_scale`` turns on.
+    """
+    covered = (table.shape[0] + 1) // 2
+    return covered / size if pos_span is None and size > covered else 1.0
+
+
+def cover(
+    table: torch.Tensor, size: int, pos_span: int | None, extend: str = DEFAULT_REL_POS_EXTEND, scale: bool = False
+) -> torch.Tensor:
     """The table a pass over an axis of ``size`` uses: a global one extended to every offset of the axis (when it is
-    smaller), a windowed one as it is."""
-    return extend_rel_pos(table, size) if pos_span is None else table
+    smaller; by ``extend``, see ``extend_rel_pos``) and, with ``scale``, multiplied by ``extension_scale`` (the
+    embeddings are the keys of a layer without softmax, so this scales its sum); a windowed one as it is."""
+    if pos_span is not None:
+        return table
+    factor = extension_scale(table, size, pos_span) if scale else 1.0
+    table = extend_rel_pos(table, size, extend)
+    return table if factor == 1.0 else table * factor
 
 
 def head_rows(
-    table: torch.Tensor, size: int, heads: int, *, pos_span: int | None, dtype: torch.dtype | None = None
+    table: torch.Tensor,
+    size: int,
+    heads: int,
+    *,
+    pos_span: int | None,
+    dtype: torch.dtype | None = None,
+    extend: str = DEFAULT_REL_POS_EXTEND,
+    scale: bool = False,
 ) -> torch.Tensor:
     """``(h, dk, 2S-1)``: each head's slice of the embeddings of offsets ``-(S-1) .. S-1``, zero outside the span
-    (the layout ``FusedAxialRelPosAttention`` takes)."""
-    table = cover(table, size, pos_span)
+    (the layout ``FusedAxialRelPosAttention`` takes); ``extend`` and ``scale`` as in ``cover``."""
+    table = cover(table, size, pos_span, extend, scale)
     rows = offset_rows(table if dtype is None else table.to(dtype), table_center(table), size)  # (2S-1, h*dk)
     return rows.view(2 * size - 1, heads, -1).permute(1, 2, 0)
 
 
 def head_keys(
-    table: torch.Tensor, size: int, heads: int, *, pos_span: int | None, dtype: torch.dtype | None = None
+    table: torch.Tensor,
+    size: int,
+    heads: int,
+    *,
+    pos_span: int | None,
+    dtype: torch.dtype | None = None,
+    extend: str = DEFAULT_REL_POS_EXTEND,
+    scale: bool = False,
 ) -> torch.Tensor:
     """``(h, S, dk, S)``: each head's absolute keys ``[x, :, x'] = r_(x'-x)``, zero outside the span (the layout
-    ``AxialRelPosAttention`` takes)."""
-    table = cover(table, size, pos_span)
+    ``AxialRelPosAttention`` takes); ``extend`` and ``scale`` as in ``cover``."""
+    table = cover(table, size, pos_span, extend, scale)
     keys = relative_to_absolute(table if dtype is None else table.to(dtype), table_center(table), size)  # (S, S, h*dk)
     return keys.view(size, size, heads, -1).permute(2, 0, 3, 1).contiguous()
 
 
-def axis_logits(q: torch.Tensor, table: torch.Tensor, *, pos_span: int | None) -> torch.Tensor:
+def axis_logits(
+    q: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    pos_span: int | None,
+    extend: str = DEFAULT_REL_POS_EXTEND,
+    scale: bool = False,
+) -> torch.Tensor:
     """Positional logits along one axis, relative offsets turned absolute without an index.
 
     Args:
         q: queries ``(B, h, L, S, dk)``, attending along the S axis (L is the other axis).
         table: relative embeddings ``(n_rel, h * dk)``.
         pos_span: the span (None: global).
+        extend: how a global table is extended beyond its length (``extend_rel_pos``).
+        scale: multiply by ``extension_scale`` (``cover``).
 
     Returns:
         ``(B, h, L, S, S)`` logits ``[..., x, x'] = q_x . r_(x'-x)``, zero outside the span (a strided view).
     """
     B, h, L, S, dk = q.shape
-    rows = head_rows(table, S, h, pos_span=pos_span, dtype=q.dtype)  # (h, dk, 2S-1)
+    rows = head_rows(table, S, h, pos_span=pos_span, dtype=q.dtype, extend=extend, scale=scale)  # (h, dk, 2S-1)
     rel = torch.matmul(q.reshape(B, h, L * S, dk), rows)  # (B, h, L*S, 2S-1)
     return skew(rel.view(B, h, L, S, 2 * S - 1), S)
 
 
-def axis_weights(q: torch.Tensor, table: torch.Tensor | None, *, pos_span: int | None, softmax: bool) -> torch.Tensor:
+def axis_weights(
+    q: torch.Tensor,
+    table: torch.Tensor | None,
+    *,
+    pos_span: int | None,
+    softmax: bool,
+    extend: str = DEFAULT_REL_POS_EXTEND,
+    scale: bool = False,
+) -> torch.Tensor:
     """The weight each query gives each key of its line in one axial positional layer.
 
     Args:
@@ -189,6 +272,8 @@ def axis_weights(q: torch.Tensor, table: torch.Tensor | None, *, pos_span: int |
         table: relative embeddings ``(n_rel, h * dk)``, or None for uniform averaging over the span.
         pos_span: the span (None: global).
         softmax: softmax of the logits over the span (else the logits themselves, the paper's weights).
+        extend: how a global table is extended beyond its length (``extend_rel_pos``).
+        scale: without softmax, multiply the weights by ``extension_scale`` (a softmax is normalised already).
 
     Returns:
         ``(B, h, L, S, S)``: ``[..., x, x']``, zero outside the span.
@@ -196,7 +281,7 @@ def axis_weights(q: torch.Tensor, table: torch.Tensor | None, *, pos_span: int |
     S = q.shape[-2]
     if table is None:
         return uniform_weights(S, pos_span, q.dtype, q.device).expand(*q.shape[:-1], S)
-    logits = axis_logits(q, table, pos_span=pos_span)
+    logits = axis_logits(q, table, pos_span=pos_span, extend=extend, scale=scale and not softmax)
     if not softmax:
         return logits
     return logits.masked_fill(~span_mask(S, pos_span, q.device), float("-inf")).softmax(dim=-1)
@@ -209,6 +294,8 @@ def plane_weights(
     *,
     pos_span: int | None,
     softmax: bool,
+    extend: str = DEFAULT_REL_POS_EXTEND,
+    scale: bool = False,
 ) -> torch.Tensor:
     """The weights of one 2-D (non-axial) positional layer, logit ``q . (r^col_da + r^row_db)`` for offset (da, db).
 
@@ -218,14 +305,17 @@ def plane_weights(
         table_row: row embeddings.
         pos_span: the span along each axis (None: global); the 2-D span is their product.
         softmax: softmax of the logits over the 2-D span (always so without embeddings: uniform).
+        extend: how global tables are extended beyond their length (``extend_rel_pos``).
+        scale: without softmax, multiply the weights by both axes' ``extension_scale``.
 
     Returns:
         ``(B, h, N, N)`` dense weights, ``N = H * W`` in row-major pixel order, zero outside the span.
     """
     B, h, _, H, W = q.shape
     if table_col is not None:
-        col = axis_logits(q.permute(0, 1, 4, 3, 2), table_col, pos_span=pos_span).transpose(2, 3)  # (B, h, H, W, H)
-        row = axis_logits(q.permute(0, 1, 3, 4, 2), table_row, pos_span=pos_span)  # (B, h, H, W, W)
+        q_col = q.permute(0, 1, 4, 3, 2)
+        col = axis_logits(q_col, table_col, pos_span=pos_span, extend=extend).transpose(2, 3)  # (B, h, H, W, H)
+        row = axis_logits(q.permute(0, 1, 3, 4, 2), table_row, pos_span=pos_span, extend=extend)  # (B, h, H, W, W)
         logits = (col[..., :, None] + row[..., None, :]).reshape(B, h, H * W, H * W)
     else:
         logits = q.new_zeros(B, h, H * W, H * W)
@@ -233,6 +323,9 @@ def plane_weights(
     mask = mask.reshape(H * W, H * W)
     if softmax or table_col is None:
         return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    if scale:
+        factor = extension_scale(table_col, H, pos_span) * extension_scale(table_row, W, pos_span)
+        logits = logits if factor == 1.0 else logits * factor
     return logits * mask.to(logits.dtype)
 
 
@@ -248,6 +341,8 @@ class RelPosModule(nn.Module):
         pos_span: None (global) or the odd window length.
         pos_softmax: softmax of the positional logits over the span.
         heads: attention heads; head ``i`` uses columns ``i * dk : (i + 1) * dk`` of the tables.
+        rel_pos_extend: how global tables are extended to axes longer than they cover (``extend_rel_pos``).
+        pos_scale: on such axes, scale the positional sum (without softmax) by ``extension_scale``.
     """
 
     rel_col: nn.Parameter | None
@@ -256,6 +351,13 @@ class RelPosModule(nn.Module):
     pos_span: int | None
     pos_softmax: bool
     heads: int
+    rel_pos_extend: str
+    pos_scale: bool
+
+    def size_policy(self) -> dict[str, str | bool]:
+        """The keywords (``extend``, ``scale``) that say how this module's tables serve axes beyond their length:
+        the one place the table functions (``cover``, ``head_rows``, ``axis_weights``, ...) get them from."""
+        return dict(extend=self.rel_pos_extend, scale=self.pos_scale)
 
     def axis_weights(self, q: torch.Tensor, axis: int) -> torch.Tensor:
         """The weight each query gives each key of its column (``axis=0``) or row (``axis=1``) in the axial
@@ -272,7 +374,7 @@ class RelPosModule(nn.Module):
         """
         table = self.rel_col if axis == 0 else self.rel_row
         q = q.permute(0, 1, 4, 3, 2) if axis == 0 else q.permute(0, 1, 3, 4, 2)  # (B, h, L, S, dk)
-        return axis_weights(q, table, pos_span=self.pos_span, softmax=self.pos_softmax)
+        return axis_weights(q, table, pos_span=self.pos_span, softmax=self.pos_softmax, **self.size_policy())
 
     def plane_weights(self, q: torch.Tensor) -> torch.Tensor:
         """The weights of the 2-D positional layer (the non-axial ablation): what each pixel's query gives each pixel.
@@ -283,7 +385,9 @@ class RelPosModule(nn.Module):
         Returns:
             ``(B, h, N, N)``, ``N = H * W`` in row-major pixel order, zero outside the span.
         """
-        return plane_weights(q, self.rel_col, self.rel_row, pos_span=self.pos_span, softmax=self.pos_softmax)
+        return plane_weights(
+            q, self.rel_col, self.rel_row, pos_span=self.pos_span, softmax=self.pos_softmax, **self.size_policy()
+        )
 
     def _load_from_state_dict(
         self,
@@ -298,8 +402,8 @@ class RelPosModule(nn.Module):
         """Fits the incoming global tables to this module with ``fit_rel_pos_state`` before loading them.
 
         Weights saved at another input size therefore load through ``load_state_dict`` and everything built on it
-        (timm's ``pretrained=True``, ``pretrained_cfg_overlay``, ``checkpoint_path``, ``load_checkpoint``): a shorter
-        table is extended, a longer one grows this module's table. A grown table stays the same ``Parameter`` object
+        (timm's ``pretrained=True``, ``pretrained_cfg_overlay``, ``checkpoint_path``, ``load_checkpoint``): a table of
+        another length is kept whole and this module's table takes its length. It stays the same ``Parameter`` object
         (its ``data`` is replaced), so an optimizer built before loading still holds it. Other mismatches (a windowed
         table of another span, another width) are left for ``load_state_dict`` to report, and strict loading still
         reports missing and unexpected keys. Runs only when loading; the forward pass is unchanged.
@@ -310,7 +414,7 @@ class RelPosModule(nn.Module):
         for attr, key in keys.items():
             state_dict[key] = fitted[attr]  # a copy of the caller's dict (load_state_dict makes one)
             param, old = getattr(self, attr), held[attr]
-            if old is not None and param is not old:  # grown: keep the Parameter object, give it the new shape
+            if old is not None and param is not old:  # resized: keep the Parameter object, give it the new shape
                 old.data = param.data
                 setattr(self, attr, old)
         super()._load_from_state_dict(
@@ -322,11 +426,12 @@ class RelPosModule(nn.Module):
 def resize_rel_pos(module: nn.Module, size: int | tuple[int, int]) -> nn.Module:
     """Enlarges the global relative tables of every GSA module (``RelPosModule``) in ``module`` in place.
 
-    Offsets the old tables cover keep their learned embeddings; the new, farther offsets copy the embedding of the
-    farthest learned offset (edge replication, ``extend_rel_pos``). The modules compute exactly that at forward time
-    on larger inputs, so this changes no output: it is for giving the farther offsets trainable embeddings of their
-    own (fine-tuning at a larger size). Modules with a windowed span, or tables already large enough, are unchanged.
-    In a strided network the inner modules grow by the same factor as the outermost one.
+    Each new table is the one the module uses at forward time on an axis of the new length (``cover`` under the
+    module's ``size_policy``: extended by ``rel_pos_extend``, scaled with ``pos_scale``), so the output on inputs of
+    exactly that size is unchanged; with ``rel_pos_extend="edge"`` or ``"zero"`` and no ``pos_scale`` (learned
+    offsets keep their embeddings) it is unchanged at every size. It is for giving the farther offsets trainable
+    embeddings of their own (fine-tuning at a larger size). Modules with a windowed span, or tables already large
+    enough, are unchanged. In a strided network the inner modules grow by the same factor as the outermost one.
 
     Args:
         module: a ``GlobalSelfAttention`` (any ``RelPosModule``) or a model containing them.
@@ -348,7 +453,7 @@ def resize_rel_pos(module: nn.Module, size: int | tuple[int, int]) -> nn.Module:
             if new == old:
                 continue
             table = getattr(m, name)  # (2 * old - 1, C)
-            grown = extend_rel_pos(table, new)  # (2 * new - 1, C)
+            grown = cover(table, new, None, **m.size_policy())  # (2 * new - 1, C)
             setattr(m, name, nn.Parameter(grown.contiguous(), requires_grad=table.requires_grad))
         m.max_size = target
     return module
@@ -357,19 +462,21 @@ def resize_rel_pos(module: nn.Module, size: int | tuple[int, int]) -> nn.Module:
 def fit_rel_pos_state(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Fits the global relative tables of a state dict to the GSA modules of ``model`` before loading it.
 
-    A model built for another input size (``img_size``) has tables of another length. A loaded table shorter than the
-    module's is extended by edge replication (``extend_rel_pos``, exactly what the module computes at forward time);
-    a longer one is kept whole: the module's table grows to its length (``max_size`` with it), so no learned
-    embedding is dropped. Either way the loaded model computes on any input what the saved model computed. Every GSA
-    module calls it on the tables it loads (``RelPosModule._load_from_state_dict``), so ``load_state_dict`` needs no
-    explicit call; other shape mismatches are left for ``load_state_dict`` to report.
+    A model built for another input size (``img_size``) has tables of another length. A loaded table is kept whole:
+    the module's table takes its length (``max_size`` with it), so no learned embedding is dropped, and the module
+    extends a shorter one at forward time as the saved module did (its ``size_policy``): the loaded model computes
+    on any input what the saved model computed. (Storing the extension instead would not: the default policy
+    resamples the table to each axis length, which no single longer table reproduces at every size.) To give the
+    farther offsets trainable rows of their own, call ``resize_rel_pos`` after loading. Every GSA module calls it on
+    the tables it loads (``RelPosModule._load_from_state_dict``), so ``load_state_dict`` needs no explicit call;
+    other shape mismatches are left for ``load_state_dict`` to report.
 
     Args:
         state_dict: the weights to load (not modified; a new dict is returned).
-        model: the model about to load them (its longer-than-built tables are enlarged in place).
+        model: the model about to load them (tables of another length are resized in place, uninitialised).
 
     Returns:
-        the state dict, with fitted tables.
+        the state dict (a copy).
     """
     state_dict = dict(state_dict)
     for name, m in model.named_modules():
@@ -380,11 +487,9 @@ def fit_rel_pos_state(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
             param, loaded = getattr(m, attr), state_dict.get(key)
             if loaded is None or loaded.ndim != 2 or loaded.shape[1:] != param.shape[1:] or loaded.shape[0] % 2 == 0:
                 continue
-            if loaded.shape[0] < param.shape[0]:
-                state_dict[key] = extend_rel_pos(loaded, (param.shape[0] + 1) // 2)
-            elif loaded.shape[0] > param.shape[0]:
-                grown = torch.empty(loaded.shape, device=param.device, dtype=param.dtype)
-                setattr(m, attr, nn.Parameter(grown, requires_grad=param.requires_grad))
+            if loaded.shape[0] != param.shape[0]:
+                table = torch.empty(loaded.shape, device=param.device, dtype=param.dtype)
+                setattr(m, attr, nn.Parameter(table, requires_grad=param.requires_grad))
                 size = list(m.max_size)
                 size[axis] = (loaded.shape[0] + 1) // 2
                 m.max_size = (size[0], size[1])

@@ -18,9 +18,10 @@ What is this project's choice (the reasons are in ``docs/design.md``):
     * the relative position tables of each GSA module are sized for its feature map at the model's ``img_size``
       (the default input size unless given), rounded up to a multiple of the network stride so that every
       ceil-mode downsampling stays covered. Any input size runs (``fixed_input_size=False``): on larger inputs the
-      GSA modules extend their tables at forward time by edge replication (``gsanet.layers.extend_rel_pos``), so
-      ``img_size`` only decides which offsets get learned embeddings of their own. Weights load at any
-      ``img_size`` through every loading path: each GSA module fits the tables it loads (``fit_rel_pos_state``).
+      GSA modules extend their tables at forward time by their size policy (resampled to the axis, the positional sum
+      scaled by ``table axis / axis``: ``rel_pos_extend``, ``pos_scale``), so ``img_size`` only decides which offsets
+      get learned embeddings of their own. Weights load at any ``img_size``
+      through every loading path: each GSA module fits the tables it loads (``fit_rel_pos_state`` keeps them whole).
 
 Every registered model is a ``GsaResNetArch`` below; a variant (GSA in the last two stages only, content attention
 only, ...) is a ``dataclasses.replace`` of it. Every entrypoint also takes ``width_mult``, ``gsa_stages`` and
