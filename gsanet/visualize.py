@@ -301,11 +301,11 @@ def load_image(
     if image is not None:
         from PIL import Image
 
-        from gsanet.train.data import to_8bit
+        from gsanet.train.data import upright_8bit
 
         try:
             with Image.open(image) as img:
-                array = np.asarray(to_8bit(img).convert("RGB"), dtype=np.float32) / 255.0
+                array = np.asarray(upright_8bit(img).convert("RGB"), dtype=np.float32) / 255.0
         except Image.DecompressionBombError as e:
             raise ValueError(f"image {image} is too large to decode safely ({e}); use a smaller image") from e
         return array, Path(image).name

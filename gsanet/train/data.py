@@ -13,7 +13,8 @@
 * any other value is a folder with ``train/`` and ``val/`` (or ``validation/``) subfolders of one folder per class
   (the ImageNet layout), transformed with ``timm.data.create_transform``. The class of an image is the top-level
   folder under ``train/`` (or ``val/``) that holds it, at any depth below; symlinked folders are followed once each
-  (a link loop or a second link to a folder already read is skipped). 16-bit images are scaled to 8 bits. The
+  (a link loop or a second link to a folder already read is skipped). Images are turned by their EXIF orientation;
+  16-bit, 32-bit and float images are scaled to 8 bits (:func:`to_8bit`). The
   training split needs at least two classes, each with an image.
 
 Loaders shard with a ``DistributedSampler`` (also for one process, so one process and N processes with the same
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset, create_transform
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.data.readers.reader import Reader
@@ -65,6 +66,7 @@ __all__ = [
     "read_idx",
     "set_epoch",
     "to_8bit",
+    "upright_8bit",
     "write_idx",
 ]
 
@@ -277,21 +279,44 @@ class TensorImageDataset(Dataset):
 
 
 def to_8bit(img: Image.Image) -> Image.Image:
-    """``img`` with 16-bit (``I;16*``, ``I``) and float (``F``) modes scaled to 8-bit ``L`` (PIL's ``convert`` would
-    clip them to white); other modes unchanged."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        array = np.asarray(img, dtype=np.float64) / 257.0  # 0..65535 -> 0..255 (16-bit PNG/TIFF data)
-    elif img.mode == "F":
+    """``img`` with 16-bit, 32-bit integer and float modes scaled to 8-bit ``L`` (PIL's ``convert`` would clip them to
+    white or black); other modes unchanged.
+
+    16-bit images (``I;16*``) are divided by 257 (0..65535 -> 0..255), so every image keeps its absolute level. 32-bit
+    integer (``I``) and float (``F``) images have no fixed range: they are scaled by their actual one, from
+    ``min(0, smallest value)`` (black) to the largest value (white); float images within [0, 1] keep that range
+    (1.0 is white).
+
+    Raises:
+        ValueError: A float image with NaN or infinite pixels.
+    """
+    if img.mode.startswith("I;16"):
+        array = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode in ("I", "F"):
         array = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("the image has NaN or infinite pixels")
+        low = min(0.0, float(array.min(initial=0.0)))
+        high = float(array.max(initial=0.0))
+        if img.mode == "F" and low == 0.0 and high <= 1.0:
+            high = 1.0
+        array = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
     else:
         return img
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
 
 
+def upright_8bit(img: Image.Image) -> Image.Image:
+    """``img`` as a viewer shows it: turned by its EXIF orientation (a camera's portrait photo is stored sideways),
+    then scaled to 8 bits (:func:`to_8bit`)."""
+    return to_8bit(ImageOps.exif_transpose(img))
+
+
 class CheckedImageDataset(ImageDataset):
     """timm's :class:`~timm.data.ImageDataset` that stops on an unreadable image instead of skipping it.
 
-    16-bit images are scaled to 8 bits before the conversion to the input mode; an image over PIL's pixel limit
+    Images are turned by their EXIF orientation and 16-bit, 32-bit and float images scaled to 8 bits
+    (:func:`upright_8bit`) before the conversion to the input mode; an image over PIL's pixel limit
     (a decompression bomb) is a :class:`DataError` like any unreadable file.
     """
 
@@ -300,7 +325,7 @@ class CheckedImageDataset(ImageDataset):
         file = None
         try:
             file, target = self.reader[index]
-            img = to_8bit(Image.open(file))
+            img = upright_8bit(Image.open(file))
             img = img.convert(self.input_img_mode or "RGB")  # decodes the pixels
         except Image.DecompressionBombError as e:
             raise DataError(
