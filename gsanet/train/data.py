@@ -610,8 +610,8 @@ def _image_folder(
         extra = sorted(present - set(class_to_idx))
         if extra:
             raise DataError(
-                f"{folder} has classes the model does not know: {', '.join(extra[:10])}; every split must use the "
-                "class folders of the training split"
+                f"{folder} has class folder(s) the model has no class for: {', '.join(extra[:10])} (its classes: "
+                f"{', '.join(list(class_to_idx)[:10])}); every split must use the class folders the model knows"
             )
         images = find_class_images(folder, [name for name in class_to_idx if name in present])
         if not any(images.values()):

@@ -8,9 +8,11 @@ Usage::
 The model name and arguments (classes, channels, input size, extra kwargs) come from the checkpoint's metadata;
 the EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). Writes
 ``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--output``.
-A checkpoint with NaN or infinite weights is refused. An explicit ``--output`` is checked for writing before the
-evaluation; when the default place (next to the checkpoint, e.g. a read-only run) cannot be written, the results are
-still printed, with a warning that the report was not saved.
+A checkpoint with NaN or infinite weights is refused, and so is data whose class names differ from the checkpoint's
+(an image folder's classes are mapped by name; one with a class folder the checkpoint does not know is refused).
+An explicit ``--output`` is checked for writing before the evaluation; when the default place (next to the
+checkpoint, e.g. a read-only run) cannot be written, the results are still printed, with a warning that the report
+was not saved.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gsanet.commands import resolve, run
 from .checkpoint import ensure_writable, json_safe
 from .cli import configure_logging
 from .config import EvalConfig, build_parser
-from .data import DataInfo, create_datasets, create_loader
+from .data import CIFAR_STATS, DataInfo, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
 from .errors import CheckpointError, ConfigError, DataError
@@ -59,7 +61,8 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
     meta, path = loaded.meta, loaded.path
     train_cfg, model_args = meta.config, meta.model_args
     data = cfg.data or train_cfg["data"]
-    same_data = data == train_cfg["data"]
+    trained_names = tuple(meta.data["class_names"])
+    folder = data not in ("fashion-mnist", *CIFAR_STATS)  # an image folder: its classes are mapped by name
     datasets, info = create_datasets(
         data,
         cfg.data_dir or train_cfg["data_dir"],
@@ -68,8 +71,13 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
         img_size=model_args["img_size"],
         model_name=meta.model,
         val_subset=cfg.val_subset,
-        class_names=meta.data["class_names"] if same_data else None,
+        class_names=trained_names if folder or data == train_cfg["data"] else None,
     )
+    if tuple(info.class_names) != trained_names:
+        raise DataError(
+            f"{path} was trained on other classes than {data} has ({_class_difference(trained_names, info.class_names)}"
+            f"); evaluate on data with the checkpoint's classes, e.g. --data {train_cfg['data']}"
+        )
     if info.num_classes != model_args["num_classes"] or info.in_chans != model_args["in_chans"]:
         raise DataError(
             f"{path} was trained for {model_args['num_classes']} classes of {model_args['in_chans']}-channel images, "
@@ -77,6 +85,19 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
             f"--data {train_cfg['data']} (or a dataset with the same classes)"
         )
     return datasets["val"], info
+
+
+def _class_difference(trained: tuple[str, ...], found: tuple[str, ...]) -> str:
+    """What differs between the checkpoint's class names and the data's, for an error message."""
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+
+    missing = [n for n in trained if n not in found]
+    unknown = [n for n in found if n not in trained]
+    parts = [f"not in the data: {names(missing)}"] if missing else []
+    parts += [f"unknown to the checkpoint: {names(unknown)}"] if unknown else []
+    return "; ".join(parts) or "the same names in another order"
 
 
 def _write_report(report: dict[str, Any], confusion: Any, info: DataInfo, out_dir: Path, stem: str) -> None:
