@@ -62,7 +62,8 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
     train_cfg, model_args = meta.config, meta.model_args
     data = cfg.data or train_cfg["data"]
     trained_names = tuple(meta.data["class_names"])
-    folder = data not in ("fashion-mnist", *CIFAR_STATS)  # an image folder: its classes are mapped by name
+    builtin = ("fashion-mnist", *CIFAR_STATS)
+    by_name = data == train_cfg["data"] or (data not in builtin and train_cfg["data"] not in builtin)  # two folders
     datasets, info = create_datasets(
         data,
         cfg.data_dir or train_cfg["data_dir"],
@@ -71,18 +72,18 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
         img_size=model_args["img_size"],
         model_name=meta.model,
         val_subset=cfg.val_subset,
-        class_names=trained_names if folder or data == train_cfg["data"] else None,
+        class_names=trained_names if by_name else None,  # an image folder's classes are then mapped by name
     )
-    if tuple(info.class_names) != trained_names:
-        raise DataError(
-            f"{path} was trained on other classes than {data} has ({_class_difference(trained_names, info.class_names)}"
-            f"); evaluate on data with the checkpoint's classes, e.g. --data {train_cfg['data']}"
-        )
     if info.num_classes != model_args["num_classes"] or info.in_chans != model_args["in_chans"]:
         raise DataError(
             f"{path} was trained for {model_args['num_classes']} classes of {model_args['in_chans']}-channel images, "
             f"but {data} has {info.num_classes} classes of {info.in_chans}-channel images; evaluate on "
             f"--data {train_cfg['data']} (or a dataset with the same classes)"
+        )
+    if tuple(info.class_names) != trained_names:
+        raise DataError(
+            f"{path} was trained on other classes than {data} has ({_class_difference(trained_names, info.class_names)}"
+            f"); evaluate on data with the checkpoint's classes, e.g. --data {train_cfg['data']}"
         )
     return datasets["val"], info
 
