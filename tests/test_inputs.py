@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from gsanet.cli import main as gsanet_main
 
@@ -55,3 +56,40 @@ def test_eval_on_a_folder_with_other_class_names_is_refused(
     shutil.rmtree(same / "train")
     args = ["eval", "--checkpoint", str(folder_run), "--data", str(same), "--no-progress", "--output", str(tmp_path)]
     assert gsanet_main(args) == 0, capsys.readouterr().err
+
+
+def test_workers_bounded_by_the_usable_cpus(fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--workers 5000 ended in the OOM killer; more workers than usable CPUs (or than MAX_WORKERS) are refused."""
+    from gsanet.train.config import MAX_WORKERS
+    from gsanet.train.data import usable_cpus
+
+    message = _one_error_line(["train", *tiny_args(fmnist, tmp_path, "w", "--workers", "5000")], capsys)
+    assert message == f"workers must be in [0, {MAX_WORKERS}], got 5000"
+    cpus = usable_cpus()
+    message = _one_error_line(["train", *tiny_args(fmnist, tmp_path, "w", "--workers", str(cpus + 1))], capsys)
+    assert message.startswith(f"--workers {cpus + 1} is more loader processes than this machine's {cpus} usable CPUs")
+    assert not (tmp_path / "w").exists()
+
+
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Each item: whether SIGINT and SIGTERM are ignored in the process that loads it."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import signal
+
+        return torch.tensor([signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)])
+
+
+def test_loader_workers_ignore_sigterm_and_sigint() -> None:
+    """A SIGTERM sent to the whole process group (as a scheduler or ``timeout`` does) killed the loader workers, whose
+    deaths then raised in the training process: a worker traceback and exit code 1 instead of the clean stop (exit
+    143). The workers now ignore SIGINT and SIGTERM and leave them to the training process, which stops them."""
+    from gsanet.train.data import create_loader
+    from gsanet.train.distributed import DistContext
+
+    ctx = DistContext(device=torch.device("cpu"))
+    loader = create_loader(_SignalDispositions(), 2, train=False, ctx=ctx, workers=1)
+    assert next(iter(loader)).tolist() == [[True, True], [True, True]]

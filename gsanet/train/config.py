@@ -29,6 +29,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_CONFIG_DEPTH",
     "MAX_IMG_SIZE",
+    "MAX_WORKERS",
     "RESERVED_MODEL_KWARGS",
     "CheckpointError",
     "ConfigError",
@@ -65,6 +66,8 @@ MAX_CONFIG_BYTES = 1 << 20
 """Largest config file read (1 MiB; the shipped ones are under 2 KB): a larger file is a wrong path, not a config."""
 MAX_CONFIG_DEPTH = 32
 """Deepest nesting of mappings and lists accepted in a config file."""
+MAX_WORKERS = 256
+"""Most loader worker processes a config may ask for; at run time they are also bounded by the usable CPUs."""
 
 C = TypeVar("C")
 
@@ -146,7 +149,7 @@ class TrainConfig:
         _check_choice("sched", self.sched, _SCHEDULERS)
         for key in ("epochs", "batch_size"):
             _check_min(key, getattr(self, key), 1)
-        _check_min("workers", self.workers, 0)
+        _check_range("workers", self.workers, 0, MAX_WORKERS)
         _check_range("seed", self.seed, 0, _MAX_SEED)
         for key in ("train_subset", "val_subset", "holdout"):
             if getattr(self, key) is not None:
@@ -198,7 +201,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check_choice("amp", self.amp, AMP_CHOICES)
         _check_min("batch_size", self.batch_size, 1)
-        _check_min("workers", self.workers, 0)
+        _check_range("workers", self.workers, 0, MAX_WORKERS)
         if self.val_subset is not None:
             _check_min("val_subset", self.val_subset, 1)
 

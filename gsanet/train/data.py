@@ -24,10 +24,15 @@ augmentation for each epoch.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gzip
 import logging
 import os
+import signal
 import struct
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +49,7 @@ from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .config import MAX_IMG_SIZE, DataError
+from .config import MAX_IMG_SIZE, ConfigError, DataError
 from .distributed import DistContext, ShardSampler
 
 __all__ = [
@@ -57,16 +62,19 @@ __all__ = [
     "DataInfo",
     "FolderReader",
     "TensorImageDataset",
+    "check_workers",
     "create_datasets",
     "create_loader",
     "epoch_seed",
     "find_class_images",
     "find_fashion_mnist",
     "idx_file",
+    "quiet_worker",
     "read_idx",
     "set_epoch",
     "to_8bit",
     "upright_8bit",
+    "usable_cpus",
     "write_idx",
 ]
 
@@ -96,6 +104,7 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _MAX_IDX_BYTES = 2**34  # 16 GiB: a header asking for more is corrupt (and is refused before anything is read)
 
 
@@ -775,6 +784,51 @@ def _holdout_datasets(
 
 
 # ------------------------------------------------------------------------------------------------------- loaders
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: int) -> None:
+    """Refuse more loader worker processes than usable CPUs: each is a whole Python process with its own copy of
+    the decoding state, so more of them only compete for the cores and memory (5000 ended in the OOM killer).
+
+    Raises:
+        ConfigError: ``workers`` exceeds :func:`usable_cpus` (:data:`~gsanet.train.config.MAX_WORKERS` is checked by
+            the config).
+    """
+    cpus = usable_cpus()
+    if workers > cpus:
+        raise ConfigError(
+            f"--workers {workers} is more loader processes than this machine's {cpus} usable CPUs; use --workers "
+            f"{cpus} or fewer (0 loads in the training process)"
+        )
+
+
+def quiet_worker(worker_id: int, parent: int | None = None) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores SIGINT and SIGTERM, so that a Ctrl-C or a SIGTERM sent
+    to the whole process group stops the training process cleanly (it shuts its workers down) instead of killing
+    the workers under it with a traceback each; and on Linux it is killed when its parent dies (never orphaned).
+
+    Args:
+        worker_id: The worker's index (unused).
+        parent: The process that made the loader: a worker whose parent is already another has lost it and exits.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: PyTorch's own watchdog still ends the worker, later
+            pass
+        if parent is not None and os.getppid() != parent:  # the parent died before the prctl
+            os._exit(0)
+
+
 def create_loader(
     dataset: Dataset,
     batch_size: int,
@@ -786,9 +840,13 @@ def create_loader(
 ) -> DataLoader:
     """A loader sharded over processes: shuffled full batches for training, every sample once for evaluation.
 
+    Workers are bounded by the usable CPUs (:func:`check_workers`) and run :func:`quiet_worker` first.
+
     Raises:
+        ConfigError: More workers than usable CPUs.
         DataError: The training set is too small for one batch per process.
     """
+    check_workers(workers)
     if train:
         sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         if len(sampler) < batch_size:
@@ -807,6 +865,7 @@ def create_loader(
         drop_last=train,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        worker_init_fn=functools.partial(quiet_worker, parent=os.getpid()) if workers else None,
     )
 
 

@@ -31,7 +31,7 @@ from gsanet.commands import resolve, run
 from .checkpoint import ensure_writable, json_safe
 from .cli import configure_logging
 from .config import EvalConfig, build_parser
-from .data import CIFAR_STATS, DataInfo, create_datasets, create_loader
+from .data import CIFAR_STATS, DataInfo, check_workers, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
 from .errors import CheckpointError, ConfigError, DataError
@@ -128,6 +128,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     Raises:
         TrainError: Bad checkpoint, data that does not match it, or a bad config.
     """
+    check_workers(cfg.workers)
     loaded = _load(cfg)
     if cfg.output:
         ensure_writable(cfg.output)  # before the work: an explicit --output must take the report

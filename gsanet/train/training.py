@@ -52,7 +52,7 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .config import TrainConfig, config_to_dict, resolve_config
-from .data import DataInfo, create_datasets, create_loader, epoch_seed, set_epoch
+from .data import DataInfo, check_workers, create_datasets, create_loader, epoch_seed, set_epoch
 from .distributed import DistContext, barrier, broadcast_text, init_distributed
 from .engine import EpochOptions, create_model, evaluate, resolve_amp, seed_everything, train_one_epoch
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, TrainError
@@ -246,6 +246,7 @@ def _build_data(run: TrainingRun) -> None:
     cfg, ctx = run.cfg, run.ctx
     if ctx.distributed and not ctx.is_main:
         barrier(ctx)  # rank 0 downloads first; the others then find the files
+    check_workers(cfg.workers)  # before the data is read
     run.datasets, run.info = create_datasets(
         cfg.data,
         cfg.data_dir,
