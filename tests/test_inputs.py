@@ -93,3 +93,75 @@ def test_loader_workers_ignore_sigterm_and_sigint() -> None:
     ctx = DistContext(device=torch.device("cpu"))
     loader = create_loader(_SignalDispositions(), 2, train=False, ctx=ctx, workers=1)
     assert next(iter(loader)).tolist() == [[True, True], [True, True]]
+
+
+# ---------------------------------------------------------------------------------------------- --holdout
+def test_holdout_is_stratified(tmp_path: Path) -> None:
+    """--holdout took a plain random split: a whole class could vanish from training (or from validation)."""
+    from gsanet.train.config import DataError
+    from gsanet.train.data import create_datasets
+
+    from .test_data import write_fake_fashion_mnist
+
+    data = str(write_fake_fashion_mnist(tmp_path / "fm", n_train=60, n_val=10))  # 10 classes of 6 images
+
+    def classes(ds: torch.utils.data.Dataset) -> list[int]:
+        return sorted(int(ds[i][1]) for i in range(len(ds)))
+
+    datasets, _ = create_datasets("fashion-mnist", data, holdout=10, augment=False)
+    assert classes(datasets["val"]) == list(range(10))  # one held-out image of every class
+    assert classes(datasets["train"]) == sorted(list(range(10)) * 5)
+    datasets, _ = create_datasets("fashion-mnist", data, holdout=50, augment=False)
+    assert classes(datasets["train"]) == list(range(10))  # every class keeps an image for training
+    assert classes(datasets["val"]) == sorted(list(range(10)) * 5)
+    with pytest.raises(DataError, match="at most 50 can be held out"):
+        create_datasets("fashion-mnist", data, holdout=51)
+    # an image folder, its classes of unequal sizes: held out in proportion, the same split for every seed
+    root = write_image_folder(tmp_path / "imgs", classes=2, per_class=8, size=8)
+    for i in range(4):
+        (root / "train" / "class_1" / f"{i}.png").unlink()  # class_0: 8 images, class_1: 4
+    folder = [create_datasets(str(root), holdout=6, img_size=8, seed=seed)[0] for seed in (0, 1)]
+    assert folder[0]["val"].indices == folder[1]["val"].indices
+    held = [folder[0]["val"].dataset.reader.samples[i][1] for i in folder[0]["val"].indices]
+    assert sorted(held) == [0, 0, 0, 0, 1, 1]
+
+
+def test_holdout_resizes_only_the_chosen_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--holdout resized all the training images before taking its split and the subset (2.7 GB for 64 images at
+    96 px on the real Fashion-MNIST)."""
+    from gsanet.train.data import create_datasets
+
+    from .test_data import write_fake_fashion_mnist
+
+    data = str(write_fake_fashion_mnist(tmp_path / "fm", n_train=64, n_val=8))
+    resized: list[int] = []
+    real = torch.nn.functional.interpolate
+
+    def counting(images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        resized.append(len(images))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    datasets, _ = create_datasets("fashion-mnist", data, img_size=20, holdout=10, train_subset=16, augment=True)
+    assert (len(datasets["train"]), len(datasets["val"])) == (16, 10) and sum(resized) == 16 + 10
+
+
+def test_resize_refusal_suggests_a_flag_that_helps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a size whose images do not fit, --holdout's refusal suggested --train-subset, which did not help (the whole
+    training set was resized anyway); the message now says how many images fit, and that many do."""
+    from gsanet.train import data as data_mod
+    from gsanet.train.config import DataError
+
+    from .test_data import write_fake_fashion_mnist
+
+    data = str(write_fake_fashion_mnist(tmp_path / "fm", n_train=64, n_val=8))
+    per_training_image = 2 * 96 * 96  # the resized image and its padded copy
+    monkeypatch.setattr(data_mod, "available_memory", lambda: 2 * 10 * per_training_image)  # half: 10 images
+    with pytest.raises(DataError) as info:
+        data_mod.create_datasets("fashion-mnist", data, img_size=96, holdout=8, augment=True)
+    assert str(info.value) == (
+        "Fashion-MNIST train at 96x96: 56 images need 0.0 GiB in memory, more than half of the 0.0 GiB available; "
+        "use a smaller --img-size or fewer images with --train-subset (at most 10 fit)"
+    )
+    datasets, _ = data_mod.create_datasets("fashion-mnist", data, img_size=96, holdout=8, train_subset=10)
+    assert len(datasets["train"]) == 10

@@ -3,7 +3,8 @@
 * ``fashion-mnist``: the four idx(.gz) files are looked for in ``data_dir``, ``data_dir/FashionMNIST/raw``,
   ``data_dir/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``), else
   downloaded by torchvision into ``data_dir``; a folder of ``data_dir`` holding only some of the four files is an
-  error (never a silent fall-back to another copy). The subsets are taken before any resize. The images stay in
+  error (never a silent fall-back to another copy). The subsets and the held-out split are taken before any resize,
+  and a resize whose images would take more than half of the available memory is refused. The images stay in
   memory as uint8; the augmentation (our choice: a
   random 28x28 crop of the image padded by 2, and a horizontal flip) is drawn per epoch from the run's seed and the
   sample index, so it is identical whatever the number of processes or loader workers. The test split is the
@@ -60,6 +61,8 @@ __all__ = [
     "SYSTEM_FASHION_MNIST_DIR",
     "CheckedImageDataset",
     "DataInfo",
+    "available_memory",
+    "check_resize_memory",
     "FolderReader",
     "TensorImageDataset",
     "check_workers",
@@ -72,6 +75,7 @@ __all__ = [
     "quiet_worker",
     "read_idx",
     "set_epoch",
+    "stratified_holdout",
     "to_8bit",
     "upright_8bit",
     "usable_cpus",
@@ -419,7 +423,16 @@ def find_class_images(folder: Path, class_names: Sequence[str]) -> dict[str, lis
     return found
 
 
-def _memory_bytes() -> int | None:
+def available_memory() -> int | None:
+    """Bytes of memory new allocations can get without swapping: ``MemAvailable`` of ``/proc/meminfo``, else the
+    physical memory, else None (unknown: nothing is refused)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
@@ -436,18 +449,13 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def _fashion_mnist(
-    splits: Sequence[str],
-    data_dir: str,
-    download: bool,
-    img_size: int | None,
-    augment: bool,
-    seed: int,
-    subsets: dict[str, int | None],
-) -> tuple[dict[str, Dataset], DataInfo]:
+def _read_fashion_mnist(
+    sources: Sequence[str], data_dir: str, download: bool
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The uint8 images ``N x 28 x 28`` and int64 labels of the idx files' ``train`` and/or ``val`` (t10k) splits."""
     folder = find_fashion_mnist(data_dir)
     tensors = {}
-    for split in splits:
+    for split in sources:
         if folder is not None:
             images_stem, labels_stem = _FASHION_MNIST_FILES[split]
             images, labels = read_idx(idx_file(folder, images_stem)), read_idx(idx_file(folder, labels_stem))
@@ -483,24 +491,70 @@ def _fashion_mnist(
         tensors[split] = (images, labels.long())
     if folder is not None:
         _logger.info("Fashion-MNIST idx files: %s", folder)
+    return tensors
+
+
+def check_resize_memory(what: str, count: int, size: int, channels: int, fewer: str, copies: int = 1) -> None:
+    """Refuse to resize ``count`` images to ``size`` x ``size`` when they would take more than half of the
+    :func:`available_memory` (the other half is the model's and the loader's).
+
+    Args:
+        what: The images, for the message (e.g. ``"Fashion-MNIST train"``).
+        count: How many images.
+        size: Their side after the resize.
+        channels: Their channels (uint8 each).
+        fewer: The flag(s) that take fewer of these images, for the message.
+        copies: Copies held at once (2 for a padded training set: the resized images and the padded copy).
+
+    Raises:
+        DataError: The images would not fit; the message says how many would, and which flag takes fewer.
+    """
+    per_image = copies * channels * size * size
+    needed, memory = count * per_image, available_memory()
+    if memory is None or needed <= memory // 2:
+        return
+    fit = memory // 2 // per_image
+    fix = f"or fewer images with {fewer} (at most {fit} fit)" if fit >= 1 else "(not one image fits)"
+    raise DataError(
+        f"{what} at {size}x{size}: {count} images need {needed / 2**30:.1f} GiB in memory, more than half of the "
+        f"{memory / 2**30:.1f} GiB available; use a smaller --img-size {fix}"
+    )
+
+
+def _fashion_mnist(
+    splits: Sequence[str],
+    data_dir: str,
+    download: bool,
+    img_size: int | None,
+    augment: bool,
+    seed: int,
+    subsets: dict[str, int | None],
+    holdout: int | None,
+) -> tuple[dict[str, Dataset], DataInfo]:
+    """Fashion-MNIST's splits; every subset (and the held-out split) is taken before the resize, so that only the
+    images kept are resized."""
+    sources = {"train": "train", "val": "train" if holdout is not None else "val"}
+    tensors = _read_fashion_mnist(sorted({sources[split] for split in splits}), data_dir, download)
+    chosen: dict[str, torch.Tensor | None] = dict.fromkeys(splits)
+    if holdout is not None:
+        held, rest = stratified_holdout(tensors["train"][1], holdout, "fashion-mnist")
+        chosen.update(train=rest, val=held)
+    fewer = {"train": "--train-subset", "val": "--holdout/--val-subset" if holdout is not None else "--val-subset"}
     size = img_size or 28
     datasets = {}
-    for split, (images, labels) in tensors.items():
-        total = len(labels)
-        ids = _subset_indices(total, subsets.get(split))
+    for split in splits:
+        images, labels = tensors[sources[split]]
+        total, ids = len(labels), chosen[split]
+        kept = _subset_indices(total if ids is None else len(ids), subsets.get(split))
+        if kept is not None:
+            ids = kept if ids is None else ids[kept]
         if ids is not None:  # subset first: only the kept images are resized
             images, labels = images[ids], labels[ids]
         images = images.unsqueeze(1)  # N x 1 x 28 x 28
-        if size != images.shape[-1]:
-            needed, memory = len(images) * size * size, _memory_bytes()
-            if memory is not None and needed > memory // 2:
-                raise DataError(
-                    f"Fashion-MNIST {split} at {size}x{size} needs {needed / 2**30:.1f} GiB in memory, more than "
-                    f"half of this machine's {memory / 2**30:.1f} GiB; use a smaller --img-size or "
-                    "--train-subset/--val-subset"
-                )
-            images = _resize_uint8(images, size)
         train = split == "train" and augment
+        if size != images.shape[-1]:
+            check_resize_memory(f"Fashion-MNIST {split}", len(images), size, 1, fewer[split], 2 if train else 1)
+            images = _resize_uint8(images, size)
         datasets[split] = TensorImageDataset(
             images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=2 if train else 0, hflip=train, seed=seed,
             ids=ids, total=total,
@@ -700,10 +754,10 @@ def create_datasets(
         seed: Run seed (Fashion-MNIST augmentation).
         train_subset: Keep a fixed random subset of this many training images.
         val_subset: Keep a fixed random subset of this many validation images.
-        holdout: Hold out a fixed random split of this many training images (the same for every seed) as the
-            ``val`` split, without augmentation, instead of the dataset's test/val split; ``train`` is the rest of
-            the training set (``train_subset`` is then a subset of the rest). For model selection that never looks
-            at the test set.
+        holdout: Hold out a fixed split of this many training images, stratified by class (the same for every
+            seed; :func:`stratified_holdout`), as the ``val`` split, without augmentation, instead of the dataset's
+            test/val split; ``train`` is the rest of the training set (``train_subset`` is then a subset of the
+            rest). For model selection that never looks at the test set. Taken before any resize.
         class_names: Class order of image folders (e.g. from a checkpoint); default: sorted training folders.
 
     Raises:
@@ -714,17 +768,17 @@ def create_datasets(
         raise ValueError(f"splits are train and val, got {sorted(unknown)}")
     if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
         raise DataError(f"img_size must be in 1..{MAX_IMG_SIZE}, got {img_size}")
-    if holdout is not None:
-        return _holdout_datasets(
-            data, data_dir, splits, download, img_size, model_name, augment, auto_augment, reprob, seed,
-            train_subset, val_subset, holdout, class_names,
-        )  # fmt: skip
     subsets = {"train": train_subset, "val": val_subset}
     if data == "fashion-mnist":
         if auto_augment or reprob:
             raise DataError("auto_augment and reprob are not implemented for fashion-mnist; remove them")
-        datasets, info = _fashion_mnist(splits, data_dir, download, img_size, augment, seed, subsets)
+        datasets, info = _fashion_mnist(splits, data_dir, download, img_size, augment, seed, subsets, holdout)
         subsets = {}  # taken before the resize
+    elif holdout is not None:
+        return _holdout_datasets(
+            data, data_dir, splits, download, img_size, model_name, augment, auto_augment, reprob, seed,
+            train_subset, val_subset, holdout, class_names,
+        )  # fmt: skip
     elif data in CIFAR_STATS:
         datasets, info = _cifar(data, splits, data_dir, download, img_size, augment, auto_augment, reprob)
     else:
@@ -759,15 +813,8 @@ def _holdout_datasets(
         splits=("train",), download=download, img_size=img_size, model_name=model_name, seed=seed,
         class_names=class_names,
     )  # fmt: skip
-    plain, info = create_datasets(data, data_dir, augment=False, **common)
-    total = len(plain["train"])
-    if holdout >= total:
-        raise DataError(
-            f"--holdout {holdout} leaves no training images: the training split of {data} has {total}; "
-            "hold out fewer"
-        )
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(1))  # fixed: independent of the run seed
-    held, rest = order[:holdout].sort().values, order[holdout:].sort().values
+    plain, info = create_datasets(data, data_dir, augment=False, **common)  # decoded lazily: nothing resized yet
+    held, rest = stratified_holdout(_targets(plain["train"]), holdout, data)
     datasets = {}
     if "train" in splits:
         train = plain if not augment else create_datasets(
@@ -781,6 +828,54 @@ def _holdout_datasets(
         held = held if kept is None else held[kept]
         datasets["val"] = Subset(plain["train"], held.tolist())
     return datasets, info
+
+
+def _targets(dataset: Dataset) -> torch.Tensor:
+    """The class index of every image of a CIFAR or image-folder dataset, read without decoding any image."""
+    if isinstance(dataset, CheckedImageDataset):
+        return torch.tensor([target for _, target in dataset.reader.samples], dtype=torch.long)
+    return torch.as_tensor(dataset.targets, dtype=torch.long)  # torchvision's CIFAR
+
+
+def stratified_holdout(targets: torch.Tensor, holdout: int, data: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the training images into ``holdout`` held-out ones and the rest, class by class.
+
+    Each class is held out in proportion to its size and keeps at least one image for training; when ``holdout`` is
+    at least the number of classes, every class with two images or more has at least one held out. The split is
+    fixed (it does not depend on the run seed), so runs with different seeds validate on the same images.
+
+    Args:
+        targets: The class index of every training image.
+        holdout: How many images to hold out.
+        data: The dataset's name, for the message.
+
+    Returns:
+        The sorted indices of the held-out images and of the rest.
+
+    Raises:
+        DataError: ``holdout`` would leave a class without training images.
+    """
+    total = len(targets)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(1))  # fixed: independent of the run seed
+    order = order[torch.argsort(targets[order], stable=True)]  # grouped by class, shuffled within each
+    labels = targets[order]
+    counts = torch.bincount(labels)
+    present = int((counts > 0).sum())
+    if holdout > total - present:
+        raise DataError(
+            f"--holdout {holdout} leaves no training images for some class of {data}: its training split has "
+            f"{total} images in {present} classes, so at most {total - present} can be held out; hold out fewer"
+        )
+    size = counts[labels]  # the size of each image's class
+    rank = torch.arange(total) - (torch.cumsum(counts, 0) - counts)[labels]  # its place in its class's order
+    eligible = rank < size - 1  # the last image of every class stays in training
+    # systematic sampling: the k-th image of a class of n comes at k/n, so every class is held out in proportion;
+    # ties (the first image of every class, at 0) go to the larger classes first
+    keys = np.lexsort((labels.numpy(), -size.numpy(), (rank.double() / size).numpy(), ~eligible.numpy()))
+    held = order[torch.from_numpy(keys[:holdout])]
+    mask = torch.ones(total, dtype=torch.bool)
+    mask[held] = False
+    return held.sort().values, torch.nonzero(mask).flatten()
 
 
 # ------------------------------------------------------------------------------------------------------- loaders
