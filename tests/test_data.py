@@ -40,6 +40,19 @@ def write_fake_fashion_mnist(folder: Path, n_train: int = 64, n_val: int = 32, s
     return folder
 
 
+def count_resized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that receives the number of images of every ``F.interpolate`` call from now on (the resizes)."""
+    resized: list[int] = []
+    real = torch.nn.functional.interpolate
+
+    def counting(images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        resized.append(len(images))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    return resized
+
+
 def write_image_folder(root: Path, classes: int = 2, per_class: int = 4, size: int = 12) -> Path:
     """``root/{train,val}/<class>/<i>.png`` with class-coloured images."""
     rng = np.random.default_rng(0)

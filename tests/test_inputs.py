@@ -14,7 +14,7 @@ import torch
 
 from gsanet.cli import main as gsanet_main
 
-from .test_data import write_image_folder
+from .test_data import count_resized, write_image_folder
 from .test_train import tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -134,14 +134,7 @@ def test_holdout_resizes_only_the_chosen_images(tmp_path: Path, monkeypatch: pyt
     from .test_data import write_fake_fashion_mnist
 
     data = str(write_fake_fashion_mnist(tmp_path / "fm", n_train=64, n_val=8))
-    resized: list[int] = []
-    real = torch.nn.functional.interpolate
-
-    def counting(images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        resized.append(len(images))
-        return real(images, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    resized = count_resized(monkeypatch)
     datasets, _ = create_datasets("fashion-mnist", data, img_size=20, holdout=10, train_subset=16, augment=True)
     assert (len(datasets["train"]), len(datasets["val"])) == (16, 10) and sum(resized) == 16 + 10
 
