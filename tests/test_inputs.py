@@ -158,3 +158,39 @@ def test_resize_refusal_suggests_a_flag_that_helps(tmp_path: Path, monkeypatch: 
     )
     datasets, _ = data_mod.create_datasets("fashion-mnist", data, img_size=96, holdout=8, train_subset=10)
     assert len(datasets["train"]) == 10
+
+
+# ------------------------------------------------------------------------------------------- summary, visualize
+@pytest.mark.parametrize("out", ["{file}", "/proc", "/proc/gsanet"])
+def test_summary_out_that_cannot_be_written_is_one_line(
+    out: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``summary --out`` a file or /proc ended in a traceback after the work; it is refused before it."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    out = out.format(file=a_file)
+    argv = ["summary", "--models", "gsa_resnet26_tiny", "--img-size", "28", "--in-chans", "1", "--out", out]
+    message = _one_error_line(argv, capsys)
+    assert message.startswith(f"cannot write the summary to {out}: ") and message.endswith("; choose another --out")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["summary", "--in-chans", "0"], "argument --in-chans: must be >= 1, got 0"),
+        (["summary", "--img-size", "100000"], "argument --img-size: sizes above 2048 are refused, got '100000'"),
+        (["visualize", "--model", "gsa_resnet26_tiny", "--heads", "0"], "argument --heads: must be >= 1, got 0"),
+        (["visualize", "--model", "gsa_resnet26_tiny", "--channels", "0"], "argument --channels: must be >= 1, got 0"),
+        (
+            ["visualize", "--model", "gsa_resnet26_tiny", "--img-size", "100000"],
+            "argument --img-size: must be in 1..2048, got 100000 (larger inputs need more memory than a machine has)",
+        ),
+    ],
+)
+def test_summary_and_visualize_sizes_are_bounded(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``summary --in-chans 0``, ``visualize --heads 0`` gave tracebacks; ``summary --img-size 100000`` never ended
+    and ``visualize --img-size 100000`` asked for the memory of no machine. Each is refused before any work."""
+    message = _one_error_line([*argv, "--out", str(tmp_path / "out")], capsys)
+    assert message.startswith(expected)
