@@ -153,7 +153,7 @@ def test_resize_refusal_suggests_a_flag_that_helps(tmp_path: Path, monkeypatch: 
     with pytest.raises(DataError) as info:
         data_mod.create_datasets("fashion-mnist", data, img_size=96, holdout=8, augment=True)
     assert str(info.value) == (
-        "Fashion-MNIST train at 96x96: 56 images need 0.0 GiB in memory, more than half of the 0.0 GiB available; "
+        "Fashion-MNIST train at 96x96: 56 images need 1.0 MiB in memory, more than half of the 0.4 MiB available; "
         "use a smaller --img-size or fewer images with --train-subset (at most 10 fit)"
     )
     datasets, _ = data_mod.create_datasets("fashion-mnist", data, img_size=96, holdout=8, train_subset=10)
@@ -194,3 +194,33 @@ def test_summary_and_visualize_sizes_are_bounded(
     and ``visualize --img-size 100000`` asked for the memory of no machine. Each is refused before any work."""
     message = _one_error_line([*argv, "--out", str(tmp_path / "out")], capsys)
     assert message.startswith(expected)
+
+
+# ------------------------------------------------------------------------------------------ training memory
+def test_training_step_beyond_memory_is_refused_before_it(
+    fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training at --img-size 512 on Fashion-MNIST grew to 23.8 GB before the OOM killer: a step whose activations
+    do not fit the available memory is refused before it, naming the --batch-size that fits."""
+    from gsanet.train import engine
+    from gsanet.train.engine import create_model, estimate_step_bytes
+
+    from .test_train import TINY
+
+    model = create_model(TINY, num_classes=10, in_chans=1, img_size=28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    per_image = estimate_step_bytes(model, 1, 28, 1)
+    assert torch.equal(torch.get_rng_state(), rng)  # measured on a copy: the weights and random state are untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert estimate_step_bytes(model, 1, 28, 16) == pytest.approx(16 * per_image, rel=1e-6)
+    assert estimate_step_bytes(model, 1, 56, 1, probe=28) == pytest.approx(4 * per_image, rel=1e-6)
+    monkeypatch.setattr(engine, "available_memory", lambda: 5 * per_image)
+    assert gsanet_main(["train", *tiny_args(fmnist, tmp_path, "big")]) == 2  # batch 16
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    message = err.splitlines()[-1].removeprefix("gsanet train: error: ")
+    assert message.startswith("a training step at 28x28 with --batch-size 16 needs about ")
+    assert message.endswith("MiB available on cpu; use --batch-size 5 or less, or a smaller --img-size")
+    assert not (tmp_path / "big" / "checkpoints" / "last.safetensors").exists()
+    assert gsanet_main(["train", *tiny_args(fmnist, tmp_path, "fits", "--batch-size", "4")]) == 0

@@ -71,6 +71,7 @@ __all__ = [
     "epoch_seed",
     "find_class_images",
     "find_fashion_mnist",
+    "format_bytes",
     "idx_file",
     "quiet_worker",
     "read_idx",
@@ -494,6 +495,11 @@ def _read_fashion_mnist(
     return tensors
 
 
+def format_bytes(count: float) -> str:
+    """``count`` bytes in GiB, or in MiB below one GiB (for messages)."""
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
 def check_resize_memory(what: str, count: int, size: int, channels: int, fewer: str, copies: int = 1) -> None:
     """Refuse to resize ``count`` images to ``size`` x ``size`` when they would take more than half of the
     :func:`available_memory` (the other half is the model's and the loader's).
@@ -516,8 +522,8 @@ def check_resize_memory(what: str, count: int, size: int, channels: int, fewer: 
     fit = memory // 2 // per_image
     fix = f"or fewer images with {fewer} (at most {fit} fit)" if fit >= 1 else "(not one image fits)"
     raise DataError(
-        f"{what} at {size}x{size}: {count} images need {needed / 2**30:.1f} GiB in memory, more than half of the "
-        f"{memory / 2**30:.1f} GiB available; use a smaller --img-size {fix}"
+        f"{what} at {size}x{size}: {count} images need {format_bytes(needed)} in memory, more than half of the "
+        f"{format_bytes(memory)} available; use a smaller --img-size {fix}"
     )
 
 

@@ -54,7 +54,15 @@ from .checkpoint import (
 from .config import TrainConfig, config_to_dict, resolve_config
 from .data import DataInfo, check_workers, create_datasets, create_loader, epoch_seed, set_epoch
 from .distributed import DistContext, barrier, broadcast_text, init_distributed
-from .engine import EpochOptions, create_model, evaluate, resolve_amp, seed_everything, train_one_epoch
+from .engine import (
+    EpochOptions,
+    check_step_memory,
+    create_model,
+    evaluate,
+    resolve_amp,
+    seed_everything,
+    train_one_epoch,
+)
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, TrainError
 from .plots import plot_curves
 from .rundir import (
@@ -272,6 +280,7 @@ def _build_model(run: TrainingRun) -> nn.Module:
     cfg, checkpoint = run.cfg, run.checkpoint
     run.model_args = _model_args(cfg, run.info)
     model = create_model(cfg.model, **run.model_args)
+    check_step_memory(model, run.info.in_chans, run.info.img_size, cfg.batch_size, run.ctx.device)  # before a step
     if checkpoint is not None:
         check_state_dict(
             model.state_dict(),
