@@ -912,7 +912,8 @@ def check_workers(workers: int) -> None:
 def quiet_worker(worker_id: int, parent: int | None = None) -> None:
     """``worker_init_fn`` of every loader: a worker ignores SIGINT and SIGTERM, so that a Ctrl-C or a SIGTERM sent
     to the whole process group stops the training process cleanly (it shuts its workers down) instead of killing
-    the workers under it with a traceback each; and on Linux it is killed when its parent dies (never orphaned).
+    the workers under it with a traceback each; and on Linux it is killed when its parent dies (never orphaned; the
+    kernel's "parent" is the thread that started the worker, so a loader must not outlive the thread iterating it).
 
     Args:
         worker_id: The worker's index (unused).
