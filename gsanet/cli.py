@@ -37,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"gsanet: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from .runtime import keep_freed_memory
+    from .runtime import check_environment, keep_freed_memory
 
+    try:
+        check_environment()  # a mistyped GSANET_* switch is an error, not silently the default
+    except ValueError as e:
+        print(f"gsanet {name}: error: {e}", file=sys.stderr)
+        return 2
     keep_freed_memory()  # before the command allocates anything (GSANET_MALLOC=default opts out)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)

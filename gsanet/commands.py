@@ -23,7 +23,9 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "add_batch_size_flag",
     "add_config_flag",
     "add_out_flag",
+    "bounded_int",
+    "check_out_dir",
     "error_line",
     "flag_names",
     "rank_prefix",
@@ -91,6 +95,39 @@ def add_config_flag(
 ) -> None:
     """``--config YAML``: a file of config keys, loaded by :func:`resolve`."""
     parser.add_argument("--config", metavar="YAML", help=help_)
+
+
+def bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an int in ``low..high`` (no upper bound when None); ``why`` explains the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}{f' ({why})' if why else ''}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def check_out_dir(out: str | Path, what: str = "results", flag: str = "--out") -> None:
+    """Create ``out`` if needed and check that a file can be written in it, before the command does its work.
+
+    Raises:
+        UserError: It is a file, cannot be created, or is not writable (read-only, ``/proc``, no permission).
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".gsanet-write-check-"):
+            pass
+    except OSError as e:
+        problem = "it is a file" if out.is_file() else e.strerror or type(e).__name__
+        raise UserError(f"cannot write {what} to {out}: {problem}; choose another {flag}") from e
 
 
 def resolve(cls: type[C], args: argparse.Namespace) -> C:

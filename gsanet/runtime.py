@@ -9,6 +9,8 @@ the effect of the tcmalloc/jemalloc preloads that PyTorch's CPU performance guid
 The price: the process keeps its peak memory until it exits, as the CUDA caching allocator does.
 
 The library itself never changes process settings; the ``gsanet`` command does, unless ``GSANET_MALLOC=default``.
+The command checks every ``GSANET_*`` switch before it starts (:func:`check_environment`): a value a switch does not
+take is an error, never silently read as the default.
 Elsewhere than glibc (macOS, musl) it does nothing.
 """
 
@@ -20,13 +22,44 @@ import logging
 import os
 import platform
 
-__all__ = ["allocator_policy", "keep_freed_memory"]
+__all__ = ["MALLOC_POLICIES", "allocator_policy", "check_environment", "keep_freed_memory", "malloc_setting"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1  # glibc malloc.h
 _M_MMAP_MAX = -4
 _policy: list[str] = []
+MALLOC_POLICIES = ("keep", "default")
+"""The values of ``GSANET_MALLOC``: ``keep`` (the default) or ``default`` (glibc's own policy)."""
+
+
+def malloc_setting() -> str:
+    """``GSANET_MALLOC``, lower-cased: ``"keep"`` (also when unset or empty) or ``"default"``.
+
+    Raises:
+        ValueError: Any other value.
+    """
+    value = os.environ.get("GSANET_MALLOC", "").strip().lower() or "keep"
+    if value not in MALLOC_POLICIES:
+        raise ValueError(
+            f"GSANET_MALLOC={value!r} is not a malloc policy; use keep (the default: freed memory is kept for reuse) "
+            "or default (glibc's own policy)"
+        )
+    return value
+
+
+def check_environment() -> None:
+    """Check the ``GSANET_*`` switches (README, "Environment switches") before a command does any work.
+
+    Raises:
+        ValueError: The first of ``GSANET_MALLOC``, ``GSANET_FUSED_AXIAL``, ``GSANET_KERNEL_ISA`` set to a value it
+            does not take (the message names the variable and its valid values).
+    """
+    from gsanet.layers import axial_kernel
+
+    malloc_setting()
+    axial_kernel.fused_axial_setting()
+    axial_kernel.selected_variant()
 
 
 def keep_freed_memory() -> bool:
@@ -34,10 +67,13 @@ def keep_freed_memory() -> bool:
 
     Returns:
         Whether the policy is in force (False: ``GSANET_MALLOC=default``, or not glibc).
+
+    Raises:
+        ValueError: ``GSANET_MALLOC`` is neither ``keep`` nor ``default`` (:func:`malloc_setting`).
     """
     if _policy:
         return _policy[0] == "keep"
-    if os.environ.get("GSANET_MALLOC", "keep").strip().lower() == "default":
+    if malloc_setting() == "default":
         _policy.append("default (GSANET_MALLOC=default)")
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

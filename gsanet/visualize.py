@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gsanet.commands import ArgumentParser, UserError, add_out_flag, run
+from gsanet.commands import ArgumentParser, UserError, add_out_flag, bounded_int, check_out_dir, run
 from gsanet.layers import GlobalSelfAttention
+from gsanet.train.config import MAX_IMG_SIZE
 
 __all__ = [
     "AttentionMaps",
@@ -301,11 +301,11 @@ def load_image(
     if image is not None:
         from PIL import Image
 
-        from gsanet.train.data import to_8bit
+        from gsanet.train.data import upright_8bit
 
         try:
             with Image.open(image) as img:
-                array = np.asarray(to_8bit(img).convert("RGB"), dtype=np.float32) / 255.0
+                array = np.asarray(upright_8bit(img).convert("RGB"), dtype=np.float32) / 255.0
         except Image.DecompressionBombError as e:
             raise ValueError(f"image {image} is too large to decode safely ({e}); use a smaller image") from e
         return array, Path(image).name
@@ -463,24 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--pixel", type=int, nargs=2, metavar=("Y", "X"), help="pixel in input coordinates (default: centre)"
     )
     p.add_argument("--layer", type=int, default=0, help="index of the GSA module (see --list-layers; default 0)")
-    p.add_argument("--heads", type=int, default=4, help="heads shown (default 4)")
-    p.add_argument("--channels", type=int, default=6, help="key channels shown per head (default 6)")
-    p.add_argument("--img-size", type=int, help="input size of an untrained model (default: its config's)")
+    p.add_argument("--heads", type=bounded_int(1), default=4, help="heads shown (default 4)")
+    p.add_argument("--channels", type=bounded_int(1), default=6, help="key channels shown per head (default 6)")
+    p.add_argument(
+        "--img-size",
+        type=bounded_int(1, MAX_IMG_SIZE, "larger inputs need more memory than a machine has"),
+        help=f"input size of an untrained model, at most {MAX_IMG_SIZE} (default: its config's)",
+    )
     add_out_flag(p, "output directory (default: results/figures)", default="results/figures")
     p.add_argument("--prefix", help="file name prefix (default: derived from model, image, layer)")
     p.add_argument("--list-layers", action="store_true", help="list the GSA modules and their input sizes, then exit")
     return p
-
-
-def _unwritable(out: Path) -> str:
-    """Why figures cannot be written into ``out`` (created if missing), or "" when they can."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".gsanet-write-check-"):
-            pass
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if not args.list_layers and (problem := _unwritable(out)):
-        raise UserError(f"cannot write figures to {out}: {problem}; choose another --out")
+    if not args.list_layers:
+        check_out_dir(out, "figures")
     try:
         subject = load_subject(
             checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, img_size=args.img_size

@@ -128,3 +128,98 @@ def test_error_message_strips_worker_traceback() -> None:
         '  File "x.py", line 1\ngsanet.train.config.ConfigError: the real message'
     )
     assert error_message(wrapped) == "the real message"
+
+
+# ------------------------------------------------------------------------------------- the strict config loader
+def _alias_bomb(levels: int) -> str:
+    """``model_kwargs`` whose last list expands, through aliases, into ``10 ** levels`` leaves."""
+    lines = ["model_kwargs:", "  a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_refused(tmp_path: Path) -> None:
+    """The issue's 10^10-leaf bomb hung for an hour; aliases are refused before anything expands (shown here with a
+    10^4-leaf one, which the plain safe loader reads in well under a second)."""
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(_alias_bomb(4))
+    with pytest.raises(ConfigError, match=r"bomb.yaml is not valid YAML: aliases \(\*name\) are not allowed"):
+        resolve_config(TrainConfig, {}, recipe)
+
+
+def test_yaml_alias_bomb_in_an_experiment_recipe_refused(tmp_path: Path) -> None:
+    from gsanet.experiments.cli import load_recipe
+
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text("epochs: &e 1\nwarmup_epochs: *e\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_recipe(recipe)
+
+
+def test_yaml_duplicate_keys_refused(tmp_path: Path) -> None:
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text("lr: 0.1\nepochs: 3\nmodel_kwargs: {heads: 2, heads: 4}\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'heads' \(first on line 3\)"):
+        resolve_config(TrainConfig, {}, recipe)
+    recipe.write_text("lr: 0.1\nepochs: 3\nlr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml is not valid YAML: duplicate key 'lr' \(first on line 1\)"):
+        resolve_config(TrainConfig, {}, recipe)
+
+
+def test_yaml_nesting_and_size_are_bounded(tmp_path: Path) -> None:
+    from gsanet.train.config import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
+
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text("model_kwargs: " + "[" * (MAX_CONFIG_DEPTH + 1) + "]" * (MAX_CONFIG_DEPTH + 1) + "\n")
+    with pytest.raises(ConfigError, match=f"nested deeper than {MAX_CONFIG_DEPTH} levels"):
+        resolve_config(TrainConfig, {}, recipe)
+    recipe.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1) + "lr: 0.1\n")
+    with pytest.raises(ConfigError, match="deep.yaml is larger than 1024 KiB"):
+        resolve_config(TrainConfig, {}, recipe)
+
+
+def test_config_fifo_refused_without_hanging(tmp_path: Path) -> None:
+    """A FIFO given as --config used to block forever in open(); it is refused at once."""
+    import os
+    import threading
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            resolve_config(TrainConfig, {}, fifo)
+        except BaseException as e:  # noqa: BLE001 (handed to the test thread)
+            errors.append(e)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():  # release the blocked reader before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=10)
+        pytest.fail("loading a FIFO as a config file blocked")
+    assert len(errors) == 1 and isinstance(errors[0], ConfigError), errors
+    assert str(errors[0]) == f"config file {fifo} is a FIFO; give the path of a YAML file"
+
+
+def test_config_invalid_utf8_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gsanet.cli import main as gsanet_main
+
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    assert gsanet_main(["train", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    expected = f"config file {recipe} is not UTF-8 text (byte 0xe9 at offset 9); save it as UTF-8"
+    assert err == f"gsanet train: error: {expected}\n"
+
+
+def test_yaml_alias_bomb_in_model_kwargs_flag_refused() -> None:
+    """``--model-kwargs k=<yaml>`` values go through the strict loader too: an alias bomb there is a usage error."""
+    from gsanet.commands import UserError
+    from gsanet.train.config import build_parser
+
+    parser = build_parser(TrainConfig, "gsanet train", "test")
+    with pytest.raises(UserError, match=r"the value of x is not valid YAML: aliases"):
+        parser.parse_args(["--model-kwargs", "x=[&a [1, 1], [*a, *a]]"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +38,19 @@ def write_fake_fashion_mnist(folder: Path, n_train: int = 64, n_val: int = 32, s
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.to(torch.uint8))
     return folder
+
+
+def count_resized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that receives the number of images of every ``F.interpolate`` call from now on (the resizes)."""
+    resized: list[int] = []
+    real = torch.nn.functional.interpolate
+
+    def counting(images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        resized.append(len(images))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    return resized
 
 
 def write_image_folder(root: Path, classes: int = 2, per_class: int = 4, size: int = 12) -> Path:
@@ -221,3 +235,51 @@ def test_cifar_transforms(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_cifar_without_download(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cifar10 not found .*cifar-10-batches-py"):
         create_datasets("cifar10", str(tmp_path), download=False)
+
+
+# ------------------------------------------------------------------------------------------ image decoding (issue 23)
+def _folder_dataset(folder: Path) -> Any:
+    """The images of ``folder`` (one class), decoded as training decodes them, untransformed (PIL images)."""
+    from gsanet.train.data import CheckedImageDataset, FolderReader
+
+    samples = [(str(path), 0) for path in sorted(folder.iterdir())]
+    return CheckedImageDataset(str(folder), reader=FolderReader(folder, samples), input_img_mode="L")
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    """A camera's portrait photo is stored sideways with an EXIF orientation; it was read sideways."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (8, 12), dtype=np.uint8)  # 8 rows, 12 columns as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image is turned 90 degrees; viewers rotate it clockwise
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "0.png", exif=exif)
+    image, _ = _folder_dataset(folder)[0]
+    expected = np.asarray(Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_270))
+    assert image.size == (8, 12)  # width 8, height 12: upright
+    np.testing.assert_array_equal(np.asarray(image), expected)
+
+
+def test_32bit_and_float_tiffs_are_scaled_not_black(tmp_path: Path) -> None:
+    """32-bit integer and float TIFFs became black (PIL's convert clips them); they are scaled by their range."""
+    rng = np.random.default_rng(2)
+    levels = rng.uniform(0.0, 1.0, (6, 6))
+    levels[0, 0], levels[0, 1] = 0.0, 1.0  # the full range is present
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    Image.fromarray((levels * 1000).astype(np.int32)).save(folder / "0_int32.tif")  # a 0..1000 range
+    Image.fromarray(levels.astype(np.float32)).save(folder / "1_float01.tif")  # the float convention, 1.0 white
+    Image.fromarray((levels * 40 - 10).astype(np.float32)).save(folder / "2_float_signed.tif")  # -10..30
+    dataset = _folder_dataset(folder)
+    for i, (scale, offset) in enumerate([(1000, 0), (1, 0), (40, -10)]):
+        image = np.asarray(dataset[i][0], dtype=np.float64)
+        stored = np.asarray(Image.open(sorted(folder.iterdir())[i]), dtype=np.float64)
+        expected = (stored - offset) / scale * 255  # from the range's low end (0, or the negative minimum) to its top
+        assert np.abs(image - expected).max() <= 0.5 + 1e-9, (i, image, expected)
+        assert image.max() == 255 and image.min() == 0
+    nan = levels.astype(np.float32)
+    nan[2, 3] = np.nan
+    Image.fromarray(nan).save(folder / "3_nan.tif")
+    with pytest.raises(DataError, match="3_nan.tif: the image has NaN or infinite pixels"):
+        _folder_dataset(folder)[3]

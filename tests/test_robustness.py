@@ -31,7 +31,7 @@ from gsanet.train.data import create_datasets, write_idx
 from gsanet.train.distributed import DistContext
 from gsanet.train.engine import create_model
 
-from .test_data import write_fake_fashion_mnist, write_image_folder
+from .test_data import count_resized, write_fake_fashion_mnist, write_image_folder
 from .test_train import TINY, tiny_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -443,14 +443,7 @@ def test_d11_fashion_mnist_subset_is_taken_before_the_resize(
 ) -> None:
     write_fake_fashion_mnist(tmp_path, n_train=64, n_val=32)
     full = create_datasets("fashion-mnist", str(tmp_path), img_size=20, augment=True, seed=5)[0]["train"]
-    resized: list[int] = []
-    real = torch.nn.functional.interpolate
-
-    def counting(images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        resized.append(len(images))
-        return real(images, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    resized = count_resized(monkeypatch)
     datasets, _ = create_datasets(
         "fashion-mnist", str(tmp_path), img_size=20, augment=True, seed=5, train_subset=8, val_subset=4
     )

@@ -45,3 +45,40 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     assert policy == "keep" and faults < 1000, (policy, faults)
     policy, faults = _probe("default")
     assert policy.startswith("default") and faults > 3 * 20_000, (policy, faults)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "valid"),
+    [
+        ("GSANET_FUSED_AXIAL", "2", "use 0 (kernel off), 1 (kernel forced on) or leave it unset"),
+        ("GSANET_MALLOC", "foo", "use keep (the default: freed memory is kept for reuse) or default"),
+        ("GSANET_KERNEL_ISA", "sse9", "choose from avx512_bf16, avx512, avx2, generic"),
+    ],
+)
+def test_invalid_environment_switch_is_an_error(
+    variable: str, value: str, valid: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GSANET_FUSED_AXIAL=2 and GSANET_MALLOC=foo were silently read as unset; every command now refuses them at its
+    start, in one line naming the variable and its valid values."""
+    from gsanet.cli import main as gsanet_main
+
+    for other in ("GSANET_FUSED_AXIAL", "GSANET_MALLOC", "GSANET_KERNEL_ISA"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(variable, value)
+    assert gsanet_main(["summary", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gsanet summary: error: {variable}={value!r} ") and valid in err and err.count("\n") == 1
+
+
+def test_invalid_fused_axial_in_the_library_is_said_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gsanet.layers import axial_kernel
+    from gsanet.runtime import malloc_setting
+
+    monkeypatch.setenv("GSANET_FUSED_AXIAL", "yes")
+    with pytest.raises(ValueError, match="GSANET_FUSED_AXIAL='yes' is not a valid setting"):
+        axial_kernel.prefer_kernel("avx2", 7)
+    monkeypatch.setenv("GSANET_FUSED_AXIAL", " 1 ")
+    assert axial_kernel.fused_axial_setting() == "1"
+    monkeypatch.setenv("GSANET_MALLOC", "off")
+    with pytest.raises(ValueError, match="GSANET_MALLOC='off' is not a malloc policy"):
+        malloc_setting()

@@ -44,10 +44,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gsanet.train.cli import Terminated
-from gsanet.train.errors import CheckpointError
+from gsanet.train.config import load_yaml
+from gsanet.train.errors import CheckpointError, ConfigError
 from gsanet.train.rundir import RunDir, RunSummary, read_summary
 
 from .plans import RunSpec, data_slug
@@ -115,14 +114,9 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        found = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise _Damaged(f"config.yaml is not valid YAML ({' '.join(str(e).split())})") from e
-    if found is None:
-        return {}
-    if not isinstance(found, dict):
-        raise _Damaged(f"config.yaml is a {type(found).__name__}, not a mapping of config keys")
-    return found
+        return load_yaml(path)  # the strict loader: no aliases, duplicate keys or non-regular files
+    except ConfigError as e:
+        raise _Damaged(f"config.yaml: {' '.join(str(e).split())}") from e
 
 
 def _percent(name: str, value: Any) -> None:

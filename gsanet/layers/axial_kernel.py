@@ -27,7 +27,8 @@ Dispatch (:func:`usable`) takes the kernel only where it was measured to beat th
 the variant, the axis lengths at which it won, side by side, forward+backward, and the architectures measured;
 ``results/bench_axial_*`` holds the tables). The ``generic`` build was measured on x86 only, so on ARM it is built and
 tested but not dispatched: ``GSANET_FUSED_AXIAL=1`` forces the kernel for any variant and shape,
-``GSANET_FUSED_AXIAL=0`` turns it off.
+``GSANET_FUSED_AXIAL=0`` turns it off. Another value of either switch is an error of the ``gsanet`` command at its
+start (:func:`gsanet.runtime.check_environment`); in a library forward pass it is logged once and the GEMM path runs.
 
 The extension is compiled with the machine's C++ compiler (``torch.utils.cpp_extension``, about 15 s a variant) on
 first use, or by ``scripts/setup.sh``, and cached under ``TORCH_EXTENSIONS_DIR`` (default
@@ -62,6 +63,7 @@ __all__ = [
     "Variant",
     "available",
     "build",
+    "fused_axial_setting",
     "build_error",
     "host_variants",
     "kernel_enabled",
@@ -160,6 +162,21 @@ def _torch_capability() -> int:
         return 0
 
 
+def fused_axial_setting() -> str:
+    """``GSANET_FUSED_AXIAL``: ``"0"`` (the kernel off), ``"1"`` (forced on) or ``""`` (unset: where measured faster).
+
+    Raises:
+        ValueError: Any other value (a typo must not silently leave the dispatch as it is).
+    """
+    value = os.environ.get("GSANET_FUSED_AXIAL", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(
+            f"GSANET_FUSED_AXIAL={value!r} is not a valid setting; use 0 (kernel off), 1 (kernel forced on) or leave "
+            "it unset (the kernel where it was measured faster)"
+        )
+    return value
+
+
 def selected_variant() -> str:
     """The variant the layer runs: ``GSANET_KERNEL_ISA`` if set, else the best one the CPU executes at PyTorch's
     CPU capability (so ``ATEN_CPU_CAPABILITY=avx2`` selects the AVX2 build on an AVX-512 machine).
@@ -202,7 +219,7 @@ def build(variant: str | None = None, verbose: bool = False) -> bool:
     Raises nothing for build failures (logged once per variant and remembered; the GEMM path is used instead).
 
     Raises:
-        ValueError: the variant is unknown or this CPU cannot execute it.
+        ValueError: the variant is unknown or this CPU cannot execute it, or ``GSANET_FUSED_AXIAL`` is invalid.
     """
     variant = selected_variant() if variant is None else variant
     if variant not in VARIANTS:
@@ -212,7 +229,7 @@ def build(variant: str | None = None, verbose: bool = False) -> bool:
     state = _state.setdefault(variant, {})
     if "loaded" in state:
         return bool(state["loaded"])
-    if os.environ.get("GSANET_FUSED_AXIAL", "") == "0":
+    if fused_axial_setting() == "0":
         state.update(loaded=False, error="disabled by GSANET_FUSED_AXIAL=0")
         return False
     spec = VARIANTS[variant]
@@ -288,8 +305,12 @@ def build_error(variant: str | None = None) -> str:
 
 def prefer_kernel(variant: str, size: int) -> bool:
     """Whether the kernel's ``variant`` was measured faster than the GEMM path at axis length ``size`` on this
-    machine's architecture (:data:`MEASURED`); ``GSANET_FUSED_AXIAL=1`` says yes to every variant and size."""
-    if os.environ.get("GSANET_FUSED_AXIAL", "") == "1":
+    machine's architecture (:data:`MEASURED`); ``GSANET_FUSED_AXIAL=1`` says yes to every variant and size.
+
+    Raises:
+        ValueError: ``GSANET_FUSED_AXIAL`` has a value other than 0 or 1 (:func:`fused_axial_setting`).
+    """
+    if fused_axial_setting() == "1":
         return True
     if variant not in MEASURED:
         return False
@@ -323,7 +344,8 @@ def usable(*tensors: torch.Tensor) -> bool:
         return False
     try:
         variant = selected_variant()
-    except ValueError as e:  # a bad GSANET_KERNEL_ISA: said once, then the GEMM path
+        fused_axial_setting()
+    except ValueError as e:  # a bad GSANET_KERNEL_ISA or GSANET_FUSED_AXIAL: said once, then the GEMM path
         if not _warned:
             _warned.append(str(e))
             _LOGGER.warning("%s; using the batched-GEMM path", e)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import timm
 
-from gsanet.commands import ArgumentParser, UserError, add_out_flag, run, setup_logging
+from gsanet.commands import ArgumentParser, UserError, add_out_flag, bounded_int, check_out_dir, run, setup_logging
 from gsanet.tables import fixed, markdown_table, si, write_csv
 
 from .flops import count_macs, count_params
@@ -286,6 +286,8 @@ def to_csv_rows(rows: Sequence[SummaryRow], img_size: tuple[int, int] | None) ->
 
 
 def _parse_size(text: str) -> tuple[int, int] | None:
+    from gsanet.train.config import MAX_IMG_SIZE
+
     if text == "default":
         return None
     try:
@@ -294,6 +296,11 @@ def _parse_size(text: str) -> tuple[int, int] | None:
         parts = []
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected a size like 224, 224x256 or 'default', got {text!r}")
+    if max(parts) > MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"sizes above {MAX_IMG_SIZE} are refused, got {text!r}: every model is built and run on one such image, "
+            f"which takes minutes at {MAX_IMG_SIZE} and more memory than a machine has well before 100000"
+        )
     return (parts[0], parts[-1])
 
 
@@ -316,8 +323,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="input size: 224, HxW, or 'default' for each model's default input size (default: 224)",
     )
-    parser.add_argument("--in-chans", type=int, help="input channels (default: the model's, 3)")
-    parser.add_argument("--num-classes", type=int, help="classifier classes (default: the model's)")
+    parser.add_argument("--in-chans", type=bounded_int(1), help="input channels (default: the model's, 3)")
+    parser.add_argument(
+        "--num-classes", type=bounded_int(0), help="classifier classes (default: the model's; 0: no classifier)"
+    )
     add_out_flag(parser, "directory for summary_<size>.md/.csv; '' to only print", default="results")
     parser.add_argument(
         "--meta",
@@ -339,6 +348,8 @@ def _main(argv: list[str]) -> int:
         models = select_models(args.models) if args.models else default_models(args.img_size)
     except ValueError as e:
         raise UserError(str(e)) from e
+    if args.out and not args.meta:
+        check_out_dir(args.out, "the summary")  # before the work: a file, /proc or a read-only folder is refused now
     if args.meta:
         for row in summarize(select_models(args.models or ["*"])):
             fields = f"params={row.params:_}, macs={row.macs:_}, algorithmic_macs={row.algorithmic_macs:_}"
@@ -349,7 +360,6 @@ def _main(argv: list[str]) -> int:
     print(text, end="")
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         stem = out / f"summary_{_size_text(args.img_size)}"
         stem.with_suffix(".md").write_text(text)
         write_csv(stem.with_suffix(".csv"), CSV_FIELDS, to_csv_rows(rows, args.img_size))

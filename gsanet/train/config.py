@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +26,10 @@ from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError,
 
 __all__ = [
     "AMP_CHOICES",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
     "MAX_IMG_SIZE",
+    "MAX_WORKERS",
     "RESERVED_MODEL_KWARGS",
     "DEFAULT_MAX_PARAMS",
     "CheckpointError",
@@ -39,6 +44,8 @@ __all__ = [
     "config_to_dict",
     "error_message",
     "load_yaml",
+    "parse_yaml",
+    "read_config_text",
     "resolve_config",
     "save_yaml",
 ]
@@ -58,6 +65,12 @@ RESERVED_MODEL_KWARGS = frozenset(
 _MAX_SEED = 2**32 - 1
 DEFAULT_MAX_PARAMS = 1_000_000_000
 """Largest model accepted by default (4 GiB of float32 weights): a bound on what checkpoint metadata can allocate."""
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (1 MiB; the shipped ones are under 2 KB): a larger file is a wrong path, not a config."""
+MAX_CONFIG_DEPTH = 32
+"""Deepest nesting of mappings and lists accepted in a config file."""
+MAX_WORKERS = 256
+"""Most loader worker processes a config may ask for; at run time they are also bounded by the usable CPUs."""
 
 C = TypeVar("C")
 
@@ -143,7 +156,7 @@ class TrainConfig:
         _check_choice("sched", self.sched, _SCHEDULERS)
         for key in ("epochs", "batch_size", "max_params"):
             _check_min(key, getattr(self, key), 1)
-        _check_min("workers", self.workers, 0)
+        _check_range("workers", self.workers, 0, MAX_WORKERS)
         _check_range("seed", self.seed, 0, _MAX_SEED)
         for key in ("train_subset", "val_subset", "holdout"):
             if getattr(self, key) is not None:
@@ -207,7 +220,7 @@ class EvalConfig:
         _check_choice("amp", self.amp, AMP_CHOICES)
         _check_min("batch_size", self.batch_size, 1)
         _check_min("max_params", self.max_params, 1)
-        _check_min("workers", self.workers, 0)
+        _check_range("workers", self.workers, 0, MAX_WORKERS)
         if self.val_subset is not None:
             _check_min("val_subset", self.val_subset, 1)
 
@@ -330,17 +343,113 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a yaml mapping; a missing file, a parse error or a non-mapping is a :class:`ConfigError`."""
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also refuses aliases, duplicate keys and nesting deeper than
+    :data:`MAX_CONFIG_DEPTH`: a config is plain data that a person wrote, and an alias is how a 2 KB file expands
+    into billions of values (an "alias bomb")."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed: write the value out", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_CONFIG_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first.line + 1})", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, source: str, name: str = "<text>") -> Any:
+    """The value of a YAML document, read by the strict loader (no aliases, no duplicate keys, bounded nesting).
+
+    Args:
+        text: The document.
+        source: What it is, for the error message (e.g. ``"config file x.yaml"``).
+        name: The document's name in the error's position (a file's path).
+
+    Raises:
+        ConfigError: Invalid YAML, an alias, a duplicate key, or nesting deeper than :data:`MAX_CONFIG_DEPTH`.
+    """
+    loader = _StrictLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}; fix it") from e
+    finally:
+        loader.dispose()
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file: a regular file of at most :data:`MAX_CONFIG_BYTES` bytes of UTF-8.
+
+    The file is opened without blocking, so a FIFO or a device given by mistake is refused instead of waited on.
+
+    Raises:
+        ConfigError: The file is missing or unreadable, not a regular file, too large, or not UTF-8.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}; check the path given to --config") from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise ConfigError(f"config file {path} is {kind}; give the path of a YAML file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}; check the file") from e
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config; check the path"
+        )
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}; fix the syntax") from e
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from e
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping through :func:`read_config_text` and :func:`parse_yaml`: every config and recipe file is
+    loaded here.
+
+    Raises:
+        ConfigError: See :func:`read_config_text` and :func:`parse_yaml`; or the document is not a mapping.
+    """
+    path = Path(path)
+    data = parse_yaml(read_config_text(path), f"config file {path}", str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -379,7 +488,10 @@ def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, yaml.safe_load(value)
+    try:
+        return key, parse_yaml(value, f"the value of {key}")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:

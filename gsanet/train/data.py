@@ -3,7 +3,8 @@
 * ``fashion-mnist``: the four idx(.gz) files are looked for in ``data_dir``, ``data_dir/FashionMNIST/raw``,
   ``data_dir/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``), else
   downloaded by torchvision into ``data_dir``; a folder of ``data_dir`` holding only some of the four files is an
-  error (never a silent fall-back to another copy). The subsets are taken before any resize. The images stay in
+  error (never a silent fall-back to another copy). The subsets and the held-out split are taken before any resize,
+  and a resize whose images would take more than half of the available memory is refused. The images stay in
   memory as uint8; the augmentation (our choice: a
   random 28x28 crop of the image padded by 2, and a horizontal flip) is drawn per epoch from the run's seed and the
   sample index, so it is identical whatever the number of processes or loader workers. The test split is the
@@ -13,7 +14,8 @@
 * any other value is a folder with ``train/`` and ``val/`` (or ``validation/``) subfolders of one folder per class
   (the ImageNet layout), transformed with ``timm.data.create_transform``. The class of an image is the top-level
   folder under ``train/`` (or ``val/``) that holds it, at any depth below; symlinked folders are followed once each
-  (a link loop or a second link to a folder already read is skipped). 16-bit images are scaled to 8 bits. The
+  (a link loop or a second link to a folder already read is skipped). Images are turned by their EXIF orientation;
+  16-bit, 32-bit and float images are scaled to 8 bits (:func:`to_8bit`). The
   training split needs at least two classes, each with an image.
 
 Loaders shard with a ``DistributedSampler`` (also for one process, so one process and N processes with the same
@@ -23,10 +25,15 @@ augmentation for each epoch.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gzip
 import logging
 import os
+import signal
 import struct
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,14 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset, create_transform
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .config import MAX_IMG_SIZE, DataError
+from .config import MAX_IMG_SIZE, ConfigError, DataError
 from .distributed import DistContext, ShardSampler
 
 __all__ = [
@@ -54,17 +61,25 @@ __all__ = [
     "SYSTEM_FASHION_MNIST_DIR",
     "CheckedImageDataset",
     "DataInfo",
+    "available_memory",
+    "check_resize_memory",
     "FolderReader",
     "TensorImageDataset",
+    "check_workers",
     "create_datasets",
     "create_loader",
     "epoch_seed",
     "find_class_images",
     "find_fashion_mnist",
+    "format_bytes",
     "idx_file",
+    "quiet_worker",
     "read_idx",
     "set_epoch",
+    "stratified_holdout",
     "to_8bit",
+    "upright_8bit",
+    "usable_cpus",
     "write_idx",
 ]
 
@@ -94,6 +109,7 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _MAX_IDX_BYTES = 2**34  # 16 GiB: a header asking for more is corrupt (and is refused before anything is read)
 
 
@@ -277,21 +293,44 @@ class TensorImageDataset(Dataset):
 
 
 def to_8bit(img: Image.Image) -> Image.Image:
-    """``img`` with 16-bit (``I;16*``, ``I``) and float (``F``) modes scaled to 8-bit ``L`` (PIL's ``convert`` would
-    clip them to white); other modes unchanged."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        array = np.asarray(img, dtype=np.float64) / 257.0  # 0..65535 -> 0..255 (16-bit PNG/TIFF data)
-    elif img.mode == "F":
+    """``img`` with 16-bit, 32-bit integer and float modes scaled to 8-bit ``L`` (PIL's ``convert`` would clip them to
+    white or black); other modes unchanged.
+
+    16-bit images (``I;16*``) are divided by 257 (0..65535 -> 0..255), so every image keeps its absolute level. 32-bit
+    integer (``I``) and float (``F``) images have no fixed range: they are scaled by their actual one, from
+    ``min(0, smallest value)`` (black) to the largest value (white); float images within [0, 1] keep that range
+    (1.0 is white).
+
+    Raises:
+        ValueError: A float image with NaN or infinite pixels.
+    """
+    if img.mode.startswith("I;16"):
+        array = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode in ("I", "F"):
         array = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("the image has NaN or infinite pixels")
+        low = min(0.0, float(array.min(initial=0.0)))
+        high = float(array.max(initial=0.0))
+        if img.mode == "F" and low == 0.0 and high <= 1.0:
+            high = 1.0
+        array = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
     else:
         return img
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
 
 
+def upright_8bit(img: Image.Image) -> Image.Image:
+    """``img`` as a viewer shows it: turned by its EXIF orientation (a camera's portrait photo is stored sideways),
+    then scaled to 8 bits (:func:`to_8bit`)."""
+    return to_8bit(ImageOps.exif_transpose(img))
+
+
 class CheckedImageDataset(ImageDataset):
     """timm's :class:`~timm.data.ImageDataset` that stops on an unreadable image instead of skipping it.
 
-    16-bit images are scaled to 8 bits before the conversion to the input mode; an image over PIL's pixel limit
+    Images are turned by their EXIF orientation and 16-bit, 32-bit and float images scaled to 8 bits
+    (:func:`upright_8bit`) before the conversion to the input mode; an image over PIL's pixel limit
     (a decompression bomb) is a :class:`DataError` like any unreadable file.
     """
 
@@ -300,7 +339,7 @@ class CheckedImageDataset(ImageDataset):
         file = None
         try:
             file, target = self.reader[index]
-            img = to_8bit(Image.open(file))
+            img = upright_8bit(Image.open(file))
             img = img.convert(self.input_img_mode or "RGB")  # decodes the pixels
         except Image.DecompressionBombError as e:
             raise DataError(
@@ -385,7 +424,16 @@ def find_class_images(folder: Path, class_names: Sequence[str]) -> dict[str, lis
     return found
 
 
-def _memory_bytes() -> int | None:
+def available_memory() -> int | None:
+    """Bytes of memory new allocations can get without swapping: ``MemAvailable`` of ``/proc/meminfo``, else the
+    physical memory, else None (unknown: nothing is refused)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
@@ -402,18 +450,13 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def _fashion_mnist(
-    splits: Sequence[str],
-    data_dir: str,
-    download: bool,
-    img_size: int | None,
-    augment: bool,
-    seed: int,
-    subsets: dict[str, int | None],
-) -> tuple[dict[str, Dataset], DataInfo]:
+def _read_fashion_mnist(
+    sources: Sequence[str], data_dir: str, download: bool
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The uint8 images ``N x 28 x 28`` and int64 labels of the idx files' ``train`` and/or ``val`` (t10k) splits."""
     folder = find_fashion_mnist(data_dir)
     tensors = {}
-    for split in splits:
+    for split in sources:
         if folder is not None:
             images_stem, labels_stem = _FASHION_MNIST_FILES[split]
             images, labels = read_idx(idx_file(folder, images_stem)), read_idx(idx_file(folder, labels_stem))
@@ -449,24 +492,75 @@ def _fashion_mnist(
         tensors[split] = (images, labels.long())
     if folder is not None:
         _logger.info("Fashion-MNIST idx files: %s", folder)
+    return tensors
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes in GiB, or in MiB below one GiB (for messages)."""
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+def check_resize_memory(what: str, count: int, size: int, channels: int, fewer: str, copies: int = 1) -> None:
+    """Refuse to resize ``count`` images to ``size`` x ``size`` when they would take more than half of the
+    :func:`available_memory` (the other half is the model's and the loader's).
+
+    Args:
+        what: The images, for the message (e.g. ``"Fashion-MNIST train"``).
+        count: How many images.
+        size: Their side after the resize.
+        channels: Their channels (uint8 each).
+        fewer: The flag(s) that take fewer of these images, for the message.
+        copies: Copies held at once (2 for a padded training set: the resized images and the padded copy).
+
+    Raises:
+        DataError: The images would not fit; the message says how many would, and which flag takes fewer.
+    """
+    per_image = copies * channels * size * size
+    needed, memory = count * per_image, available_memory()
+    if memory is None or needed <= memory // 2:
+        return
+    fit = memory // 2 // per_image
+    fix = f"or fewer images with {fewer} (at most {fit} fit)" if fit >= 1 else "(not one image fits)"
+    raise DataError(
+        f"{what} at {size}x{size}: {count} images need {format_bytes(needed)} in memory, more than half of the "
+        f"{format_bytes(memory)} available; use a smaller --img-size {fix}"
+    )
+
+
+def _fashion_mnist(
+    splits: Sequence[str],
+    data_dir: str,
+    download: bool,
+    img_size: int | None,
+    augment: bool,
+    seed: int,
+    subsets: dict[str, int | None],
+    holdout: int | None,
+) -> tuple[dict[str, Dataset], DataInfo]:
+    """Fashion-MNIST's splits; every subset (and the held-out split) is taken before the resize, so that only the
+    images kept are resized."""
+    sources = {"train": "train", "val": "train" if holdout is not None else "val"}
+    tensors = _read_fashion_mnist(sorted({sources[split] for split in splits}), data_dir, download)
+    chosen: dict[str, torch.Tensor | None] = dict.fromkeys(splits)
+    if holdout is not None:
+        held, rest = stratified_holdout(tensors["train"][1], holdout, "fashion-mnist")
+        chosen.update(train=rest, val=held)
+    fewer = {"train": "--train-subset", "val": "--holdout/--val-subset" if holdout is not None else "--val-subset"}
     size = img_size or 28
     datasets = {}
-    for split, (images, labels) in tensors.items():
-        total = len(labels)
-        ids = _subset_indices(total, subsets.get(split))
+    for split in splits:
+        images, labels = tensors[sources[split]]
+        total, ids = len(labels), chosen[split]
+        kept = _subset_indices(total if ids is None else len(ids), subsets.get(split))
+        if kept is not None:
+            ids = kept if ids is None else ids[kept]
         if ids is not None:  # subset first: only the kept images are resized
             images, labels = images[ids], labels[ids]
         images = images.unsqueeze(1)  # N x 1 x 28 x 28
-        if size != images.shape[-1]:
-            needed, memory = len(images) * size * size, _memory_bytes()
-            if memory is not None and needed > memory // 2:
-                raise DataError(
-                    f"Fashion-MNIST {split} at {size}x{size} needs {needed / 2**30:.1f} GiB in memory, more than "
-                    f"half of this machine's {memory / 2**30:.1f} GiB; use a smaller --img-size or "
-                    "--train-subset/--val-subset"
-                )
-            images = _resize_uint8(images, size)
         train = split == "train" and augment
+        if size != images.shape[-1]:
+            check_resize_memory(f"Fashion-MNIST {split}", len(images), size, 1, fewer[split], 2 if train else 1)
+            images = _resize_uint8(images, size)
         datasets[split] = TensorImageDataset(
             images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=2 if train else 0, hflip=train, seed=seed,
             ids=ids, total=total,
@@ -585,8 +679,8 @@ def _image_folder(
         extra = sorted(present - set(class_to_idx))
         if extra:
             raise DataError(
-                f"{folder} has classes the model does not know: {', '.join(extra[:10])}; every split must use the "
-                "class folders of the training split"
+                f"{folder} has class folder(s) the model has no class for: {', '.join(extra[:10])} (its classes: "
+                f"{', '.join(list(class_to_idx)[:10])}); every split must use the class folders the model knows"
             )
         images = find_class_images(folder, [name for name in class_to_idx if name in present])
         if not any(images.values()):
@@ -666,10 +760,10 @@ def create_datasets(
         seed: Run seed (Fashion-MNIST augmentation).
         train_subset: Keep a fixed random subset of this many training images.
         val_subset: Keep a fixed random subset of this many validation images.
-        holdout: Hold out a fixed random split of this many training images (the same for every seed) as the
-            ``val`` split, without augmentation, instead of the dataset's test/val split; ``train`` is the rest of
-            the training set (``train_subset`` is then a subset of the rest). For model selection that never looks
-            at the test set.
+        holdout: Hold out a fixed split of this many training images, stratified by class (the same for every
+            seed; :func:`stratified_holdout`), as the ``val`` split, without augmentation, instead of the dataset's
+            test/val split; ``train`` is the rest of the training set (``train_subset`` is then a subset of the
+            rest). For model selection that never looks at the test set. Taken before any resize.
         class_names: Class order of image folders (e.g. from a checkpoint); default: sorted training folders.
 
     Raises:
@@ -680,17 +774,17 @@ def create_datasets(
         raise ValueError(f"splits are train and val, got {sorted(unknown)}")
     if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
         raise DataError(f"img_size must be in 1..{MAX_IMG_SIZE}, got {img_size}")
-    if holdout is not None:
-        return _holdout_datasets(
-            data, data_dir, splits, download, img_size, model_name, augment, auto_augment, reprob, seed,
-            train_subset, val_subset, holdout, class_names,
-        )  # fmt: skip
     subsets = {"train": train_subset, "val": val_subset}
     if data == "fashion-mnist":
         if auto_augment or reprob:
             raise DataError("auto_augment and reprob are not implemented for fashion-mnist; remove them")
-        datasets, info = _fashion_mnist(splits, data_dir, download, img_size, augment, seed, subsets)
+        datasets, info = _fashion_mnist(splits, data_dir, download, img_size, augment, seed, subsets, holdout)
         subsets = {}  # taken before the resize
+    elif holdout is not None:
+        return _holdout_datasets(
+            data, data_dir, splits, download, img_size, model_name, augment, auto_augment, reprob, seed,
+            train_subset, val_subset, holdout, class_names,
+        )  # fmt: skip
     elif data in CIFAR_STATS:
         datasets, info = _cifar(data, splits, data_dir, download, img_size, augment, auto_augment, reprob)
     else:
@@ -725,15 +819,8 @@ def _holdout_datasets(
         splits=("train",), download=download, img_size=img_size, model_name=model_name, seed=seed,
         class_names=class_names,
     )  # fmt: skip
-    plain, info = create_datasets(data, data_dir, augment=False, **common)
-    total = len(plain["train"])
-    if holdout >= total:
-        raise DataError(
-            f"--holdout {holdout} leaves no training images: the training split of {data} has {total}; "
-            "hold out fewer"
-        )
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(1))  # fixed: independent of the run seed
-    held, rest = order[:holdout].sort().values, order[holdout:].sort().values
+    plain, info = create_datasets(data, data_dir, augment=False, **common)  # decoded lazily: nothing resized yet
+    held, rest = stratified_holdout(_targets(plain["train"]), holdout, data)
     datasets = {}
     if "train" in splits:
         train = plain if not augment else create_datasets(
@@ -749,7 +836,101 @@ def _holdout_datasets(
     return datasets, info
 
 
+def _targets(dataset: Dataset) -> torch.Tensor:
+    """The class index of every image of a CIFAR or image-folder dataset, read without decoding any image."""
+    if isinstance(dataset, CheckedImageDataset):
+        return torch.tensor([target for _, target in dataset.reader.samples], dtype=torch.long)
+    return torch.as_tensor(dataset.targets, dtype=torch.long)  # torchvision's CIFAR
+
+
+def stratified_holdout(targets: torch.Tensor, holdout: int, data: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the training images into ``holdout`` held-out ones and the rest, class by class.
+
+    Each class is held out in proportion to its size and keeps at least one image for training; when ``holdout`` is
+    at least the number of classes, every class with two images or more has at least one held out. The split is
+    fixed (it does not depend on the run seed), so runs with different seeds validate on the same images.
+
+    Args:
+        targets: The class index of every training image.
+        holdout: How many images to hold out.
+        data: The dataset's name, for the message.
+
+    Returns:
+        The sorted indices of the held-out images and of the rest.
+
+    Raises:
+        DataError: ``holdout`` would leave a class without training images.
+    """
+    total = len(targets)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(1))  # fixed: independent of the run seed
+    order = order[torch.argsort(targets[order], stable=True)]  # grouped by class, shuffled within each
+    labels = targets[order]
+    counts = torch.bincount(labels)
+    present = int((counts > 0).sum())
+    if holdout > total - present:
+        raise DataError(
+            f"--holdout {holdout} leaves no training images for some class of {data}: its training split has "
+            f"{total} images in {present} classes, so at most {total - present} can be held out; hold out fewer"
+        )
+    size = counts[labels]  # the size of each image's class
+    rank = torch.arange(total) - (torch.cumsum(counts, 0) - counts)[labels]  # its place in its class's order
+    eligible = rank < size - 1  # the last image of every class stays in training
+    # systematic sampling: the k-th image of a class of n comes at k/n, so every class is held out in proportion;
+    # ties (the first image of every class, at 0) go to the larger classes first
+    keys = np.lexsort((labels.numpy(), -size.numpy(), (rank.double() / size).numpy(), ~eligible.numpy()))
+    held = order[torch.from_numpy(keys[:holdout])]
+    mask = torch.ones(total, dtype=torch.bool)
+    mask[held] = False
+    return held.sort().values, torch.nonzero(mask).flatten()
+
+
 # ------------------------------------------------------------------------------------------------------- loaders
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: int) -> None:
+    """Refuse more loader worker processes than usable CPUs: each is a whole Python process with its own copy of
+    the decoding state, so more of them only compete for the cores and memory (5000 ended in the OOM killer).
+
+    Raises:
+        ConfigError: ``workers`` exceeds :func:`usable_cpus` (:data:`~gsanet.train.config.MAX_WORKERS` is checked by
+            the config).
+    """
+    cpus = usable_cpus()
+    if workers > cpus:
+        raise ConfigError(
+            f"--workers {workers} is more loader processes than this machine's {cpus} usable CPUs; use --workers "
+            f"{cpus} or fewer (0 loads in the training process)"
+        )
+
+
+def quiet_worker(worker_id: int, parent: int | None = None) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores SIGINT and SIGTERM, so that a Ctrl-C or a SIGTERM sent
+    to the whole process group stops the training process cleanly (it shuts its workers down) instead of killing
+    the workers under it with a traceback each; and on Linux it is killed when its parent dies (never orphaned; the
+    kernel's "parent" is the thread that started the worker, so a loader must not outlive the thread iterating it).
+
+    Args:
+        worker_id: The worker's index (unused).
+        parent: The process that made the loader: a worker whose parent is already another has lost it and exits.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: PyTorch's own watchdog still ends the worker, later
+            pass
+        if parent is not None and os.getppid() != parent:  # the parent died before the prctl
+            os._exit(0)
+
+
 def create_loader(
     dataset: Dataset,
     batch_size: int,
@@ -761,9 +942,13 @@ def create_loader(
 ) -> DataLoader:
     """A loader sharded over processes: shuffled full batches for training, every sample once for evaluation.
 
+    Workers are bounded by the usable CPUs (:func:`check_workers`) and run :func:`quiet_worker` first.
+
     Raises:
+        ConfigError: More workers than usable CPUs.
         DataError: The training set is too small for one batch per process.
     """
+    check_workers(workers)
     if train:
         sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         if len(sampler) < batch_size:
@@ -782,6 +967,7 @@ def create_loader(
         drop_last=train,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        worker_init_fn=functools.partial(quiet_worker, parent=os.getpid()) if workers else None,
     )
 
 

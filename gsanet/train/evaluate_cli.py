@@ -10,9 +10,11 @@ are refused beyond ``--max-params`` before the model is built; without ``--data-
 is read but never created or downloaded into (a checkpoint is untrusted: it chooses no path that is written);
 the EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). Writes
 ``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--output``.
-A checkpoint with NaN or infinite weights is refused. An explicit ``--output`` is checked for writing before the
-evaluation; when the default place (next to the checkpoint, e.g. a read-only run) cannot be written, the results are
-still printed, with a warning that the report was not saved.
+A checkpoint with NaN or infinite weights is refused, and so is data whose class names differ from the checkpoint's
+(an image folder's classes are mapped by name; one with a class folder the checkpoint does not know is refused).
+An explicit ``--output`` is checked for writing before the evaluation; when the default place (next to the
+checkpoint, e.g. a read-only run) cannot be written, the results are still printed, with a warning that the report
+was not saved.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from gsanet.commands import resolve, run
 from .checkpoint import ensure_writable, json_safe
 from .cli import configure_logging
 from .config import EvalConfig, TrainConfig, build_parser
-from .data import DataInfo, create_datasets, create_loader
+from .data import CIFAR_STATS, DataInfo, check_workers, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
 from .errors import CheckpointError, ConfigError, DataError
@@ -61,7 +63,9 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
     meta, path = loaded.meta, loaded.path
     train_cfg, model_args = meta.config, meta.model_args
     data = cfg.data or train_cfg["data"]
-    same_data = data == train_cfg["data"]
+    trained_names = tuple(meta.data["class_names"])
+    builtin = ("fashion-mnist", *CIFAR_STATS)
+    by_name = data == train_cfg["data"] or (data not in builtin and train_cfg["data"] not in builtin)  # two folders
     # the checkpoint's data directory (unless it is the default one) is read, never created or downloaded into
     data_dir = cfg.data_dir or train_cfg["data_dir"]
     try:
@@ -73,7 +77,7 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
             img_size=model_args["img_size"],
             model_name=meta.model,
             val_subset=cfg.val_subset,
-            class_names=meta.data["class_names"] if same_data else None,
+            class_names=trained_names if by_name else None,  # an image folder's classes are then mapped by name
         )
     except DataError as e:
         if cfg.data_dir or data_dir == TrainConfig.data_dir:
@@ -88,7 +92,25 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
             f"but {data} has {info.num_classes} classes of {info.in_chans}-channel images; evaluate on "
             f"--data {train_cfg['data']} (or a dataset with the same classes)"
         )
+    if tuple(info.class_names) != trained_names:
+        raise DataError(
+            f"{path} was trained on other classes than {data} has ({_class_difference(trained_names, info.class_names)}"
+            f"); evaluate on data with the checkpoint's classes, e.g. --data {train_cfg['data']}"
+        )
     return datasets["val"], info
+
+
+def _class_difference(trained: tuple[str, ...], found: tuple[str, ...]) -> str:
+    """What differs between the checkpoint's class names and the data's, for an error message."""
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+
+    missing = [n for n in trained if n not in found]
+    unknown = [n for n in found if n not in trained]
+    parts = [f"not in the data: {names(missing)}"] if missing else []
+    parts += [f"unknown to the checkpoint: {names(unknown)}"] if unknown else []
+    return "; ".join(parts) or "the same names in another order"
 
 
 def _write_report(report: dict[str, Any], confusion: Any, info: DataInfo, out_dir: Path, stem: str) -> None:
@@ -118,6 +140,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     Raises:
         TrainError: Bad checkpoint, data that does not match it, or a bad config.
     """
+    check_workers(cfg.workers)
     loaded = _load(cfg)
     if cfg.output:
         ensure_writable(cfg.output)  # before the work: an explicit --output must take the report

@@ -53,9 +53,17 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .config import TrainConfig, config_to_dict, resolve_config
-from .data import DataInfo, create_datasets, create_loader, epoch_seed, set_epoch
+from .data import DataInfo, check_workers, create_datasets, create_loader, epoch_seed, set_epoch
 from .distributed import DistContext, barrier, broadcast_text, init_distributed
-from .engine import EpochOptions, create_model, evaluate, resolve_amp, seed_everything, train_one_epoch
+from .engine import (
+    EpochOptions,
+    check_step_memory,
+    create_model,
+    evaluate,
+    resolve_amp,
+    seed_everything,
+    train_one_epoch,
+)
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainError
 from .plots import plot_curves
 from .rundir import (
@@ -379,6 +387,7 @@ def _build_data(run: TrainingRun) -> None:
     cfg, ctx = run.cfg, run.ctx
     if ctx.distributed and not ctx.is_main:
         barrier(ctx)  # rank 0 downloads first; the others then find the files
+    check_workers(cfg.workers)  # before the data is read
     try:
         run.datasets, run.info = _create_datasets(run)
     except DataError as e:
@@ -427,6 +436,7 @@ def _build_model(run: TrainingRun) -> nn.Module:
         )
         check_finite(checkpoint.model_state, checkpoint.path)
     model = create_model(cfg.model, **run.model_args)
+    check_step_memory(model, run.info.in_chans, run.info.img_size, cfg.batch_size, run.ctx.device)  # before a step
     if checkpoint is not None:
         model.load_state_dict(checkpoint.model_state)
     if cfg.sync_bn and run.ctx.distributed:
