@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from .axial_ops import oriented_empty
+from .axial_ops import axial_matmul, differentiable_grads, oriented_empty, rows_to_keys
 
 __all__ = [
     "MEASURED",
@@ -347,7 +347,9 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
     Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, dv, L, S)`` (any strides), ``rows (h, dk, 2S-1)`` (the embeddings of
     offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table),
     and optionally the kernel variant (:data:`VARIANTS`; default the host's); output ``(B, h, dv, L, S)``
-    in the values' memory order.
+    in the values' memory order. Asked for a differentiable gradient (``create_graph=True``), the backward pass returns
+    that of the same layer in plain operations (``axial_ops.differentiable_grads``), so gradients of every order are
+    exact.
     """
 
     @staticmethod
@@ -360,9 +362,15 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            return *differentiable_grads(_plain, ctx.saved_tensors, grad, ctx.needs_input_grad[:3]), None
         q, v, rows = ctx.saved_tensors
         grad_q, grad_v = oriented_empty(q, q.shape[2]), oriented_empty(v, v.shape[2])
         grad_rows = ctx.ops.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
         return grad_q, grad_v, grad_rows.to(rows.dtype), None
+
+
+def _plain(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The kernel's layer in plain differentiable operations (the fused backward's graph under ``create_graph``)."""
+    return axial_matmul(q, v, rows_to_keys(rows))

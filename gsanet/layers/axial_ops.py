@@ -4,7 +4,12 @@
 (``axial_kernel``) does not: CUDA, axis lengths outside the kernel's dispatch rule, dtypes it does not take, FLOP
 counting. It works in cache-sized blocks through one reused scratch buffer and recomputes the weights in the backward
 pass, so memory stays linear in the number of pixels. ``axial_matmul`` is the same product as two whole-tensor
-matmuls, loop-free, for exporters and tracers (``exporting``).
+matmuls, loop-free, for exporters, tracers, ``torch.compile`` and ``torch.func`` transforms (``plain_graph``).
+
+Gradients of any order: called with ``create_graph=True`` (grad mode on inside ``backward``), the backward pass of
+``AxialRelPosAttention`` (and of the fused kernel's function) returns the gradients of ``axial_matmul`` computed by
+autograd through plain tensor operations (``differentiable_grads``), which autograd can differentiate again; otherwise
+it runs its own blocked, non-differentiable products.
 
 Tensors are ``(B, h, C, L, S)``: batch, heads, channels, the L lines of the other axis, the S positions attended
 along. The keys are the relative table laid out per query position (``rel_pos.head_keys``).
@@ -13,10 +18,20 @@ along. The keys are the relative table laid out per query position (``rel_pos.he
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["CHUNK_ELEMENTS", "AxialRelPosAttention", "axial_matmul", "exporting", "oriented_empty"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "AxialRelPosAttention",
+    "axial_matmul",
+    "differentiable_grads",
+    "exporting",
+    "oriented_empty",
+    "plain_graph",
+    "rows_to_keys",
+]
 
 CHUNK_ELEMENTS = {"cpu": 1 << 20}
 """Weight elements per block of ``AxialRelPosAttention``, per device type (CPU: 4 MB in float32, about an L3 cache);
@@ -137,6 +152,46 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
+def plain_graph() -> bool:
+    """Whether the axial layer must be recorded as plain tensor operations (``axial_matmul``), not as an autograd
+    function: under an exporter or tracer (``exporting``), ``torch.compile`` (a graph over symbolic sizes, not loops
+    over their values) or a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``: these see through plain operations
+    only). Three O(1) flag reads in eager mode.
+    """
+    return exporting() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def rows_to_keys(rows: torch.Tensor) -> torch.Tensor:
+    """The relative rows ``(h, dk, 2S-1)`` (offsets ``-(S-1) .. S-1``) laid out as absolute keys ``(h, S, dk, S)``,
+    ``keys[:, x, :, x'] = rows[:, :, S-1 + x'-x]``, by a differentiable gather."""
+    S = (rows.shape[-1] + 1) // 2
+    pos = torch.arange(S, device=rows.device)
+    offsets = pos[None, :] - pos[:, None] + (S - 1)  # [x, x']
+    return rows[:, :, offsets].transpose(1, 2)  # (h, dk, x, x') -> (h, x, dk, x')
+
+
+def differentiable_grads(
+    fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad: torch.Tensor, needed: Sequence[bool]
+) -> tuple[torch.Tensor | None, ...]:
+    """The vector-Jacobian product of ``fn`` at ``inputs`` as a differentiable graph: what an autograd function's
+    backward returns when autograd asks for one (``create_graph=True``), so that gradients of any order are exact.
+
+    Args:
+        fn: the function's math in plain differentiable operations.
+        inputs: its inputs as saved for backward (they carry their own autograd history).
+        grad: the gradient of the output.
+        needed: which inputs want a gradient (``ctx.needs_input_grad``).
+
+    Returns:
+        one gradient per input, None where not needed.
+    """
+    with torch.enable_grad():
+        out = fn(*inputs)
+    wanted = [t for t, n in zip(inputs, needed, strict=True) if n]
+    grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True, materialize_grads=True))
+    return tuple(next(grads) if n else None for n in needed)
+
+
 def axial_matmul(q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """``AxialRelPosAttention`` as two batched matmuls over the whole tensors: one block, no loop, no scratch.
 
@@ -164,7 +219,8 @@ class AxialRelPosAttention(torch.autograd.Function):
     weights of all lines at position x are one GEMM ``Q_x E_x`` (batched over x), computing exactly the ``S^2``
     logits the equation needs (a relative-logits-then-skew formulation computes 2S-1 per position). The weights,
     stored position-major ``[x, line, x']``, are then applied to the values with one GEMM per line (batched over
-    lines).
+    lines). Asked for a differentiable gradient (``create_graph=True``), the backward pass returns that of
+    ``axial_matmul`` instead (``differentiable_grads``), so gradients of every order are exact.
 
     Work runs in cache-sized blocks (lines of one head, or whole heads for small maps). Each block gathers its queries
     and values from the caller's tensors, in whatever layout they are (views of the 1x1 projection's NCHW output),
@@ -198,8 +254,9 @@ class AxialRelPosAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            return differentiable_grads(axial_matmul, ctx.saved_tensors, grad, ctx.needs_input_grad)
         q, v, keys = ctx.saved_tensors
         B, h, dk, L, S = q.shape
         dv = v.shape[2]

@@ -248,12 +248,13 @@ class GlobalSelfAttention(RelPosModule):
         """
         S, span = q.shape[-1], self.pos_span
         if table is not None and not self.pos_softmax:  # the paper's layer, by the kernel or the GEMM path
+            if axial_ops.plain_graph():  # export, trace, compile, torch.func: one loop-free graph, sizes symbolic
+                keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, gather=True)
+                return axial_ops.axial_matmul(q, values, keys)
             if axial_kernel.usable(q, values):  # the table is cast to their dtype
                 rows = head_rows(table, S, self.heads, pos_span=span, dtype=q.dtype)
                 return FusedAxialRelPosAttention.apply(q, values, rows)
             keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype)
-            if axial_ops.exporting():  # one loop-free graph for any (symbolic) batch size
-                return axial_ops.axial_matmul(q, values, keys)
             return AxialRelPosAttention.apply(q, values, keys)
         if table is None:
             weights = uniform_weights(S, span, values.dtype, q.device)  # (S, S)

@@ -38,6 +38,7 @@ __all__ = [
     "cover",
     "extend_rel_pos",
     "fit_rel_pos_state",
+    "gather_offsets",
     "head_keys",
     "head_rows",
     "offset_rows",
@@ -153,14 +154,49 @@ def head_rows(
     return rows.view(2 * size - 1, heads, -1).permute(1, 2, 0)
 
 
+def gather_offsets(table: torch.Tensor, size: int, pos_span: int | None) -> torch.Tensor:
+    """``relative_to_absolute(cover(table, size, pos_span), ...)`` by one gather, for a symbolic ``size``.
+
+    The index comes from ``torch.arange(size)`` and no Python value depends on ``size``, so a graph recorded by
+    ``torch.export``, ONNX export, ``torch.jit.trace`` or ``torch.compile(dynamic=True)`` holds for every size. A global
+    table's offsets beyond its rows take its edge rows (``extend_rel_pos``'s extension: the tests check the two agree);
+    a windowed table's offsets outside the window are zero.
+
+    Args:
+        table: ``(n_rel, C)`` embeddings, offset 0 at ``table_center``.
+        size: axis length S (an int or a symbolic size).
+        pos_span: None for a global table, else the window length (``n_rel``).
+
+    Returns:
+        ``(S, S, C)``: ``[x, x'] = r_(x'-x)``.
+    """
+    center = table_center(table)
+    pos = torch.arange(size, device=table.device)
+    offsets = pos[None, :] - pos[:, None]  # (S, S): x' - x
+    keys = table[offsets.clamp(-center, table.shape[0] - 1 - center) + center]  # (S, S, C)
+    if pos_span is None:
+        return keys
+    return torch.where((offsets.abs() <= center).unsqueeze(-1), keys, keys.new_zeros(()))
+
+
 def head_keys(
-    table: torch.Tensor, size: int, heads: int, *, pos_span: int | None, dtype: torch.dtype | None = None
+    table: torch.Tensor,
+    size: int,
+    heads: int,
+    *,
+    pos_span: int | None,
+    dtype: torch.dtype | None = None,
+    gather: bool = False,
 ) -> torch.Tensor:
     """``(h, S, dk, S)``: each head's absolute keys ``[x, :, x'] = r_(x'-x)``, zero outside the span (the layout
-    ``AxialRelPosAttention`` takes)."""
-    table = cover(table, size, pos_span)
-    keys = relative_to_absolute(table if dtype is None else table.to(dtype), table_center(table), size)  # (S, S, h*dk)
-    return keys.view(size, size, heads, -1).permute(2, 0, 3, 1).contiguous()
+    ``AxialRelPosAttention`` takes). ``gather=True`` builds them by ``gather_offsets``, for graphs over a symbolic
+    ``size``; the same values."""
+    if gather:
+        keys = gather_offsets(table if dtype is None else table.to(dtype), size, pos_span)  # (S, S, h*dk)
+    else:
+        table = cover(table, size, pos_span)
+        keys = relative_to_absolute(table if dtype is None else table.to(dtype), table_center(table), size)
+    return keys.reshape(size, size, heads, -1).permute(2, 0, 3, 1).contiguous()
 
 
 def axis_logits(q: torch.Tensor, table: torch.Tensor, *, pos_span: int | None) -> torch.Tensor:
