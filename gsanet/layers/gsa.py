@@ -294,5 +294,19 @@ class GlobalSelfAttention(RelPosModule):
             out = pos if out is None else out + pos  # F_c + F_row
         out = out.reshape(B, self.dim_out, H, W)
         if self.stride == 2:
-            out = F.avg_pool2d(out, 2, ceil_mode=True)
+            out = pool2(out)
         return out
+
+
+def pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pool in ceil mode (an odd last row or column is averaged on its own), ``(.., H, W)`` ->
+    ``(.., ceil(H/2), ceil(W/2))``.
+
+    Recorded as a graph (``axial_ops.plain_graph``), it pools the input padded by one replicated row and column
+    instead: the same averages (up to rounding), and an output size of the form ``(H - 1) // 2 + 1``, that of the
+    strided 1x1 convolution of a ResNet shortcut. Ceil mode's size makes ``torch.export`` guard on the parity of
+    symbolic sizes, and one it cannot prove equal to the shortcut's where the two are added.
+    """
+    if not axial_ops.plain_graph():
+        return F.avg_pool2d(x, 2, ceil_mode=True)
+    return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2)
