@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from .axial_ops import axial_matmul, differentiable_grads, oriented_empty, rows_to_keys
+from .axial_ops import axial_vjp, keys_to_rows, oriented_empty, rows_to_keys
 
 __all__ = [
     "MEASURED",
@@ -348,8 +348,7 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
     offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table),
     and optionally the kernel variant (:data:`VARIANTS`; default the host's); output ``(B, h, dv, L, S)``
     in the values' memory order. Asked for a differentiable gradient (``create_graph=True``), the backward pass returns
-    that of the same layer in plain operations (``axial_ops.differentiable_grads``), so gradients of every order are
-    exact.
+    the same gradients written in plain operations (``axial_ops.axial_vjp``), so gradients of every order are exact.
     """
 
     @staticmethod
@@ -364,13 +363,11 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
-            return *differentiable_grads(_plain, ctx.saved_tensors, grad, ctx.needs_input_grad[:3]), None
+            q, v, rows = ctx.saved_tensors
+            grad_q, grad_v, grad_keys = axial_vjp(q, v, rows_to_keys(rows), grad)
+            return grad_q, grad_v, keys_to_rows(grad_keys), None
         q, v, rows = ctx.saved_tensors
         grad_q, grad_v = oriented_empty(q, q.shape[2]), oriented_empty(v, v.shape[2])
         grad_rows = ctx.ops.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
         return grad_q, grad_v, grad_rows.to(rows.dtype), None
 
-
-def _plain(q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The kernel's layer in plain differentiable operations (the fused backward's graph under ``create_graph``)."""
-    return axial_matmul(q, v, rows_to_keys(rows))

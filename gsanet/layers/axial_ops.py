@@ -7,9 +7,8 @@ pass, so memory stays linear in the number of pixels. ``axial_matmul`` is the sa
 matmuls, loop-free, for exporters, tracers, ``torch.compile`` and ``torch.func`` transforms (``plain_graph``).
 
 Gradients of any order: called with ``create_graph=True`` (grad mode on inside ``backward``), the backward pass of
-``AxialRelPosAttention`` (and of the fused kernel's function) returns the gradients of ``axial_matmul`` computed by
-autograd through plain tensor operations (``differentiable_grads``), which autograd can differentiate again; otherwise
-it runs its own blocked, non-differentiable products.
+``AxialRelPosAttention`` (and of the fused kernel's function) returns the gradients written in plain tensor
+operations (``axial_vjp``), which autograd can differentiate again; otherwise it runs its own blocked products.
 
 Tensors are ``(B, h, C, L, S)``: batch, heads, channels, the L lines of the other axis, the S positions attended
 along. The keys are the relative table laid out per query position (``rel_pos.head_keys``).
@@ -18,7 +17,6 @@ along. The keys are the relative table laid out per query position (``rel_pos.he
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,10 +24,12 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "AxialRelPosAttention",
     "axial_matmul",
-    "differentiable_grads",
+    "axial_vjp",
     "exporting",
+    "keys_to_rows",
     "oriented_empty",
     "plain_graph",
+    "relative_offsets",
     "rows_to_keys",
 ]
 
@@ -161,35 +161,53 @@ def plain_graph() -> bool:
     return exporting() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
+def relative_offsets(size: int, device: torch.device) -> torch.Tensor:
+    """``(S, S)`` ``[x, x'] = S-1 + x'-x``: the row of each query/key pair's offset in a ``2S-1``-row layout."""
+    pos = torch.arange(size, device=device)
+    return pos[None, :] - pos[:, None] + (size - 1)
+
+
 def rows_to_keys(rows: torch.Tensor) -> torch.Tensor:
     """The relative rows ``(h, dk, 2S-1)`` (offsets ``-(S-1) .. S-1``) laid out as absolute keys ``(h, S, dk, S)``,
     ``keys[:, x, :, x'] = rows[:, :, S-1 + x'-x]``, by a differentiable gather."""
     S = (rows.shape[-1] + 1) // 2
-    pos = torch.arange(S, device=rows.device)
-    offsets = pos[None, :] - pos[:, None] + (S - 1)  # [x, x']
-    return rows[:, :, offsets].transpose(1, 2)  # (h, dk, x, x') -> (h, x, dk, x')
+    return rows[:, :, relative_offsets(S, rows.device)].transpose(1, 2)  # (h, dk, x, x') -> (h, x, dk, x')
 
 
-def differentiable_grads(
-    fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad: torch.Tensor, needed: Sequence[bool]
-) -> tuple[torch.Tensor | None, ...]:
-    """The vector-Jacobian product of ``fn`` at ``inputs`` as a differentiable graph: what an autograd function's
-    backward returns when autograd asks for one (``create_graph=True``), so that gradients of any order are exact.
+def keys_to_rows(keys: torch.Tensor) -> torch.Tensor:
+    """The adjoint of ``rows_to_keys``: a gradient of the keys ``(h, S, dk, S)`` summed into rows ``(h, dk, 2S-1)``."""
+    h, S, dk, _ = keys.shape
+    index = relative_offsets(S, keys.device).reshape(-1)  # [x * S + x']
+    summands = keys.transpose(1, 2).reshape(h, dk, S * S)
+    return summands.new_zeros(h, dk, 2 * S - 1).index_add(-1, index, summands)
+
+
+def axial_vjp(
+    q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of ``axial_matmul(q, v, keys)`` for an output gradient ``grad``, in plain differentiable
+    operations: what the axial autograd functions' backward passes return when autograd asks for a graph
+    (``create_graph=True``), so that gradients of any order are exact.
+
+    With ``w[l, x, x'] = q_x . keys[x, :, x']`` (per image and head): ``dv[x'] = sum_x w[x, x'] g[x]``,
+    ``dw[x, x'] = g[x] . v[x']``, ``dq[x] = sum_x' dw[x, x'] keys[x, :, x']``, ``dkeys[x, :, x'] = sum_(b, l)
+    q_x dw[x, x']``.
 
     Args:
-        fn: the function's math in plain differentiable operations.
-        inputs: its inputs as saved for backward (they carry their own autograd history).
-        grad: the gradient of the output.
-        needed: which inputs want a gradient (``ctx.needs_input_grad``).
+        q: ``(B, h, dk, L, S)``.
+        v: ``(B, h, dv, L, S)``.
+        keys: ``(h, S, dk, S)``.
+        grad: ``(B, h, dv, L, S)``.
 
     Returns:
-        one gradient per input, None where not needed.
+        the gradients of ``q``, ``v`` and ``keys``.
     """
-    with torch.enable_grad():
-        out = fn(*inputs)
-    wanted = [t for t, n in zip(inputs, needed, strict=True) if n]
-    grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True, materialize_grads=True))
-    return tuple(next(grads) if n else None for n in needed)
+    weights = torch.einsum("bhklx,hxky->bhlxy", q, keys)
+    grad_w = torch.einsum("bhdlx,bhdly->bhlxy", grad, v)
+    grad_v = torch.einsum("bhlxy,bhdlx->bhdly", weights, grad)
+    grad_q = torch.einsum("bhlxy,hxky->bhklx", grad_w, keys)
+    grad_keys = torch.einsum("bhklx,bhlxy->hxky", q, grad_w)
+    return grad_q, grad_v, grad_keys
 
 
 def axial_matmul(q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -220,7 +238,7 @@ class AxialRelPosAttention(torch.autograd.Function):
     logits the equation needs (a relative-logits-then-skew formulation computes 2S-1 per position). The weights,
     stored position-major ``[x, line, x']``, are then applied to the values with one GEMM per line (batched over
     lines). Asked for a differentiable gradient (``create_graph=True``), the backward pass returns that of
-    ``axial_matmul`` instead (``differentiable_grads``), so gradients of every order are exact.
+    ``axial_matmul`` written in plain operations instead (``axial_vjp``), so gradients of every order are exact.
 
     Work runs in cache-sized blocks (lines of one head, or whole heads for small maps). Each block gathers its queries
     and values from the caller's tensors, in whatever layout they are (views of the 1x1 projection's NCHW output),
@@ -256,7 +274,7 @@ class AxialRelPosAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
-            return differentiable_grads(axial_matmul, ctx.saved_tensors, grad, ctx.needs_input_grad)
+            return axial_vjp(*ctx.saved_tensors, grad)
         q, v, keys = ctx.saved_tensors
         B, h, dk, L, S = q.shape
         dv = v.shape[2]
