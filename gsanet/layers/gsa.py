@@ -248,7 +248,7 @@ class GlobalSelfAttention(RelPosModule):
         """
         S, span = q.shape[-1], self.pos_span
         if table is not None and not self.pos_softmax:  # the paper's layer, by the kernel or the GEMM path
-            if axial_ops.plain_graph():  # export, trace, compile, torch.func: one loop-free graph, sizes symbolic
+            if axial_ops.plain_graph(q, values):  # export, trace, dynamic compile, torch.func: sizes symbolic
                 keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, gather=True)
                 return axial_ops.axial_matmul(q, values, keys)
             if axial_kernel.usable(q, values):  # the table is cast to their dtype
@@ -307,6 +307,6 @@ def pool2(x: torch.Tensor) -> torch.Tensor:
     strided 1x1 convolution of a ResNet shortcut. Ceil mode's size makes ``torch.export`` guard on the parity of
     symbolic sizes, and one it cannot prove equal to the shortcut's where the two are added.
     """
-    if not axial_ops.plain_graph():
+    if not axial_ops.plain_graph(x):
         return F.avg_pool2d(x, 2, ceil_mode=True)
     return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2)
