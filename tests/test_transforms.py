@@ -179,6 +179,30 @@ def test_stack_module_state_ensemble_equals_the_loop() -> None:
             torch.testing.assert_close(ensemble[i], m(x), rtol=1e-10, atol=1e-12)
 
 
+def test_model_ensemble_and_jvp() -> None:
+    """Through whole GSA-ResNets: a ``stack_module_state`` ensemble equals each member, and ``jvp`` agrees with the
+    vector-Jacobian product of eager autograd (``<u, J t> = <J^T u, t>``)."""
+    x = torch.randn(2, 1, 10, 10)
+    members = [create_calibrated("gsa_resnet26_tiny", x, num_classes=4, seed=seed).double() for seed in (1, 2)]
+    x = x.double()
+    params, buffers = torch.func.stack_module_state(members)
+    base = create_calibrated("gsa_resnet26_tiny", x.float(), num_classes=4).double().to("meta")
+
+    def run(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(base, (p, b), (x,))
+
+    with torch.no_grad():
+        ensemble = torch.func.vmap(run)(params, buffers)
+        for i, m in enumerate(members):
+            assert rel_error(ensemble[i], m(x)) < 1e-10, f"member {i}"
+    tangent = torch.randn_like(x)
+    out, jvp = torch.func.jvp(members[0], (x,), (tangent,))
+    u = torch.randn_like(out)
+    xg = x.clone().requires_grad_()
+    (vjp,) = torch.autograd.grad(members[0](xg), xg, u)
+    torch.testing.assert_close((u * jvp).sum(), (vjp * tangent).sum(), rtol=1e-10, atol=1e-12)
+
+
 # -------------------------------------------------------------------------------------- graphs at symbolic sizes
 def test_gathered_keys_extend_as_extend_rel_pos_does() -> None:
     """The index form the recorded graphs use lays out the same keys as the eager path, on axes shorter than, equal
@@ -192,11 +216,11 @@ def test_gathered_keys_extend_as_extend_rel_pos_does() -> None:
             torch.testing.assert_close(gather_offsets(table, size, pos_span), expected, rtol=0, atol=0)
 
 
-def gsa_and_inputs() -> tuple[GlobalSelfAttention, torch.Tensor, list[torch.Tensor]]:
-    """A stride-2 module with tables for 6x6, an example input, and inputs of other sizes (odd, even, beyond the
-    tables), in float64."""
+def gsa_and_inputs(**kwargs: object) -> tuple[GlobalSelfAttention, torch.Tensor, list[torch.Tensor]]:
+    """A stride-2 module with tables for 6x6 (and ``kwargs``), an example input, and inputs of other sizes (odd, even,
+    beyond the tables), in float64."""
     torch.manual_seed(0)
-    m = randomize_(GlobalSelfAttention(8, heads=2, feat_size=6, stride=2).double(), 3).eval()
+    m = randomize_(GlobalSelfAttention(8, heads=2, feat_size=6, stride=2, **kwargs).double(), 3).eval()
     others = [torch.randn(3, 8, 9, 4, dtype=torch.float64), torch.randn(2, 8, 5, 11, dtype=torch.float64)]
     return m, torch.randn(2, 8, 6, 7, dtype=torch.float64), others
 
@@ -206,10 +230,11 @@ def spatial_dims(batch: bool = True) -> dict[str, dict[int, Dim]]:
     return {"x": {0: Dim("batch"), **dims} if batch else dims}
 
 
-def test_export_with_dynamic_height_and_width_runs_at_other_sizes() -> None:
+@pytest.mark.parametrize("kwargs", [dict(), dict(pos_softmax=True, pos_span=3)], ids=["default", "softmax-window"])
+def test_export_with_dynamic_height_and_width_runs_at_other_sizes(kwargs: dict) -> None:
     """``torch.export`` with ``Dim`` on batch, height and width: no specialisation, and the exported program equals
-    eager at sizes other than the example's."""
-    m, x, others = gsa_and_inputs()
+    eager at sizes other than the example's (the paper's layer, and the softmax ablation with a window)."""
+    m, x, others = gsa_and_inputs(**kwargs)
     program = torch.export.export(m, (x,), dynamic_shapes=spatial_dims())
     for other in others:
         with torch.no_grad():

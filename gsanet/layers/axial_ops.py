@@ -152,16 +152,14 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
-def plain_graph(*tensors: torch.Tensor) -> bool:
-    """Whether the axial layer on ``tensors`` must be recorded as plain tensor operations (``axial_matmul``), not as an
-    autograd function: under an exporter or tracer (``exporting``), a ``torch.func`` transform (``grad``, ``vmap``,
-    ``jvp``: these see through plain operations only), or ``torch.compile`` with a symbolic size (a graph over
-    symbolic sizes, not loops over their values; with static sizes the compiled graph keeps the blocked function).
-    Three O(1) flag reads in eager mode.
+def plain_graph() -> bool:
+    """Whether the axial layer must be recorded as plain tensor operations (``axial_matmul``), not as an autograd
+    function: under an exporter or tracer (``exporting``), ``torch.compile`` (a graph over symbolic sizes, not loops
+    over their values: dynamo cannot tell a symbolic size from a static one in user code, so this holds for every
+    compiled graph) or a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``: these see through plain operations
+    only). Three O(1) flag reads in eager mode.
     """
-    if exporting() or torch._C._are_functorch_transforms_active():
-        return True
-    return torch.compiler.is_compiling() and any(not isinstance(d, int) for t in tensors for d in t.shape)
+    return exporting() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
 def relative_offsets(size: int, device: torch.device) -> torch.Tensor:

@@ -248,7 +248,7 @@ class GlobalSelfAttention(RelPosModule):
         """
         S, span = q.shape[-1], self.pos_span
         if table is not None and not self.pos_softmax:  # the paper's layer, by the kernel or the GEMM path
-            if axial_ops.plain_graph(q, values):  # export, trace, dynamic compile, torch.func: sizes symbolic
+            if axial_ops.plain_graph():  # export, trace, compile, torch.func: sizes symbolic
                 keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, gather=True)
                 return axial_ops.axial_matmul(q, values, keys)
             if axial_kernel.usable(q, values):  # the table is cast to their dtype
@@ -260,7 +260,8 @@ class GlobalSelfAttention(RelPosModule):
             weights = uniform_weights(S, span, values.dtype, q.device)  # (S, S)
             return torch.matmul(values, weights.t())
         q = q.transpose(2, 4).transpose(2, 3)  # (B, h, L, S, dk)
-        weights = axis_weights(q, table, pos_span=span, softmax=True)  # (B, h, L, S, S)
+        gather = axial_ops.plain_graph()  # a graph over symbolic sizes: keys by an index, not a strided view
+        weights = axis_weights(q, table, pos_span=span, softmax=True, gather=gather)  # (B, h, L, S, S)
         return torch.matmul(values.transpose(2, 3), weights.transpose(-1, -2)).transpose(2, 3)
 
     def _positional_axial(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -307,6 +308,6 @@ def pool2(x: torch.Tensor) -> torch.Tensor:
     strided 1x1 convolution of a ResNet shortcut. Ceil mode's size makes ``torch.export`` guard on the parity of
     symbolic sizes, and one it cannot prove equal to the shortcut's where the two are added.
     """
-    if not axial_ops.plain_graph(x):
+    if not axial_ops.plain_graph():
         return F.avg_pool2d(x, 2, ceil_mode=True)
     return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2)

@@ -199,24 +199,30 @@ def head_keys(
     return keys.reshape(size, size, heads, -1).permute(2, 0, 3, 1).contiguous()
 
 
-def axis_logits(q: torch.Tensor, table: torch.Tensor, *, pos_span: int | None) -> torch.Tensor:
+def axis_logits(q: torch.Tensor, table: torch.Tensor, *, pos_span: int | None, gather: bool = False) -> torch.Tensor:
     """Positional logits along one axis, relative offsets turned absolute without an index.
 
     Args:
         q: queries ``(B, h, L, S, dk)``, attending along the S axis (L is the other axis).
         table: relative embeddings ``(n_rel, h * dk)``.
         pos_span: the span (None: global).
+        gather: take the absolute keys from ``gather_offsets`` (graphs over a symbolic S) instead of a strided view.
 
     Returns:
         ``(B, h, L, S, S)`` logits ``[..., x, x'] = q_x . r_(x'-x)``, zero outside the span (a strided view).
     """
     B, h, L, S, dk = q.shape
+    if gather:
+        keys = head_keys(table, S, h, pos_span=pos_span, dtype=q.dtype, gather=True)  # (h, S, dk, S)
+        return torch.einsum("bhlxk,hxky->bhlxy", q, keys)
     rows = head_rows(table, S, h, pos_span=pos_span, dtype=q.dtype)  # (h, dk, 2S-1)
     rel = torch.matmul(q.reshape(B, h, L * S, dk), rows)  # (B, h, L*S, 2S-1)
     return skew(rel.view(B, h, L, S, 2 * S - 1), S)
 
 
-def axis_weights(q: torch.Tensor, table: torch.Tensor | None, *, pos_span: int | None, softmax: bool) -> torch.Tensor:
+def axis_weights(
+    q: torch.Tensor, table: torch.Tensor | None, *, pos_span: int | None, softmax: bool, gather: bool = False
+) -> torch.Tensor:
     """The weight each query gives each key of its line in one axial positional layer.
 
     Args:
@@ -224,6 +230,7 @@ def axis_weights(q: torch.Tensor, table: torch.Tensor | None, *, pos_span: int |
         table: relative embeddings ``(n_rel, h * dk)``, or None for uniform averaging over the span.
         pos_span: the span (None: global).
         softmax: softmax of the logits over the span (else the logits themselves, the paper's weights).
+        gather: the logits by ``gather_offsets`` (graphs over a symbolic S, see ``axis_logits``).
 
     Returns:
         ``(B, h, L, S, S)``: ``[..., x, x']``, zero outside the span.
@@ -231,7 +238,7 @@ def axis_weights(q: torch.Tensor, table: torch.Tensor | None, *, pos_span: int |
     S = q.shape[-2]
     if table is None:
         return uniform_weights(S, pos_span, q.dtype, q.device).expand(*q.shape[:-1], S)
-    logits = axis_logits(q, table, pos_span=pos_span)
+    logits = axis_logits(q, table, pos_span=pos_span, gather=gather)
     if not softmax:
         return logits
     return logits.masked_fill(~span_mask(S, pos_span, q.device), float("-inf")).softmax(dim=-1)
