@@ -157,7 +157,7 @@ def plain_graph() -> bool:
     function: under an exporter or tracer (``exporting``), ``torch.compile`` (a graph over symbolic sizes, not loops
     over their values: dynamo cannot tell a symbolic size from a static one in user code, so this holds for every
     compiled graph) or a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``: these see through plain operations
-    only). Three O(1) flag reads in eager mode.
+    only). Five O(1) flag reads in eager mode.
     """
     return exporting() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
