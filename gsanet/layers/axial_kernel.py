@@ -370,4 +370,3 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
         grad_q, grad_v = oriented_empty(q, q.shape[2]), oriented_empty(v, v.shape[2])
         grad_rows = ctx.ops.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16
         return grad_q, grad_v, grad_rows.to(rows.dtype), None
-

@@ -295,11 +295,11 @@ class GlobalSelfAttention(RelPosModule):
             out = pos if out is None else out + pos  # F_c + F_row
         out = out.reshape(B, self.dim_out, H, W)
         if self.stride == 2:
-            out = pool2(out)
+            out = _pool2(out)
         return out
 
 
-def pool2(x: torch.Tensor) -> torch.Tensor:
+def _pool2(x: torch.Tensor) -> torch.Tensor:
     """2x2 average pool in ceil mode (an odd last row or column is averaged on its own), ``(.., H, W)`` ->
     ``(.., ceil(H/2), ceil(W/2))``.
 
