@@ -6,6 +6,7 @@ reference in ``test_gsa.py``) or against finite differences."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,7 +187,7 @@ def test_model_ensemble_and_jvp() -> None:
     members = [create_calibrated("gsa_resnet26_tiny", x, num_classes=4, seed=seed).double() for seed in (1, 2)]
     x = x.double()
     params, buffers = torch.func.stack_module_state(members)
-    base = create_calibrated("gsa_resnet26_tiny", x.float(), num_classes=4).double().to("meta")
+    base = copy.deepcopy(members[0]).to("meta")
 
     def run(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.func.functional_call(base, (p, b), (x,))
