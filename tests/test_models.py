@@ -439,12 +439,15 @@ def test_onnx_export_with_a_dynamic_batch_matches_eager(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_torch_compile_matches_eager() -> None:
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
     model = create_calibrated("gsa_resnet26_tiny", x, in_chans=3, num_classes=10)
     with torch.no_grad():
         expected = model(x)
         actual = torch.compile(model)(x)
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    # float32 through 26 layers, the compiled graph path summing in another order than the eager kernel: the ONNX
+    # test's tolerance (tests/test_transforms.py checks compiled = eager in float64)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------- summary command

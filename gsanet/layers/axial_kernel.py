@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from .axial_ops import oriented_empty
+from .axial_ops import axial_vjp, keys_to_rows, oriented_empty, rows_to_keys
 
 __all__ = [
     "MEASURED",
@@ -369,7 +369,8 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
     Inputs: ``q (B, h, dk, L, S)``, ``v (B, h, dv, L, S)`` (any strides), ``rows (h, dk, 2S-1)`` (the embeddings of
     offsets ``-(S-1) .. S-1``, zero where the table has none; autograd carries their gradient back to the table),
     and optionally the kernel variant (:data:`VARIANTS`; default the host's); output ``(B, h, dv, L, S)``
-    in the values' memory order.
+    in the values' memory order. Asked for a differentiable gradient (``create_graph=True``), the backward pass returns
+    the same gradients written in plain operations (``axial_ops.axial_vjp``), so gradients of every order are exact.
     """
 
     @staticmethod
@@ -382,8 +383,11 @@ class FusedAxialRelPosAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            q, v, rows = ctx.saved_tensors
+            grad_q, grad_v, grad_keys = axial_vjp(q, v, rows_to_keys(rows), grad)
+            return grad_q, grad_v, keys_to_rows(grad_keys), None
         q, v, rows = ctx.saved_tensors
         grad_q, grad_v = oriented_empty(q, q.shape[2]), oriented_empty(v, v.shape[2])
         grad_rows = ctx.ops.backward(q, v, rows, grad, grad_q, grad_v)  # float32 for bf16/fp16

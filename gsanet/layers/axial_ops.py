@@ -4,7 +4,11 @@
 (``axial_kernel``) does not: CUDA, axis lengths outside the kernel's dispatch rule, dtypes it does not take, FLOP
 counting. It works in cache-sized blocks through one reused scratch buffer and recomputes the weights in the backward
 pass, so memory stays linear in the number of pixels. ``axial_matmul`` is the same product as two whole-tensor
-matmuls, loop-free, for exporters and tracers (``exporting``).
+matmuls, loop-free, for exporters, tracers, ``torch.compile`` and ``torch.func`` transforms (``plain_graph``).
+
+Gradients of any order: called with ``create_graph=True`` (grad mode on inside ``backward``), the backward pass of
+``AxialRelPosAttention`` (and of the fused kernel's function) returns the gradients written in plain tensor
+operations (``axial_vjp``), which autograd can differentiate again; otherwise it runs its own blocked products.
 
 Tensors are ``(B, h, C, L, S)``: batch, heads, channels, the L lines of the other axis, the S positions attended
 along. The keys are the relative table laid out per query position (``rel_pos.head_keys``).
@@ -16,7 +20,18 @@ import math
 
 import torch
 
-__all__ = ["CHUNK_ELEMENTS", "AxialRelPosAttention", "axial_matmul", "exporting", "oriented_empty"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "AxialRelPosAttention",
+    "axial_matmul",
+    "axial_vjp",
+    "exporting",
+    "keys_to_rows",
+    "oriented_empty",
+    "plain_graph",
+    "relative_offsets",
+    "rows_to_keys",
+]
 
 CHUNK_ELEMENTS = {"cpu": 1 << 20}
 """Weight elements per block of ``AxialRelPosAttention``, per device type (CPU: 4 MB in float32, about an L3 cache);
@@ -137,6 +152,65 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
+def plain_graph() -> bool:
+    """Whether the axial layer must be recorded as plain tensor operations (``axial_matmul``), not as an autograd
+    function: under an exporter or tracer (``exporting``), ``torch.compile`` (a graph over symbolic sizes, not loops
+    over their values: dynamo cannot tell a symbolic size from a static one in user code, so this holds for every
+    compiled graph) or a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``: these see through plain operations
+    only). Five O(1) flag reads in eager mode.
+    """
+    return exporting() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def relative_offsets(size: int, device: torch.device) -> torch.Tensor:
+    """``(S, S)`` ``[x, x'] = S-1 + x'-x``: the row of each query/key pair's offset in a ``2S-1``-row layout."""
+    pos = torch.arange(size, device=device)
+    return pos[None, :] - pos[:, None] + (size - 1)
+
+
+def rows_to_keys(rows: torch.Tensor) -> torch.Tensor:
+    """The relative rows ``(h, dk, 2S-1)`` (offsets ``-(S-1) .. S-1``) laid out as absolute keys ``(h, S, dk, S)``,
+    ``keys[:, x, :, x'] = rows[:, :, S-1 + x'-x]``, by a differentiable gather."""
+    S = (rows.shape[-1] + 1) // 2
+    return rows[:, :, relative_offsets(S, rows.device)].transpose(1, 2)  # (h, dk, x, x') -> (h, x, dk, x')
+
+
+def keys_to_rows(keys: torch.Tensor) -> torch.Tensor:
+    """The adjoint of ``rows_to_keys``: a gradient of the keys ``(h, S, dk, S)`` summed into rows ``(h, dk, 2S-1)``."""
+    h, S, dk, _ = keys.shape
+    index = relative_offsets(S, keys.device).reshape(-1)  # [x * S + x']
+    summands = keys.transpose(1, 2).reshape(h, dk, S * S)
+    return summands.new_zeros(h, dk, 2 * S - 1).index_add(-1, index, summands)
+
+
+def axial_vjp(
+    q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of ``axial_matmul(q, v, keys)`` for an output gradient ``grad``, in plain differentiable
+    operations: what the axial autograd functions' backward passes return when autograd asks for a graph
+    (``create_graph=True``), so that gradients of any order are exact.
+
+    With ``w[l, x, x'] = q_x . keys[x, :, x']`` (per image and head): ``dv[x'] = sum_x w[x, x'] g[x]``,
+    ``dw[x, x'] = g[x] . v[x']``, ``dq[x] = sum_x' dw[x, x'] keys[x, :, x']``, ``dkeys[x, :, x'] = sum_(b, l)
+    q_x dw[x, x']``.
+
+    Args:
+        q: ``(B, h, dk, L, S)``.
+        v: ``(B, h, dv, L, S)``.
+        keys: ``(h, S, dk, S)``.
+        grad: ``(B, h, dv, L, S)``.
+
+    Returns:
+        the gradients of ``q``, ``v`` and ``keys``.
+    """
+    weights = torch.einsum("bhklx,hxky->bhlxy", q, keys)
+    grad_w = torch.einsum("bhdlx,bhdly->bhlxy", grad, v)
+    grad_v = torch.einsum("bhlxy,bhdlx->bhdly", weights, grad)
+    grad_q = torch.einsum("bhlxy,hxky->bhklx", grad_w, keys)
+    grad_keys = torch.einsum("bhklx,bhlxy->hxky", q, grad_w)
+    return grad_q, grad_v, grad_keys
+
+
 def axial_matmul(q: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """``AxialRelPosAttention`` as two batched matmuls over the whole tensors: one block, no loop, no scratch.
 
@@ -164,7 +238,8 @@ class AxialRelPosAttention(torch.autograd.Function):
     weights of all lines at position x are one GEMM ``Q_x E_x`` (batched over x), computing exactly the ``S^2``
     logits the equation needs (a relative-logits-then-skew formulation computes 2S-1 per position). The weights,
     stored position-major ``[x, line, x']``, are then applied to the values with one GEMM per line (batched over
-    lines).
+    lines). Asked for a differentiable gradient (``create_graph=True``), the backward pass returns that of
+    ``axial_matmul`` written in plain operations instead (``axial_vjp``), so gradients of every order are exact.
 
     Work runs in cache-sized blocks (lines of one head, or whole heads for small maps). Each block gathers its queries
     and values from the caller's tensors, in whatever layout they are (views of the 1x1 projection's NCHW output),
@@ -198,8 +273,9 @@ class AxialRelPosAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            return axial_vjp(*ctx.saved_tensors, grad)
         q, v, keys = ctx.saved_tensors
         B, h, dk, L, S = q.shape
         dv = v.shape[2]

@@ -284,18 +284,21 @@ class GlobalSelfAttention(RelPosModule):
         """
         S, span = q.shape[-1], self.pos_span
         if table is not None and not self.pos_softmax:  # the paper's layer, by the kernel or the GEMM path
+            if axial_ops.plain_graph():  # export, trace, compile, torch.func: sizes symbolic
+                keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, gather=True, **self.size_policy())
+                return axial_ops.axial_matmul(q, values, keys)
             if axial_kernel.usable(q, values):  # the table is cast to their dtype
                 rows = head_rows(table, S, self.heads, pos_span=span, dtype=q.dtype, **self.size_policy())
                 return FusedAxialRelPosAttention.apply(q, values, rows)
             keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, **self.size_policy())
-            if axial_ops.exporting():  # one loop-free graph for any (symbolic) batch size
-                return axial_ops.axial_matmul(q, values, keys)
             return AxialRelPosAttention.apply(q, values, keys)
         if table is None:
             weights = uniform_weights(S, span, values.dtype, q.device)  # (S, S)
             return torch.matmul(values, weights.t())
         q = q.transpose(2, 4).transpose(2, 3)  # (B, h, L, S, dk)
-        weights = axis_weights(q, table, pos_span=span, softmax=True, **self.size_policy())  # (B, h, L, S, S)
+        gather = axial_ops.plain_graph()  # a graph over symbolic sizes: keys by an index, not a strided view
+        policy = self.size_policy()
+        weights = axis_weights(q, table, pos_span=span, softmax=True, gather=gather, **policy)  # (B, h, L, S, S)
         return torch.matmul(values.transpose(2, 3), weights.transpose(-1, -2)).transpose(2, 3)
 
     def _positional_axial(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -329,5 +332,19 @@ class GlobalSelfAttention(RelPosModule):
             out = pos if out is None else out + pos  # F_c + F_row
         out = out.reshape(B, self.dim_out, H, W)
         if self.stride == 2:
-            out = F.avg_pool2d(out, 2, ceil_mode=True)
+            out = _pool2(out)
         return out
+
+
+def _pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pool in ceil mode (an odd last row or column is averaged on its own), ``(.., H, W)`` ->
+    ``(.., ceil(H/2), ceil(W/2))``.
+
+    Recorded as a graph (``axial_ops.plain_graph``), it pools the input padded by one replicated row and column
+    instead: the same averages (up to rounding), and an output size of the form ``(H - 1) // 2 + 1``, that of the
+    strided 1x1 convolution of a ResNet shortcut. Ceil mode's size makes ``torch.export`` guard on the parity of
+    symbolic sizes, and one it cannot prove equal to the shortcut's where the two are added.
+    """
+    if not axial_ops.plain_graph():
+        return F.avg_pool2d(x, 2, ceil_mode=True)
+    return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2)

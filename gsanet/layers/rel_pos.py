@@ -45,6 +45,7 @@ __all__ = [
     "extend_rel_pos",
     "extension_scale",
     "fit_rel_pos_state",
+    "gather_offsets",
     "head_keys",
     "head_rows",
     "offset_rows",
@@ -213,6 +214,58 @@ def head_rows(
     return rows.view(2 * size - 1, heads, -1).permute(1, 2, 0)
 
 
+def gather_offsets(
+    table: torch.Tensor,
+    size: int,
+    pos_span: int | None,
+    extend: str = DEFAULT_REL_POS_EXTEND,
+    scale: bool = False,
+) -> torch.Tensor:
+    """``relative_to_absolute(cover(table, size, pos_span, extend, scale), ...)`` by gathers, for a symbolic ``size``.
+
+    The index comes from ``torch.arange(size)`` and every factor that depends on ``size`` is a tensor computed from it,
+    so no Python value depends on ``size`` and a graph recorded by ``torch.export``, ONNX export, ``torch.jit.trace``
+    or ``torch.compile(dynamic=True)`` holds for every size. A global table on an axis longer than it covers follows
+    the size policy of ``cover`` (the tests check the two agree): ``"edge"`` takes the edge rows, ``"zero"`` zeros,
+    ``"interp"`` interpolates between the two rows around offset ``d (M-1)/(S-1)``, and ``scale`` multiplies by
+    ``M / S``; on an axis the table covers, every policy gathers the learned rows as they are (factor 1, fraction 0).
+    A windowed table's offsets outside the window are zero.
+
+    Args:
+        table: ``(n_rel, C)`` embeddings, offset 0 at ``table_center``.
+        size: axis length S (an int or a symbolic size).
+        pos_span: None for a global table, else the window length (``n_rel``).
+        extend: how a global table is extended beyond its length (``extend_rel_pos``).
+        scale: multiply by ``extension_scale``.
+
+    Returns:
+        ``(S, S, C)``: ``[x, x'] = r_(x'-x)``.
+    """
+    center, last = table_center(table), table.shape[0] - 1
+    pos = torch.arange(size, device=table.device)
+    offsets = pos[None, :] - pos[:, None]  # (S, S): x' - x
+    inside = (offsets.abs() <= center).unsqueeze(-1)  # (S, S, 1): offsets the table holds
+    if pos_span is not None or extend != "interp":
+        keys = table[offsets.clamp(-center, last - center) + center]  # (S, S, C)
+        if pos_span is not None or check_rel_pos_extend(extend) == "zero":
+            keys = torch.where(inside, keys, keys.new_zeros(()))
+        if pos_span is not None:
+            return keys
+    else:
+        exact = torch.float64 if table.dtype == torch.float64 else torch.float32  # row numbers exact beyond bf16's 256
+        length = (pos[-1] + 1).to(exact)  # S, as a tensor
+        ratio = (center / (length - 1).clamp(min=1)).clamp(max=1)  # (M-1)/(S-1); 1 where the table covers the axis
+        where = offsets.to(exact) * ratio + center  # (S, S): the fractional row of each offset
+        low = where.floor().clamp(0, last)
+        frac = (where - low).unsqueeze(-1).to(table.dtype)
+        low = low.long()
+        keys = table[low] * (1 - frac) + table[(low + 1).clamp(max=last)] * frac  # (S, S, C)
+    if scale:
+        length = (pos[-1] + 1).to(torch.float64 if table.dtype == torch.float64 else torch.float32)
+        keys = keys * ((center + 1) / length).clamp(max=1).to(table.dtype)  # M / S beyond the table, else 1
+    return keys
+
+
 def head_keys(
     table: torch.Tensor,
     size: int,
@@ -222,12 +275,17 @@ def head_keys(
     dtype: torch.dtype | None = None,
     extend: str = DEFAULT_REL_POS_EXTEND,
     scale: bool = False,
+    gather: bool = False,
 ) -> torch.Tensor:
     """``(h, S, dk, S)``: each head's absolute keys ``[x, :, x'] = r_(x'-x)``, zero outside the span (the layout
-    ``AxialRelPosAttention`` takes); ``extend`` and ``scale`` as in ``cover``."""
-    table = cover(table, size, pos_span, extend, scale)
-    keys = relative_to_absolute(table if dtype is None else table.to(dtype), table_center(table), size)  # (S, S, h*dk)
-    return keys.view(size, size, heads, -1).permute(2, 0, 3, 1).contiguous()
+    ``AxialRelPosAttention`` takes); ``extend`` and ``scale`` as in ``cover``. ``gather=True`` builds them by
+    ``gather_offsets``, for graphs over a symbolic ``size``; the same values."""
+    if gather:
+        keys = gather_offsets(table if dtype is None else table.to(dtype), size, pos_span, extend, scale)
+    else:
+        table = cover(table, size, pos_span, extend, scale)
+        keys = relative_to_absolute(table if dtype is None else table.to(dtype), table_center(table), size)
+    return keys.reshape(size, size, heads, -1).permute(2, 0, 3, 1).contiguous()  # (S, S, h*dk) -> (h, S, dk, S)
 
 
 def axis_logits(
@@ -237,6 +295,7 @@ def axis_logits(
     pos_span: int | None,
     extend: str = DEFAULT_REL_POS_EXTEND,
     scale: bool = False,
+    gather: bool = False,
 ) -> torch.Tensor:
     """Positional logits along one axis, relative offsets turned absolute without an index.
 
@@ -246,11 +305,15 @@ def axis_logits(
         pos_span: the span (None: global).
         extend: how a global table is extended beyond its length (``extend_rel_pos``).
         scale: multiply by ``extension_scale`` (``cover``).
+        gather: take the absolute keys from ``gather_offsets`` (graphs over a symbolic S) instead of a strided view.
 
     Returns:
         ``(B, h, L, S, S)`` logits ``[..., x, x'] = q_x . r_(x'-x)``, zero outside the span (a strided view).
     """
     B, h, L, S, dk = q.shape
+    if gather:
+        keys = head_keys(table, S, h, pos_span=pos_span, dtype=q.dtype, extend=extend, scale=scale, gather=True)
+        return torch.einsum("bhlxk,hxky->bhlxy", q, keys)  # keys (h, S, dk, S)
     rows = head_rows(table, S, h, pos_span=pos_span, dtype=q.dtype, extend=extend, scale=scale)  # (h, dk, 2S-1)
     rel = torch.matmul(q.reshape(B, h, L * S, dk), rows)  # (B, h, L*S, 2S-1)
     return skew(rel.view(B, h, L, S, 2 * S - 1), S)
@@ -264,6 +327,7 @@ def axis_weights(
     softmax: bool,
     extend: str = DEFAULT_REL_POS_EXTEND,
     scale: bool = False,
+    gather: bool = False,
 ) -> torch.Tensor:
     """The weight each query gives each key of its line in one axial positional layer.
 
@@ -274,6 +338,7 @@ def axis_weights(
         softmax: softmax of the logits over the span (else the logits themselves, the paper's weights).
         extend: how a global table is extended beyond its length (``extend_rel_pos``).
         scale: without softmax, multiply the weights by ``extension_scale`` (a softmax is normalised already).
+        gather: the logits by ``gather_offsets`` (graphs over a symbolic S, see ``axis_logits``).
 
     Returns:
         ``(B, h, L, S, S)``: ``[..., x, x']``, zero outside the span.
@@ -281,7 +346,7 @@ def axis_weights(
     S = q.shape[-2]
     if table is None:
         return uniform_weights(S, pos_span, q.dtype, q.device).expand(*q.shape[:-1], S)
-    logits = axis_logits(q, table, pos_span=pos_span, extend=extend, scale=scale and not softmax)
+    logits = axis_logits(q, table, pos_span=pos_span, extend=extend, scale=scale and not softmax, gather=gather)
     if not softmax:
         return logits
     return logits.masked_fill(~span_mask(S, pos_span, q.device), float("-inf")).softmax(dim=-1)
