@@ -244,24 +244,20 @@ def gather_offsets(
     center, last = table_center(table), table.shape[0] - 1
     pos = torch.arange(size, device=table.device)
     offsets = pos[None, :] - pos[:, None]  # (S, S): x' - x
-    inside = (offsets.abs() <= center).unsqueeze(-1)  # (S, S, 1): offsets the table holds
-    if pos_span is not None or extend != "interp":
-        keys = table[offsets.clamp(-center, last - center) + center]  # (S, S, C)
-        if pos_span is not None or check_rel_pos_extend(extend) == "zero":
-            keys = torch.where(inside, keys, keys.new_zeros(()))
-        if pos_span is not None:
-            return keys
-    else:
-        exact = torch.float64 if table.dtype == torch.float64 else torch.float32  # row numbers exact beyond bf16's 256
-        length = (pos[-1] + 1).to(exact)  # S, as a tensor
+    exact = torch.float64 if table.dtype == torch.float64 else torch.float32  # row numbers exact beyond bf16's 256
+    length = (pos[-1] + 1).to(exact)  # S, as a tensor
+    if pos_span is None and check_rel_pos_extend(extend) == "interp":
         ratio = (center / (length - 1).clamp(min=1)).clamp(max=1)  # (M-1)/(S-1); 1 where the table covers the axis
         where = offsets.to(exact) * ratio + center  # (S, S): the fractional row of each offset
         low = where.floor().clamp(0, last)
         frac = (where - low).unsqueeze(-1).to(table.dtype)
         low = low.long()
         keys = table[low] * (1 - frac) + table[(low + 1).clamp(max=last)] * frac  # (S, S, C)
-    if scale:
-        length = (pos[-1] + 1).to(torch.float64 if table.dtype == torch.float64 else torch.float32)
+    else:
+        keys = table[offsets.clamp(-center, last - center) + center]  # (S, S, C): the edge rows beyond the table
+        if pos_span is not None or extend == "zero":
+            keys = torch.where((offsets.abs() <= center).unsqueeze(-1), keys, keys.new_zeros(()))
+    if scale and pos_span is None:
         keys = keys * ((center + 1) / length).clamp(max=1).to(table.dtype)  # M / S beyond the table, else 1
     return keys
 
