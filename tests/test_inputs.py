@@ -72,7 +72,7 @@ def test_workers_bounded_by_the_usable_cpus(fmnist: Path, tmp_path: Path, capsys
 
 
 class _SignalDispositions(torch.utils.data.Dataset):
-    """Each item: whether SIGINT and SIGTERM are ignored in the process that loads it."""
+    """Each item: whether SIGINT is ignored, and whether SIGTERM has a handler of its own, in the loading process."""
 
     def __len__(self) -> int:
         return 2
@@ -80,19 +80,41 @@ class _SignalDispositions(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         import signal
 
-        return torch.tensor([signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)])
+        handler = signal.getsignal(signal.SIGTERM)
+        return torch.tensor([signal.getsignal(signal.SIGINT) == signal.SIG_IGN, callable(handler)])
 
 
-def test_loader_workers_ignore_sigterm_and_sigint() -> None:
+def test_loader_workers_ignore_sigint_and_exit_quietly_on_sigterm() -> None:
     """A SIGTERM sent to the whole process group (as a scheduler or ``timeout`` does) killed the loader workers, whose
     deaths then raised in the training process: a worker traceback and exit code 1 instead of the clean stop (exit
-    143). The workers now ignore SIGINT and SIGTERM and leave them to the training process, which stops them."""
+    143). The workers now ignore SIGINT and exit with status 0 on SIGTERM, which the loader does not report."""
     from gsanet.train.data import create_loader
     from gsanet.train.distributed import DistContext
 
     ctx = DistContext(device=torch.device("cpu"))
     loader = create_loader(_SignalDispositions(), 2, train=False, ctx=ctx, workers=1)
     assert next(iter(loader)).tolist() == [[True, True], [True, True]]
+
+
+def test_process_exits_with_a_live_loader_iterator() -> None:
+    """A process that ends while a loader iterator is alive (an error mid-epoch keeps it in the traceback) stops the
+    workers with SIGTERM at exit and waits for them: workers that ignored SIGTERM made it wait forever."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from gsanet.train.data import create_loader\n"
+        "from gsanet.train.distributed import DistContext\n"
+        "loader = create_loader(torch.utils.data.TensorDataset(torch.arange(64.0)), 2, train=False,\n"
+        "                       ctx=DistContext(device=torch.device('cpu')), workers=1)\n"
+        "it = iter(loader)\n"
+        "next(it)\n"
+        "raise SystemExit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------- --holdout

@@ -909,18 +909,24 @@ def check_workers(workers: int) -> None:
         )
 
 
+def _exit_quietly(signum: int, frame: object) -> None:
+    os._exit(0)  # a worker that exits 0 is not a failure to the loader: no "killed by signal" error in the parent
+
+
 def quiet_worker(worker_id: int, parent: int | None = None) -> None:
-    """``worker_init_fn`` of every loader: a worker ignores SIGINT and SIGTERM, so that a Ctrl-C or a SIGTERM sent
-    to the whole process group stops the training process cleanly (it shuts its workers down) instead of killing
-    the workers under it with a traceback each; and on Linux it is killed when its parent dies (never orphaned; the
-    kernel's "parent" is the thread that started the worker, so a loader must not outlive the thread iterating it).
+    """``worker_init_fn`` of every loader: a worker ignores SIGINT and exits quietly (status 0) on SIGTERM, so that a
+    Ctrl-C or a SIGTERM sent to the whole process group stops the training process cleanly (it shuts its workers
+    down) instead of killing the workers under it with a traceback each; and on Linux it is killed when its parent
+    dies (never orphaned; the kernel's "parent" is the thread that started the worker, so a loader must not outlive
+    the thread iterating it). SIGTERM must still end a worker: a process that exits while a loader iterator is alive
+    (an error mid-epoch) stops its workers with SIGTERM and waits for them.
 
     Args:
         worker_id: The worker's index (unused).
         parent: The process that made the loader: a worker whose parent is already another has lost it and exits.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
