@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,13 +119,15 @@ def check_out_dir(out: str | Path, what: str = "results", flag: str = "--out") -
     Raises:
         UserError: It is a file, cannot be created, or is not writable (read-only, ``/proc``, no permission).
     """
+    from gsanet.train.checkpoint import ensure_writable  # the one write probe (train imports this module)
+    from gsanet.train.errors import CheckpointError
+
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".gsanet-write-check-"):
-            pass
-    except OSError as e:
-        problem = "it is a file" if out.is_file() else e.strerror or type(e).__name__
+        ensure_writable(out)
+    except CheckpointError as e:
+        cause = e.__cause__
+        problem = "it is a file" if out.is_file() else getattr(cause, "strerror", None) or type(cause).__name__
         raise UserError(f"cannot write {what} to {out}: {problem}; choose another {flag}") from e
 
 

@@ -32,7 +32,7 @@ from gsanet.train.distributed import DistContext
 from gsanet.train.engine import create_model
 
 from .test_data import count_resized, write_fake_fashion_mnist, write_image_folder
-from .test_train import TINY, tiny_args
+from .test_train import TINY, finished_run, tiny_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -43,10 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def one_epoch_run(fmnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 1-epoch run (64 images, batch 16: 4 updates per epoch); tests copy it before changing it."""
-    output = tmp_path_factory.mktemp("runs")
-    torch.set_num_threads(1)
-    assert cli.main(tiny_args(fmnist, output, "base", "--epochs", "1")) == 0
-    return output / "base"
+    return finished_run(fmnist, tmp_path_factory, 1)
 
 
 def _copy_run(run: Path, dest: Path) -> Path:

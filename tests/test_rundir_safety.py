@@ -23,7 +23,7 @@ from gsanet.train.checkpoint import read_metadata
 from gsanet.train.config import ConfigError, TrainConfig
 from gsanet.train.rundir import RunDir, RunLock
 
-from .test_train import TINY, tiny_args
+from .test_train import TINY, finished_run, tiny_args
 from .test_train import train as _train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -32,10 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def two_epoch_run(fmnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-epoch run (64 images, batch 16); tests copy it before changing it."""
-    output = tmp_path_factory.mktemp("runs")
-    torch.set_num_threads(1)
-    assert cli.main(tiny_args(fmnist, output, "base", "--epochs", "2")) == 0
-    return output / "base"
+    return finished_run(fmnist, tmp_path_factory, 2)
 
 
 def _epochs(run: Path) -> list[str]:

@@ -47,6 +47,15 @@ def tiny_args(data_dir: Path, output: Path, name: str, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
+def finished_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, epochs: int) -> Path:
+    """A finished run of ``epochs`` epochs (64 images, batch 16: 4 updates an epoch), for module-scoped fixtures that
+    tests copy before changing it."""
+    output = tmp_path_factory.mktemp("runs")
+    torch.set_num_threads(1)
+    assert cli.main(tiny_args(data_dir, output, "base", "--epochs", str(epochs))) == 0
+    return output / "base"
+
+
 def train(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = cli.main(args)
     out, err = capsys.readouterr()
