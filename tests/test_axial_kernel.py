@@ -111,7 +111,7 @@ def test_module_under_bf16_autocast_runs_the_kernel(monkeypatch: pytest.MonkeyPa
         return apply(*args)
 
     monkeypatch.setattr(FusedAxialRelPosAttention, "apply", spy)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), axial_kernel.kernel_enabled(True):  # bounds aside
         fused = m(x)
     assert calls == [torch.bfloat16, torch.bfloat16]
     monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: False)
@@ -129,7 +129,10 @@ def test_fused_kernel_only_where_it_applies() -> None:
 
     x = torch.randn(2, 3)
     assert axial_kernel.usable(x, x.double()) is False
-    assert all(axial_kernel.usable(x.to(dtype)) for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.half))
+    with axial_kernel.kernel_enabled(True):  # where it can run, measured faster or not
+        assert all(axial_kernel.usable(x.to(t)) for t in (torch.float32, torch.float64, torch.bfloat16, torch.half))
+    assert axial_kernel.usable(x) and axial_kernel.usable(x.double())
+    assert not axial_kernel.usable(x.half())  # float16 was never measured against the GEMM path
     assert not axial_kernel.usable(x.long())
     assert not axial_kernel.usable(torch.empty(2, 3, device="meta"))
     with FlopCounterMode(display=False):
@@ -224,10 +227,11 @@ def test_kernel_dispatch_only_where_measured_faster(monkeypatch: pytest.MonkeyPa
     """The kernel runs at axis lengths and on architectures where its build was measured to beat the GEMM path;
     GSANET_FUSED_AXIAL=1 forces it anywhere."""
     monkeypatch.delenv("GSANET_FUSED_AXIAL", raising=False)
-    for variant, (largest, _machines) in axial_kernel.MEASURED.items():
-        assert axial_kernel.prefer_kernel(variant, largest)
-        assert not axial_kernel.prefer_kernel(variant, largest + 1)
+    for (variant, precision), (largest, _machines) in axial_kernel.MEASURED.items():
+        assert axial_kernel.prefer_kernel(variant, largest, precision)
+        assert not axial_kernel.prefer_kernel(variant, largest + 1, precision)
     assert not axial_kernel.prefer_kernel("no_such_build", 8)
+    assert not axial_kernel.prefer_kernel("avx2", 8, "fp16")  # a precision never measured: the GEMM path
     monkeypatch.setattr(axial_kernel.platform, "machine", lambda: "aarch64")
     assert not axial_kernel.prefer_kernel("generic", 8)  # measured on x86 only
     monkeypatch.setenv("GSANET_FUSED_AXIAL", "1")
@@ -238,7 +242,7 @@ def test_module_takes_the_gemm_path_beyond_the_measured_sizes(monkeypatch: pytes
     """Per pass: an axis longer than the measured bound runs the GEMM path, a shorter one the kernel."""
     _require_kernel()
     variant = axial_kernel.selected_variant()
-    monkeypatch.setitem(axial_kernel.MEASURED, variant, (6, axial_kernel.MEASURED[variant][1]))
+    monkeypatch.setitem(axial_kernel.MEASURED, (variant, "fp32"), (6, ("x86_64", "aarch64")))
     sizes = []
     apply = FusedAxialRelPosAttention.apply
 
@@ -262,7 +266,7 @@ def test_kernel_enabled_block_forces_either_path_in_its_thread(monkeypatch: pyte
 
     _require_kernel()
     variant = axial_kernel.selected_variant()
-    monkeypatch.setitem(axial_kernel.MEASURED, variant, (4, axial_kernel.MEASURED[variant][1]))
+    monkeypatch.setitem(axial_kernel.MEASURED, (variant, "fp32"), (4, ("x86_64", "aarch64")))
     q = torch.randn(1, 1, 2, 3, 6)
     assert not axial_kernel.usable(q)  # S = 6 is beyond the (patched) measured bound
     with axial_kernel.kernel_enabled(True):

@@ -24,7 +24,7 @@ from gsanet.layers.axial_kernel import FusedAxialRelPosAttention
 from gsanet.layers.axial_ops import AxialRelPosAttention
 from gsanet.layers.rel_pos import head_keys, head_rows
 
-from .config import BenchConfig
+from .config import PRECISIONS, BenchConfig
 from .environment import environment, load_average
 from .measure import time_interleaved
 from .report import BenchTable, load_note, markdown_columns
@@ -64,6 +64,7 @@ COLUMNS = [
     "repeats",
     "variant",
     "isa",
+    "precision",
     "load_1m",
     "torch",
     "threads",
@@ -74,9 +75,10 @@ MD_COLUMNS = markdown_columns(COLUMNS, CSV_ONLY)
 """The columns of the markdown table."""
 
 
-def _inputs(shape: AxialShape, column: bool, seed: int) -> tuple[torch.Tensor, ...]:
+def _inputs(shape: AxialShape, column: bool, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """Queries and values ``(B, h, d, L, S)`` laid out as the module's passes read them, the relative rows
-    ``(h, d, 2S-1)``, the absolute keys ``(h, S, d, S)`` and an incoming gradient."""
+    ``(h, d, 2S-1)``, the absolute keys ``(h, S, d, S)`` and an incoming gradient, in ``dtype`` (what the module
+    passes both paths under autocast: bfloat16 activations, the table cast to them)."""
     _, B, h, d, H, W = shape
     g = torch.Generator().manual_seed(seed)
     if column:  # attend along H: views (B, h, d, W, H) of NCHW tensors
@@ -91,11 +93,12 @@ def _inputs(shape: AxialShape, column: bool, seed: int) -> tuple[torch.Tensor, .
     rows = head_rows(table, S, h, pos_span=None).contiguous()  # the module's layouts of one global table
     keys = head_keys(table, S, h, pos_span=None)
     grad = torch.randn(v.shape, generator=g)
+    q, v, rows, keys, grad = (t.to(dtype) for t in (q, v, rows, keys, grad))
     return q.requires_grad_(), v.requires_grad_(), rows.requires_grad_(), keys.requires_grad_(), grad
 
 
 def _measure(shape: AxialShape, column: bool, cfg: BenchConfig, repeats: int, warmup: int) -> dict[str, Any]:
-    q, v, rows, keys, grad = _inputs(shape, column, cfg.seed)
+    q, v, rows, keys, grad = _inputs(shape, column, cfg.seed, PRECISIONS[cfg.precision] or torch.float32)
     variant = axial_kernel.selected_variant()
 
     def fused() -> None:
@@ -149,11 +152,12 @@ def run_axial_bench(cfg: BenchConfig, shapes: list[AxialShape] | None = None) ->
         for shape in shapes:
             for column in (False, True):
                 row = _measure(shape, column, cfg, repeats, warmup)
-                row.update(isa=env["isa"], torch=env["torch"], threads=env["threads"])
+                row.update(isa=env["isa"], precision=cfg.precision, torch=env["torch"], threads=env["threads"])
                 _LOGGER.info("%s %s: gemm/fused %.2f", row["shape"], row["pass"], row["gemm_over_fused"])
                 rows.append(row)
     notes = [
-        "Forward+backward of one axial positional layer (no softmax), float32, fused kernel vs batched GEMMs, timed "
+        f"Forward+backward of one axial positional layer (no softmax), {cfg.precision} tensors (bf16: bfloat16 "
+        "activations and table, as under autocast), fused kernel vs batched GEMMs, timed "
         "round-robin in one process; median ms (minima in their own columns). gemm_over_fused > 1: the kernel is "
         "faster. Lines = batch x heads x lines of the other axis.",
         load_note(rows),

@@ -98,8 +98,10 @@ def _axial_path(device: str) -> str:
 
     if not axial_kernel.usable(torch.empty(0, device=device)):
         return "gemm"
-    largest = axial_kernel.MEASURED.get(axial_kernel.selected_variant(), (0, ()))[0]
-    return f"fused (axes up to {largest}; gemm above)"
+    variant = axial_kernel.selected_variant()
+    measured = axial_kernel.MEASURED
+    bounds = [f"{p} up to {measured[variant, p][0]}" for p in ("fp32", "bf16") if (variant, p) in measured]
+    return f"fused (axes: {', '.join(bounds)}; gemm above)"
 
 
 def load_average() -> float | None:

@@ -24,7 +24,8 @@ machine (``gsanet bench --isa avx2`` sets it). ``GSANET_KERNEL_ISA`` names a var
 cannot execute is refused, never loaded.
 
 Dispatch (:func:`usable`) takes the kernel only where it was measured to beat the GEMM path (:data:`MEASURED`:
-the variant, the axis lengths at which it won, side by side, forward+backward, and the architectures measured;
+per variant and precision (float32, bfloat16), the axis lengths at which it won, side by side, forward+backward,
+and the architectures measured;
 ``results/bench_axial_*`` holds the tables). The ``generic`` build was measured on x86 only, so on ARM it is built and
 tested but not dispatched: ``GSANET_FUSED_AXIAL=1`` forces the kernel for any variant and shape,
 ``GSANET_FUSED_AXIAL=0`` turns it off. Another value of either switch is an error of the ``gsanet`` command at its
@@ -57,6 +58,7 @@ from .axial_ops import axial_vjp, keys_to_rows, oriented_empty, rows_to_keys
 
 __all__ = [
     "MEASURED",
+    "PRECISION_OF",
     "SOURCE",
     "VARIANTS",
     "FusedAxialRelPosAttention",
@@ -65,6 +67,7 @@ __all__ = [
     "build",
     "fused_axial_setting",
     "build_error",
+    "cpu_has",
     "host_variants",
     "kernel_enabled",
     "ops",
@@ -116,16 +119,21 @@ VARIANTS: dict[str, Variant] = {  # best first
     "generic": Variant("generic", (), 16, frozenset(), 0),
 }
 
-# Where each variant was measured to beat the GEMM path, forward+backward, float32, side by side (``gsanet bench
-# axial``; the tables are in results/bench_axial_*): the largest axis length S at which it still won, and the machine
-# architectures it was measured on. The kernel runs only inside these bounds; elsewhere the GEMM path does, so ARM
-# machines (generic was measured on x86 only) keep the GEMM path unless told otherwise.
-MEASURED: dict[str, tuple[int, tuple[str, ...]]] = {
-    "avx512_bf16": (56, ("x86_64",)),
-    "avx512": (112, ("x86_64",)),
-    "avx2": (224, ("x86_64",)),
-    "generic": (224, ("x86_64",)),
+# Where each variant was measured to beat the GEMM path, per precision of the tensors (``fp32``: float32, and float64,
+# whose speed is not a goal; ``bf16``: bfloat16, what autocast gives), forward+backward, side by side (``gsanet bench
+# axial [--precision bf16]``; the tables are in results/bench_axial_*): the largest axis length S at which it still
+# won, and the machine architectures it was measured on. The kernel runs only inside these bounds; elsewhere (an
+# unmeasured variant, precision, size or architecture: float16 anywhere, ARM for every build) the GEMM path does.
+MEASURED: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {
+    ("avx512_bf16", "fp32"): (56, ("x86_64",)),
+    ("avx512_bf16", "bf16"): (224, ("x86_64",)),
+    ("avx512", "fp32"): (112, ("x86_64",)),
+    ("avx2", "fp32"): (224, ("x86_64",)),
+    ("generic", "fp32"): (224, ("x86_64",)),
 }
+PRECISION_OF = {torch.float32: "fp32", torch.float64: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+"""The precision row of :data:`MEASURED` that tensors of each dtype the kernel takes fall under."""
+
 
 _state: dict[str, dict[str, object]] = {}  # variant -> {"loaded": bool, "error": str}
 _warned: list[str] = []
@@ -143,6 +151,12 @@ def _cpu_flags() -> frozenset[str] | None:
     except OSError:
         pass
     return None
+
+
+def cpu_has(*flags: str) -> bool:
+    """Whether this CPU reports every one of ``flags`` in ``/proc/cpuinfo`` (False where they cannot be read)."""
+    host = _cpu_flags()
+    return host is not None and set(flags) <= host
 
 
 def host_variants() -> list[str]:
@@ -303,18 +317,19 @@ def build_error(variant: str | None = None) -> str:
     return str(_state.get(variant, {}).get("error", ""))
 
 
-def prefer_kernel(variant: str, size: int) -> bool:
-    """Whether the kernel's ``variant`` was measured faster than the GEMM path at axis length ``size`` on this
-    machine's architecture (:data:`MEASURED`); ``GSANET_FUSED_AXIAL=1`` says yes to every variant and size.
+def prefer_kernel(variant: str, size: int, precision: str = "fp32") -> bool:
+    """Whether the kernel's ``variant`` was measured faster than the GEMM path at axis length ``size`` for tensors of
+    ``precision`` (:data:`PRECISION_OF`) on this machine's architecture (:data:`MEASURED`); ``GSANET_FUSED_AXIAL=1``
+    says yes to every variant, precision and size.
 
     Raises:
         ValueError: ``GSANET_FUSED_AXIAL`` has a value other than 0 or 1 (:func:`fused_axial_setting`).
     """
     if fused_axial_setting() == "1":
         return True
-    if variant not in MEASURED:
+    if (variant, precision) not in MEASURED:
         return False
-    largest, machines = MEASURED[variant]
+    largest, machines = MEASURED[variant, precision]
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
     return size <= largest and machine in machines
 
@@ -335,7 +350,7 @@ def usable(*tensors: torch.Tensor) -> bool:
     """Whether the kernel may and should run on these inputs, ``(B, h, C, L, S)`` tensors along their last axis:
     CPU, one floating dtype (float32/64, bfloat16/float16), eager mode (no tracing, compiling, export or dispatch
     mode such as FLOP counting, which must see the GEMM path's operators), and a variant measured faster than the
-    GEMM path at this axis length (:func:`prefer_kernel`)."""
+    GEMM path at this axis length and precision (:func:`prefer_kernel`)."""
     if any(t.device.type != "cpu" or t.dtype != tensors[0].dtype for t in tensors) or tensors[0].dtype not in _DTYPES:
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -354,7 +369,8 @@ def usable(*tensors: torch.Tensor) -> bool:
     stack = _override.__dict__.get("stack") or [None]
     if stack[-1] is False:
         return False
-    return (stack[-1] is True or prefer_kernel(variant, size)) and available(variant)
+    precision = PRECISION_OF[tensors[0].dtype]
+    return (stack[-1] is True or prefer_kernel(variant, size, precision)) and available(variant)
 
 
 class FusedAxialRelPosAttention(torch.autograd.Function):

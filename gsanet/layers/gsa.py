@@ -23,7 +23,8 @@ What is this project's choice (each is a constructor argument; ``docs/design.md`
       ``pos_scale=True`` (the positional sum scaled by ``table axis / axis``), so a model trained at one size gives
       sensible values at larger ones (``docs/design.md``, "relative tables");
     * 1x1 projections without bias; embeddings initialised ``N(0, (dim_key/heads)^-1)``;
-    * the content branch (key softmax and ``K^T V``) always runs in float32 under autocast.
+    * the content branch runs in the activations' dtype (under autocast bfloat16, with the key softmax's statistics
+      in float32).
 
 Beside it: ``rel_pos`` (relative tables, spans, the positional weights), ``axial_ops`` (the axial layer as batched
 GEMMs) and ``axial_kernel`` (the same layer by a fused C++ CPU kernel, and when to use it). ``tests/gsa_reference.py``
@@ -261,15 +262,50 @@ class GlobalSelfAttention(RelPosModule):
             )
 
     # ------------------------------------------------------------------ branches
-    def _content(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q, k: (B, h, dk, N); v: (B, h, dv, N)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            dtype = torch.promote_types(q.dtype, torch.float32)
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-            if self.query_softmax:
-                q = q.softmax(dim=2)  # each query over its channels
-            context = torch.matmul(k.softmax(dim=-1), v.transpose(-1, -2))  # (B, h, dk, dv): rho(K^T) V
-            return torch.matmul(context.transpose(-1, -2), q)  # (B, h, dv, N)
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 query/key/value projection, ``(B, 2 dk + dv, H, W)``.
+
+        In bfloat16 on a CPU with AMX tiles it runs as one matrix product over the pixels (``W @ x`` per image),
+        which oneDNN's convolution does not match there (it reorders NCHW activations to a blocked layout and back);
+        everywhere else, and for inputs that are not contiguous NCHW, as the convolution it is.
+        """
+        if not _bf16_matrix_tiles(x):
+            return self.qkv(x)
+        B, _, H, W = x.shape
+        out = torch.matmul(self.qkv.weight.flatten(1), x.reshape(B, self.dim, H * W))  # (B, 2 dk + dv, N)
+        if self.qkv.bias is not None:
+            out = out + self.qkv.bias.to(out.dtype)[:, None]
+        return out.view(B, -1, H, W)
+
+    def _context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The content layer's global context ``rho(K^T) V`` per image and head, ``(B * h, dk, dv)``.
+
+        The key softmax runs over the N positions in the keys' dtype; PyTorch's CPU and CUDA softmax keep their
+        statistics (maximum and sum) in float32 for bfloat16 and float16, which is where overflow would come from.
+        The product runs in the inputs' dtype (under autocast, bfloat16 with float32 accumulation).
+
+        Args:
+            k: ``(B, h, dk, N)``.
+            v: ``(B, h, dv, N)``.
+        """
+        B, h, dk, N = k.shape
+        p = k.softmax(dim=-1).reshape(B * h, dk, N)  # rho(K^T): each key channel over the positions
+        return torch.bmm(p, v.reshape(B * h, v.shape[2], N).transpose(1, 2))
+
+    @staticmethod
+    def _add_content(out: torch.Tensor | None, context: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """``out + context^T q``: the content layer's output ``F_c`` added to the positional output in the same
+        product (``baddbmm``), so ``F_c`` is never written on its own and no separate sum pass runs.
+
+        Args:
+            out: ``(B * h, dv, M)``, or None (no positional layer).
+            context: ``(B * h, dk, dv)``.
+            q: ``(B * h, dk, M)`` (with ``query_softmax``, already normalised).
+        """
+        context_t = context.transpose(1, 2)  # (B * h, dv, dk)
+        if out is None:
+            return torch.bmm(context_t, q)
+        return torch.baddbmm(out, context_t.to(out.dtype), q.to(out.dtype))
 
     def _axis_pass(self, q: torch.Tensor, values: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
         """One axial positional layer along the last spatial axis.
@@ -320,20 +356,33 @@ class GlobalSelfAttention(RelPosModule):
         self._check_input(x)
         B, _, H, W = x.shape
         h, dk, dv = self.heads, self.dim_key // self.heads, self.dim_out // self.heads
-        q, k, v = self.qkv(x).split([self.dim_key, self.dim_key, self.dim_out], dim=1)
+        q, k, v = self._project(x).split([self.dim_key, self.dim_key, self.dim_out], dim=1)
         q = q.reshape(B, h, dk, H, W)
         v = v.reshape(B, h, dv, H, W)
         out = None
-        if self.content:
-            out = self._content(q.reshape(B, h, dk, H * W), k.reshape(B, h, dk, H * W), v.reshape(B, h, dv, H * W))
-            out = out.reshape(B, h, dv, H, W).to(v.dtype)
         if self.positional:
-            pos = self._positional_axial(q, v) if self.axial else self._positional_2d(q, v)
-            out = pos if out is None else out + pos  # F_c + F_row
+            out = self._positional_axial(q, v) if self.axial else self._positional_2d(q, v)  # (B, h, dv, H, W)
+        if self.content:
+            context = self._context(k.reshape(B, h, dk, H * W), v.reshape(B, h, dv, H * W))  # (B * h, dk, dv)
+            qc = q.softmax(dim=2) if self.query_softmax else q  # each query over its channels
+            base = None if out is None else out.reshape(B * h, dv, H * W)
+            out = self._add_content(base, context, qc.reshape(B * h, dk, H * W))  # F_c + F_row
         out = out.reshape(B, self.dim_out, H, W)
         if self.stride == 2:
             out = _pool2(out)
         return out
+
+
+def _bf16_matrix_tiles(x: torch.Tensor) -> bool:
+    """Whether a product on ``x`` runs in bfloat16 on AMX tiles: a contiguous NCHW CPU tensor in eager mode that is
+    bfloat16 or under bfloat16 CPU autocast, PyTorch at its AVX-512 capability (not capped below it), and a CPU with
+    AMX's bfloat16 tiles. The only case where the projection's matrix-product form was measured faster."""
+    if x.device.type != "cpu" or not x.is_contiguous() or axial_ops.plain_graph():
+        return False
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if x.dtype != torch.bfloat16 and not (autocast_bf16 and x.dtype == torch.float32):
+        return False
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and axial_kernel.cpu_has("amx_bf16", "amx_tile")
 
 
 def _pool2(x: torch.Tensor) -> torch.Tensor:
