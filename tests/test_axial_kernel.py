@@ -279,3 +279,87 @@ def test_kernel_enabled_block_forces_either_path_in_its_thread(monkeypatch: pyte
         worker.join()
         assert seen == [False]  # another thread keeps the default rule
     assert not axial_kernel.usable(q)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "columns"])
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)], ids=["f32", "bf16"])
+@pytest.mark.parametrize("variant", _VARIANTS)
+def test_forward_normalized_is_the_pass_on_normalised_values(
+    dtype: torch.dtype, bound: float, transposed: bool, variant: str
+) -> None:
+    """The inference form with a per-channel affine applied as values load equals the plain pass (float64 truth) on
+    ``scale * v + shift``, for every build, both layouts and the two activation dtypes; lanes partly empty (B*L = 15)
+    and channel counts split 8 + 4 + 2 + 1 (dv 15)."""
+    _require_kernel(variant)
+    torch.manual_seed(0)
+    B, h, dk, L, S, dv = 3, 2, 5, 5, 9, 15
+    q, v = random_lines(dtype, transposed, B, h, dk, L, S), random_lines(dtype, transposed, B, h, dv, L, S)
+    rows = torch.randn(h, dk, 2 * S - 1, dtype=dtype)
+    scale, shift = torch.randn(h * dv), torch.randn(h * dv)
+    with torch.no_grad():
+        out = axial_kernel.forward_normalized(q, v, rows, scale, shift, variant)
+        normalised = v.double() * scale.double().view(h, dv, 1, 1) + shift.double().view(h, dv, 1, 1)
+        expected = axial_plain(q.double(), normalised, rows.double())
+    assert out.dtype == dtype and rel_error(out.double(), expected) < bound
+    with pytest.raises(RuntimeError, match="no gradient"):
+        axial_kernel.forward_normalized(q.detach().requires_grad_(), v, rows, scale, shift, variant)
+
+
+@pytest.mark.parametrize(
+    "kwargs,size",
+    [({}, (9, 7)), ({"stride": 2}, (9, 7)), ({"pos_span": 5}, (8, 6)), ({}, (14, 13))],
+    ids=["global", "stride2", "window", "beyond-tables"],
+)
+def test_inference_folds_the_batch_norm_into_the_row_pass(
+    kwargs: dict, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In eval mode without autograd the module applies the batch norm inside the row pass (the norm module never
+    runs) and gives the unfolded result; with gradients on, in training, or in float64 it runs the norm itself."""
+    _require_kernel()
+    torch.manual_seed(0)
+    m = GlobalSelfAttention(16, heads=2, feat_size=9, **kwargs)
+    with torch.no_grad():  # trained-looking statistics and affine parameters, never zeros or ones
+        m.norm.running_mean.normal_()
+        m.norm.running_var.uniform_(0.5, 2.0)
+        m.norm.weight.normal_()
+        m.norm.bias.normal_()
+    m.eval()
+    runs = []
+    m.norm.register_forward_hook(lambda *args: runs.append(1))
+    x = torch.randn(3, 16, *size)
+    with axial_kernel.kernel_enabled(True):
+        unfolded = m(x)  # grad mode on: the norm runs
+        assert len(runs) == 1
+        with torch.no_grad():
+            folded = m(x)
+            assert len(runs) == 1
+            m.double()(x.double())  # float64: unfolded
+            assert len(runs) == 2
+            m.float().train()(x)
+            assert len(runs) == 3
+    torch.testing.assert_close(folded, unfolded.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_projection_as_a_matrix_product_equals_the_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The q/k/v projection's matrix-product form (taken in bf16 on AMX CPUs) equals the 1x1 convolution, with and
+    without bias, in float64; where this CPU has AMX, bf16 autocast takes it and stays close to float32."""
+    from gsanet.layers import gsa
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 5, 7, dtype=torch.float64)
+    for bias in (False, True):
+        m = GlobalSelfAttention(12, 16, heads=2, qkv_bias=bias).double()
+        if bias:
+            torch.nn.init.normal_(m.qkv.bias)
+        conv = m._project(x)
+        monkeypatch.setattr(gsa, "_bf16_matrix_tiles", lambda t: True)
+        torch.testing.assert_close(m._project(x), conv, rtol=1e-12, atol=1e-12)
+        monkeypatch.undo()
+    m = GlobalSelfAttention(12, 16, heads=2)
+    x = x.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        taken = gsa._bf16_matrix_tiles(x)
+        out = m._project(x)
+    assert taken == (torch.backends.cpu.get_cpu_capability() == "AVX512" and axial_kernel.cpu_has("amx_bf16"))
+    assert out.dtype == torch.bfloat16 and rel_error(out.double(), m._project(x).double()) < 1e-2
+    assert not gsa._bf16_matrix_tiles(x)  # float32 outside autocast: the convolution

@@ -65,6 +65,7 @@ __all__ = [
     "Variant",
     "available",
     "build",
+    "forward_normalized",
     "fused_axial_setting",
     "build_error",
     "cpu_has",
@@ -371,6 +372,42 @@ def usable(*tensors: torch.Tensor) -> bool:
         return False
     precision = PRECISION_OF[tensors[0].dtype]
     return (stack[-1] is True or prefer_kernel(variant, size, precision)) and available(variant)
+
+
+def forward_normalized(
+    q: torch.Tensor,
+    v: torch.Tensor,
+    rows: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    variant: str | None = None,
+) -> torch.Tensor:
+    """The kernel's forward pass on values normalised per channel as it loads them: the pass applied to
+    ``scale[c] * v[:, c] + shift[c]`` (``c`` over the ``h * dv`` channels), without that tensor ever being written.
+    An inference batch norm before the pass, folded into it; no autograd (inference only).
+
+    Args:
+        q: ``(B, h, dk, L, S)``.
+        v: ``(B, h, dv, L, S)``.
+        rows: ``(h, dk, 2S-1)``.
+        scale: float32, ``h * dv`` values.
+        shift: float32, ``h * dv`` values.
+        variant: the kernel build (default the host's).
+
+    Returns:
+        ``(B, h, dv, L, S)`` in the values' memory order.
+
+    Raises:
+        RuntimeError: Called where autograd would need the pass's gradient.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, v, rows, scale, shift)):
+        raise RuntimeError(
+            "forward_normalized is the inference form of the kernel and has no gradient; call it under "
+            "torch.no_grad() or torch.inference_mode(), or normalise first and use FusedAxialRelPosAttention"
+        )
+    out = oriented_empty(v, v.shape[2])
+    ops(variant).forward(q, v, rows, out, scale.float(), shift.float())
+    return out
 
 
 class FusedAxialRelPosAttention(torch.autograd.Function):

@@ -340,10 +340,36 @@ class GlobalSelfAttention(RelPosModule):
     def _positional_axial(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, h, dv, H, W = v.shape
         # column-only layer: each column (fixed w) attends along H
-        out = self._axis_pass(q.transpose(-1, -2), v.transpose(-1, -2), self.rel_col)  # (B, h, dv, W, H)
-        z = self.norm(out.transpose(-1, -2).reshape(B, h * dv, H, W)).view(B, h, dv, H, W)  # Z = BN(F_col)
+        col = self._axis_pass(q.transpose(-1, -2), v.transpose(-1, -2), self.rel_col).transpose(-1, -2)
+        folded = self._folded_norm(q, col)
+        if folded is not None:  # inference: Z = BN(F_col) applied by the row pass as it loads F_col
+            rows = head_rows(self.rel_row, W, h, pos_span=self.pos_span, dtype=q.dtype, **self.size_policy())
+            return axial_kernel.forward_normalized(q, col, rows, *folded)
+        z = self.norm(col.reshape(B, h * dv, H, W)).view(B, h, dv, H, W)  # Z = BN(F_col)
         # row-only layer on Z with the same queries: each row (fixed h) attends along W
         return self._axis_pass(q, z, self.rel_row)  # (B, h, dv, H, W)
+
+    def _folded_norm(self, q: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch norm between the passes as a per-channel ``(scale, shift)`` for the row pass to apply as it
+        loads the column output (``axial_kernel.forward_normalized``), where that gives the same values: inference
+        (eval mode, running statistics, no gradient), the paper's layer (relative keys, no softmax), float32 or
+        bfloat16 activations (float64 keeps the unfolded path, whose rounding the float32 affine would exceed), and
+        the kernel taking the row pass. Otherwise None.
+        """
+        norm = self.norm
+        if self.training or torch.is_grad_enabled() or norm.running_mean is None or self.rel_row is None:
+            return None
+        if self.pos_softmax or q.dtype not in (torch.float32, torch.bfloat16) or axial_ops.plain_graph():
+            return None
+        if not axial_kernel.usable(q, col):
+            return None
+        scale = torch.rsqrt(norm.running_var.float() + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.float()
+        shift = -norm.running_mean.float() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.float()
+        return scale, shift
 
     def _positional_2d(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Non-axial ablation: one pass over the 2-D span, dense ``(N, N)`` weights per head."""

@@ -368,9 +368,22 @@ struct Items {
   Items(int64_t B, int64_t L, int V) : n_lines(B * L), groups((B * L + V - 1) / V) {}
 };
 
-// X: the tensors' storage type; T: the arithmetic's (float for bfloat16/half).
+// vs[c][x] = scale[c] * vs[c][x] + shift[c] for the dv channels of one head's gathered values (every lane; lanes
+// beyond the group's lines are never written back).
+template <typename T>
+void affine(T* vs, int64_t dv, int64_t S, const float* scale, const float* shift) {
+  constexpr int V = lanes<T>();
+  for (int64_t c = 0; c < dv; ++c) {
+    const T a = static_cast<T>(scale[c]), b = static_cast<T>(shift[c]);
+    for (int64_t x = 0; x < S; ++x) store(vs + (c * S + x) * V, load(vs + (c * S + x) * V) * a + b);
+  }
+}
+
+// X: the tensors' storage type; T: the arithmetic's (float for bfloat16/half). scale/shift: null, or h * dv floats
+// applied to the values as they are loaded (an inference batch norm folded into the pass).
 template <typename X, typename T>
-void forward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor& rows, const at::Tensor& out_t) {
+void forward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor& rows, const at::Tensor& out_t,
+                  const float* scale, const float* shift) {
   constexpr int V = lanes<T>();
   const int64_t B = q_t.size(0), h = q_t.size(1), dk = q_t.size(2), L = q_t.size(3), S = q_t.size(4);
   const int64_t dv = v_t.size(2), J = 2 * S - 1;
@@ -384,6 +397,7 @@ void forward_impl(const at::Tensor& q_t, const at::Tensor& v_t, const at::Tensor
       const Lanes<X, V> q_lanes(q, hh, n0, items.n_lines, L), v_lanes(v, hh, n0, items.n_lines, L);
       gather(q, q_lanes, dk, S, qs.data());
       gather(v, v_lanes, dv, S, vs.data());
+      if (scale != nullptr) affine(vs.data(), dv, S, scale + hh * dv, shift + hh * dv);
       const T* rth = rt.data() + hh * J * dk;
       for (int64_t x = 0; x < S; ++x) {
         in_chunks(dk, [&]<int CB>(int64_t d0) {  // w[x'] = W[x, x']
@@ -483,12 +497,25 @@ void check_like(const at::Tensor& t, const at::Tensor& like, const char* name) {
               "axial_rel_pos: ", name, " must match its input in shape and dtype");
 }
 
-void axial_forward(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows, const at::Tensor& out) {
+void axial_forward(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows, const at::Tensor& out,
+                   const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
   check(q, v, rows);
   check_like(out, v, "out");
+  TORCH_CHECK(scale.has_value() == shift.has_value(), "axial_rel_pos: scale and shift come together");
+  at::Tensor scale_c, shift_c;
+  if (scale.has_value()) {
+    const int64_t n = q.size(1) * v.size(2);
+    for (const auto* t : {&*scale, &*shift})
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == n && t->device().is_cpu(),
+                  "axial_rel_pos: scale and shift must be float32 CPU tensors of h * dv = ", n, " values");
+    scale_c = scale->contiguous();
+    shift_c = shift->contiguous();
+  }
+  const float* a = scale_c.defined() ? scale_c.data_ptr<float>() : nullptr;
+  const float* b = shift_c.defined() ? shift_c.data_ptr<float>() : nullptr;
   const auto rows_c = rows.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "axial_rel_pos_forward",
-                                  [&] { forward_impl<scalar_t, at::opmath_type<scalar_t>>(q, v, rows_c, out); });
+                                  [&] { forward_impl<scalar_t, at::opmath_type<scalar_t>>(q, v, rows_c, out, a, b); });
 }
 
 at::Tensor axial_backward(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rows, const at::Tensor& grad,
@@ -510,7 +537,7 @@ at::Tensor axial_backward(const at::Tensor& q, const at::Tensor& v, const at::Te
 // TORCH_LIBRARY pastes its namespace argument into identifiers; one more macro level expands ours first.
 #define GSANET_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 GSANET_LIBRARY(GSANET_OPS_NAMESPACE, m) {
-  m.def("forward(Tensor q, Tensor v, Tensor rows, Tensor(a!) out) -> ()");
+  m.def("forward(Tensor q, Tensor v, Tensor rows, Tensor(a!) out, Tensor? scale=None, Tensor? shift=None) -> ()");
   m.def("backward(Tensor q, Tensor v, Tensor rows, Tensor grad, Tensor(a!) grad_q, Tensor(b!) grad_v) -> Tensor");
   m.impl("forward", c10::DispatchKey::CPU, TORCH_FN(axial_forward));
   m.impl("backward", c10::DispatchKey::CPU, TORCH_FN(axial_backward));
