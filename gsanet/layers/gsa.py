@@ -265,14 +265,18 @@ class GlobalSelfAttention(RelPosModule):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         """The 1x1 query/key/value projection, ``(B, 2 dk + dv, H, W)``.
 
-        In bfloat16 on a CPU with AMX tiles it runs as one matrix product over the pixels (``W @ x`` per image),
-        which oneDNN's convolution does not match there (it reorders NCHW activations to a blocked layout and back);
-        everywhere else, and for inputs that are not contiguous NCHW, as the convolution it is.
+        In bfloat16 on a CPU with AMX tiles, where an image has at least as many pixels as input channels, it runs as
+        one batched matrix product over the pixels (``W @ x`` per image), which oneDNN's convolution does not match
+        there (it reorders NCHW activations to a blocked layout and back); elsewhere (fewer pixels than channels, the
+        weight gradient summed over images would cost more than the activations) and for inputs that are not
+        contiguous NCHW, as the convolution it is.
         """
-        if not _bf16_matrix_tiles(x):
-            return self.qkv(x)
         B, _, H, W = x.shape
-        out = torch.matmul(self.qkv.weight.flatten(1), x.reshape(B, self.dim, H * W))  # (B, 2 dk + dv, N)
+        if self.dim > H * W or not _bf16_matrix_tiles(x):
+            return self.qkv(x)
+        dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else x.dtype  # the cast autocast would make
+        weight = self.qkv.weight.flatten(1).to(dtype)  # (2 dk + dv, dim), cast once, then expanded as a view
+        out = torch.bmm(weight.expand(B, -1, -1), x.reshape(B, self.dim, H * W).to(dtype))  # (B, 2 dk + dv, N)
         if self.qkv.bias is not None:
             out = out + self.qkv.bias.to(out.dtype)[:, None]
         return out.view(B, -1, H, W)
