@@ -340,9 +340,10 @@ def test_inference_folds_the_batch_norm_into_the_row_pass(
     torch.testing.assert_close(folded, unfolded.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_projection_as_a_matrix_product_equals_the_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The q/k/v projection's matrix-product form (taken in bf16 on AMX CPUs) equals the 1x1 convolution, with and
-    without bias, in float64; where this CPU has AMX, bf16 autocast takes it and stays close to float32."""
+def test_projection_as_a_matrix_product_equals_the_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The q/k/v projection's matrix-product form equals the 1x1 convolution, with and without bias, in float64;
+    the dispatch takes it for float32 at small widths and, where this CPU has AMX, for bf16 autocast (close to
+    float32 there), never for too few pixels, float64, or a channels-last input."""
     from gsanet.layers import gsa
 
     torch.manual_seed(0)
@@ -352,14 +353,19 @@ def test_bf16_projection_as_a_matrix_product_equals_the_convolution(monkeypatch:
         if bias:
             torch.nn.init.normal_(m.qkv.bias)
         conv = m._project(x)
-        monkeypatch.setattr(gsa, "_bf16_matrix_tiles", lambda t: True)
+        monkeypatch.setattr(gsa, "_projection_as_bmm", lambda t, dim: t.dtype)
         torch.testing.assert_close(m._project(x), conv, rtol=1e-12, atol=1e-12)
         monkeypatch.undo()
-    m = GlobalSelfAttention(12, 16, heads=2)
     x = x.float()
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert (gsa._projection_as_bmm(x, 12) == torch.float32) == (capability in ("AVX2", "AVX512"))
+    assert gsa._projection_as_bmm(x, 36) is None  # more channels than pixels
+    assert gsa._projection_as_bmm(x.double(), 12) is None
+    assert gsa._projection_as_bmm(x.to(memory_format=torch.channels_last), 12) is None
+    m = GlobalSelfAttention(12, 16, heads=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        taken = gsa._bf16_matrix_tiles(x)
+        taken = gsa._projection_as_bmm(x, 12)
         out = m._project(x)
-    assert taken == (torch.backends.cpu.get_cpu_capability() == "AVX512" and axial_kernel.cpu_has("amx_bf16"))
+    amx = capability == "AVX512" and axial_kernel.cpu_has("amx_bf16", "amx_tile")
+    assert taken == (torch.bfloat16 if amx else None)
     assert out.dtype == torch.bfloat16 and rel_error(out.double(), m._project(x).double()) < 1e-2
-    assert not gsa._bf16_matrix_tiles(x)  # float32 outside autocast: the convolution

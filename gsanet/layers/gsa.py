@@ -265,21 +265,19 @@ class GlobalSelfAttention(RelPosModule):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         """The 1x1 query/key/value projection, ``(B, 2 dk + dv, H, W)``.
 
-        In bfloat16 on a CPU with AMX tiles, where an image has at least as many pixels as input channels, it runs as
-        one batched matrix product over the pixels (``W @ x`` per image), which oneDNN's convolution does not match
-        there (it reorders NCHW activations to a blocked layout and back); elsewhere (fewer pixels than channels, the
-        weight gradient summed over images would cost more than the activations) and for inputs that are not
-        contiguous NCHW, as the convolution it is.
+        Where it was measured faster (:func:`_projection_as_bmm`), it runs as one batched matrix product over the
+        pixels (``W @ x`` per image) instead of oneDNN's convolution, which reorders NCHW activations to a blocked
+        layout and back and is slow at small widths; elsewhere as the convolution it is.
         """
         B, _, H, W = x.shape
-        if self.dim > H * W or not _bf16_matrix_tiles(x):
+        dtype = _projection_as_bmm(x, self.dim)
+        if dtype is None:
             return self.qkv(x)
-        dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else x.dtype  # the cast autocast would make
         weight = self.qkv.weight.flatten(1).to(dtype)  # (2 dk + dv, dim), cast once, then expanded as a view
         out = torch.bmm(weight.expand(B, -1, -1), x.reshape(B, self.dim, H * W).to(dtype))  # (B, 2 dk + dv, N)
         if self.qkv.bias is not None:
             out = out + self.qkv.bias.to(out.dtype)[:, None]
-        return out.view(B, -1, H, W)
+        return out.view(B, self.qkv.out_channels, H, W)
 
     def _context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The content layer's global context ``rho(K^T) V`` per image and head, ``(B * h, dk, dv)``.
@@ -403,16 +401,31 @@ class GlobalSelfAttention(RelPosModule):
         return out
 
 
-def _bf16_matrix_tiles(x: torch.Tensor) -> bool:
-    """Whether a product on ``x`` runs in bfloat16 on AMX tiles: a contiguous NCHW CPU tensor in eager mode that is
-    bfloat16 or under bfloat16 CPU autocast, PyTorch at its AVX-512 capability (not capped below it), and a CPU with
-    AMX's bfloat16 tiles. The only case where the projection's matrix-product form was measured faster."""
-    if x.device.type != "cpu" or not x.is_contiguous() or axial_ops.plain_graph():
-        return False
+_BMM_PROJECTION_MAX_DIM_FP32 = 64
+
+
+def _projection_as_bmm(x: torch.Tensor, dim: int) -> torch.dtype | None:
+    """The dtype in which the projection runs as a batched matrix product (``GlobalSelfAttention._project``), or None
+    for the convolution: only where that was measured faster, forward and forward+backward, side by side
+    (``docs/benchmarks.md``, "The projection"):
+
+    * a contiguous NCHW CPU tensor in eager mode with at least as many pixels per image as channels (with fewer, the
+      weight gradient summed over images costs more than the activations);
+    * float32 without autocast, at most 64 input channels, PyTorch at AVX2 or AVX-512 (at 128 and more the two
+      tie at AVX2);
+    * bfloat16, or float32 under bfloat16 CPU autocast, on a CPU with AMX's bfloat16 tiles, PyTorch at AVX-512.
+    """
+    if x.device.type != "cpu" or not x.is_contiguous() or axial_ops.plain_graph() or dim > x.shape[2] * x.shape[3]:
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    if x.dtype != torch.bfloat16 and not (autocast_bf16 and x.dtype == torch.float32):
-        return False
-    return torch.backends.cpu.get_cpu_capability() == "AVX512" and axial_kernel.cpu_has("amx_bf16", "amx_tile")
+    if x.dtype == torch.bfloat16 or (autocast_bf16 and x.dtype == torch.float32):
+        amx = capability == "AVX512" and axial_kernel.cpu_has("amx_bf16", "amx_tile")
+        return torch.bfloat16 if amx else None
+    if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+        fast = capability in ("AVX2", "AVX512") and dim <= _BMM_PROJECTION_MAX_DIM_FP32
+        return torch.float32 if fast else None
+    return None
 
 
 def _pool2(x: torch.Tensor) -> torch.Tensor:
