@@ -123,20 +123,8 @@ COLUMNS = [
     "threads",
     "isa",
 ]
-CSV_ONLY = (
-    "note",
-    "load_1m",
-    "batch",
-    "infer_batch",
-    "repeats",
-    "matmul_peak_gflops",
-    "torch",
-    "device",
-    "precision",
-    "threads",
-    "isa",
-)
-"""The columns written to the CSV only."""
+CSV_ONLY = tuple(COLUMNS[COLUMNS.index("note") :])
+"""The columns written to the CSV only: ``note`` and those after it."""
 MD_COLUMNS = markdown_columns(COLUMNS, CSV_ONLY)
 """The columns of the markdown table."""
 
