@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = torch.autocast bfloat16; default fp32")
-    add_batch_size_flag(p, "batch size (default 8; 2 with --quick)")
+    add_batch_size_flag(
+        p,
+        "batch size (default 8; 2 with --quick); model: the training and inference batch of every model (default each "
+        "model's own: training 8 and inference 16 for the ResNet-50 pair, 128 and 256 for the tiny pair)",
+    )
     p.add_argument(
         "--repeats", type=int, help="timed repeats (default: module 20, scaling 10, model 10; within --time-budget-s)"
     )
