@@ -15,7 +15,7 @@ import torch
 from gsanet.bench import cli
 from gsanet.bench.config import BenchConfig
 from gsanet.bench.environment import cpu_isa
-from gsanet.bench.measure import MemoryTracker, count_flops, fit_power_law
+from gsanet.bench.measure import MemoryTracker, count_flops, fit_power_law, time_interleaved
 from gsanet.bench.model import COLUMNS as MODEL_COLUMNS
 from gsanet.bench.model import run_model_bench
 from gsanet.bench.module import COLUMNS as MODULE_COLUMNS
@@ -78,7 +78,7 @@ def test_scaling_bench_writes_csv_fit_and_plot(tmp_path: Path) -> None:
     paths = table.save(tmp_path)
     stem = result_stem("scaling", "cpu", "fp32", cpu_isa())
     names = {p.name for p in paths}
-    assert names == {f"{stem}.csv", f"{stem}_fit.csv", f"{stem}.png", f"{stem}.md"}
+    assert names == {f"{stem}.csv", f"{stem}_fit.csv", f"{stem}_fit.md", f"{stem}.png", f"{stem}.md"}
     assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     columns, rows = _read_csv(tmp_path / f"{stem}.csv")
     assert columns == SCALING_COLUMNS
@@ -111,20 +111,75 @@ def test_model_bench_measures_and_records_unregistered(tmp_path: Path) -> None:
     assert missing["status"].startswith("skipped:") and "not registered" in missing["status"]
 
 
-def test_model_bench_pairs_gsa_with_its_conv_twin(tmp_path: Path) -> None:
-    """The pair table: GSA over conv training images/s beside the FLOP ceiling, at the tiny pair's own inputs."""
-    from gsanet.bench.model import MODELS, PAIR_COLUMNS
+def test_model_bench_pairs_gsa_with_its_conv_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pair table: the tiny pair timed side by side (training, then inference), GSA over conv images/s for both,
+    each from the model table's own columns, beside its target and the FLOP ceiling; also written as markdown."""
+    from gsanet.bench import model
+    from gsanet.bench.model import MODELS, PAIR_COLUMNS, PAIRS
 
-    cases = [m for m in MODELS if m.name.endswith("resnet26_tiny")]
-    table = run_model_bench(_cfg(tmp_path, time_budget_s=1.0), models=cases)
+    timed: list[list[str]] = []
+
+    def recording(fns, **kwargs):  # noqa: ANN001, ANN202 (the wrapped function's signature)
+        timed.append(list(fns))
+        return time_interleaved(fns, **kwargs)
+
+    monkeypatch.setattr(model, "time_interleaved", recording)
+    cases = [m for m in MODELS if m.name.endswith("resnet26_tiny")][::-1]  # conv first: GSA is still timed first
+    table = model.run_model_bench(_cfg(tmp_path, time_budget_s=1.0), models=cases)
     paths = table.save(tmp_path)
-    assert [r["status"] for r in table.rows] == ["ok", "ok"] and all(r["batch"] == 2 for r in table.rows)
-    columns, (pair,) = _read_csv(tmp_path / f"{result_stem('model', 'cpu', 'fp32', cpu_isa())}_pairs.csv")
-    assert columns == PAIR_COLUMNS and len(paths) == 3
-    gsa, conv = table.rows
-    assert float(pair["speed_ratio"]) == pytest.approx(gsa["train_img_s"] / conv["train_img_s"], rel=1e-3)
-    assert float(pair["flop_ceiling"]) == pytest.approx(conv["fwd_bwd_gflop"] / gsa["fwd_bwd_gflop"], rel=1e-3)
+    assert timed == [["gsa_resnet26_tiny@28", "conv_resnet26_tiny@28"]] * 3  # training, batch 1, inference batch
+    conv, gsa = table.rows
+    assert [r["status"] for r in table.rows] == ["ok", "ok"]
+    assert all(r["batch"] == 2 and r["infer_batch"] == 2 for r in table.rows)  # --quick's batch applies to both
+    stem = result_stem("model", "cpu", "fp32", cpu_isa())
+    assert [p.name for p in paths] == [f"{stem}.csv", f"{stem}_pairs.csv", f"{stem}_pairs.md", f"{stem}.md"]
+    columns, (pair,) = _read_csv(tmp_path / f"{stem}_pairs.csv")
+    assert columns == PAIR_COLUMNS
+    assert (pair["gsa"], pair["precision"], pair["isa"]) == ("gsa_resnet26_tiny", "fp32", cpu_isa())
+    assert (pair["train_batch"], pair["infer_batch"]) == ("2", "2")
+    train, infer = float(pair["train_ratio"]), float(pair["infer_ratio"])
+    assert train == pytest.approx(gsa["train_img_s"] / conv["train_img_s"], rel=1e-6)
+    assert train == pytest.approx(conv["train_step_ms"] / gsa["train_step_ms"], rel=1e-6)
+    assert infer == pytest.approx(gsa["infer_batch_img_s"] / conv["infer_batch_img_s"], rel=1e-6)
+    assert infer == pytest.approx(conv["infer_batch_ms"] / gsa["infer_batch_ms"], rel=1e-6)
+    targets = next(p for p in PAIRS if p.gsa == "gsa_resnet26_tiny")
+    assert pair["train_target"] == ">= 0.8" and pair["infer_target"] == ">= 0.9"
+    assert pair["train_met"] == ("met" if train >= targets.train_target.value else "missed")
+    assert pair["infer_met"] == ("met" if infer >= targets.infer_target.value else "missed")
+    assert float(pair["flop_ceiling"]) == pytest.approx(conv["fwd_bwd_gflop"] / gsa["fwd_bwd_gflop"], rel=1e-6)
     assert 0.5 < float(pair["flop_ceiling"]) < 1.5  # near-equal multiply-adds by design
+    markdown = (tmp_path / f"{stem}_pairs.md").read_text()
+    assert "| gsa | conv | img_size | precision | isa | train_batch |" in markdown
+    assert "| gsa_resnet26_tiny | conv_resnet26_tiny | 28 | fp32 |" in markdown and "Pairs:" in markdown
+    assert "| model |" not in markdown and "| model |" in (tmp_path / f"{stem}.md").read_text()
+
+
+def test_model_cases_use_the_issue_batches(tmp_path: Path) -> None:
+    """Without ``--batch-size`` a case's own batches hold: training 128 / inference 256 for the tiny pair, 8 / 16 for
+    the ResNet-50 pair; an explicit batch applies to both."""
+    from gsanet.bench.model import MODELS, ModelCase, run_model_bench
+
+    batches = {m.name: (m.batch or 8, m.infer_batch) for m in MODELS}
+    assert batches["gsa_resnet26_tiny"] == batches["conv_resnet26_tiny"] == (128, 256)
+    assert batches["gsa_resnet50"] == batches["conv_resnet50"] == (8, 16)
+    unregistered = [ModelCase("no_such_model_xyz", 28, "", 1, 10, 3, 5)]  # rows without building or timing anything
+    (row,) = run_model_bench(BenchConfig(out=str(tmp_path)), models=unregistered).rows
+    assert (row["batch"], row["infer_batch"]) == (3, 5) and row["status"].startswith("skipped:")
+    (row,) = run_model_bench(BenchConfig(batch_size=4, out=str(tmp_path)), models=unregistered).rows
+    assert (row["batch"], row["infer_batch"]) == (4, 4)
+
+
+def test_pairs_are_timed_together_gsa_first() -> None:
+    from gsanet.bench.model import ModelCase, timed_together
+
+    cases = [
+        ModelCase("conv_resnet26_tiny", 28),
+        ModelCase("resnet18", 224),
+        ModelCase("gsa_resnet26_tiny", 28),
+        ModelCase("gsa_resnet50", 224),  # its twin is not listed: alone
+        ModelCase("conv_resnet50", 256),  # a twin at another input size: alone
+    ]
+    assert timed_together(cases) == [[2, 0], [1], [3], [4]]
 
 
 def test_cli_prints_table_and_names_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,8 @@ Usage::
     gsanet bench {module,scaling,model,axial,all,profile} [--device cpu|cuda] [--precision fp32|bf16]
                  [--batch-size 8] [--repeats N] [--warmup N] [--out results/] [--quick]
                  [--isa native|avx512|avx2|generic] ...
+    gsanet bench summary [--out results/]
+
 
 Files are named ``bench_<kind>_torch<version>_<device>_<precision>[_<isa>].{csv,md,png}`` (the instruction set
 PyTorch ran at, on CPU). ``--isa avx2`` re-runs the command with PyTorch, oneDNN, MKL and the fused kernel capped at
@@ -40,7 +42,7 @@ from .report import BenchTable, result_stem
 
 __all__ = ["KINDS", "build_parser", "main", "resolve_config"]
 
-KINDS = ("module", "scaling", "model", "axial", "all", "profile")
+KINDS = ("module", "scaling", "model", "axial", "all", "profile", "summary")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "kind",
         choices=KINDS,
-        help="module | scaling | model | axial (fused kernel vs GEMM path) | all (the four) | profile (one layer)",
+        help="module | scaling | model | axial (fused kernel vs GEMM path) | all (the four) | profile (one layer) | "
+        "summary (measures nothing: reads the model pair and module tables of every precision and instruction set in "
+        "--out and writes one table of the ratios beside their targets, bench_summary_torch<version>_<device>.md)",
     )
     p.add_argument(
         "--isa",
@@ -62,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = torch.autocast bfloat16; default fp32")
-    add_batch_size_flag(p, "batch size (default 8; 2 with --quick)")
+    add_batch_size_flag(
+        p,
+        "batch size (default 8; 2 with --quick); model: the training and inference batch of every model (default each "
+        "model's own: training 8 and inference 16 for the ResNet-50 pair, 128 and 256 for the tiny pair)",
+    )
     p.add_argument(
         "--repeats", type=int, help="timed repeats (default: module 20, scaling 10, model 10; within --time-budget-s)"
     )
@@ -142,8 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     return run("bench", _main, argv)
 
 
+def _summary(args: argparse.Namespace, command: str) -> int:
+    """``gsanet bench summary``: reads the tables in ``--out``, prints and writes the summary."""
+    from .summary import summarize
+
+    for flag in ("isa", "precision"):
+        if hasattr(args, flag):
+            raise UserError(f"--{flag} does not apply to summary: it reads the tables of every precision and isa")
+    cfg = resolve_config(args)
+    out = Path(cfg.out)
+    try:
+        summary = summarize(out, cfg.device)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    paths = summary.save(out, cfg.device, command)
+    print(summary.markdown(command))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.kind == "summary":
+        return _summary(args, "gsanet bench " + " ".join(argv))
     isa = getattr(args, "isa", "native")
     if isa != "native" and any(os.environ.get(k) != v for k, v in ISA_ENV[isa].items()):
         _reexec_at(isa, argv)  # the caps are read when PyTorch, oneDNN and MKL load: a fresh process

@@ -22,14 +22,17 @@ from .config import BenchConfig
 from .environment import environment, load_average
 from .measure import MEMORY_METHOD, autocast, count_flops, measure_peak_memory, time_interleaved
 from .peers import LAYERS, Built, SkipLayer, build_layer, dense_attention_bytes, sdpa_kernel
-from .report import BenchTable, load_note, markdown_columns
+from .report import BenchTable, Target, load_note, markdown_columns
 
 __all__ = [
     "COLUMNS",
     "CSV_ONLY",
+    "DEFAULT_BATCH",
     "MD_COLUMNS",
     "QUICK_SHAPES",
     "STAGE_SHAPES",
+    "STAGE_TARGETS",
+    "format_shape",
     "measure_layers",
     "parse_shape",
     "profile_layer",
@@ -38,8 +41,18 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
+DEFAULT_BATCH = 8
+"""The batch of the module benchmark unless ``--batch-size`` (or ``--quick``) says otherwise."""
 STAGE_SHAPES: list[tuple[int, int, int]] = [(56, 56, 64), (28, 28, 128), (14, 14, 256), (7, 7, 512)]
 """(height, width, channels) of the 3x3 convolutions in ResNet-50's four stages at 224x224."""
+STAGE_TARGETS: dict[tuple[int, int, int], Target] = {
+    (56, 56, 64): Target("<=", 1.5),
+    (28, 28, 128): Target("<=", 1.0),
+    (14, 14, 256): Target("<=", 1.0),
+    (7, 7, 512): Target("<=", 1.0),
+}
+"""Targets for our module's forward+backward time over the 3x3 convolution's (``ratio_vs_conv`` of the ``gsa`` rows;
+lower is better) at the stage shapes, batch 8."""
 QUICK_SHAPES: list[tuple[int, int, int]] = [(16, 16, 32), (8, 8, 64)]
 
 COLUMNS = [
@@ -85,7 +98,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return h, w, c
 
 
-def _fmt_shape(shape: tuple[int, int, int]) -> str:
+def format_shape(shape: tuple[int, int, int]) -> str:
+    """``(56, 56, 64)`` -> ``"56x56x64"``."""
     return "x".join(str(v) for v in shape)
 
 
@@ -206,7 +220,7 @@ def run_module_bench(
     Returns:
         The table, one row per shape and layer.
     """
-    batch, repeats, warmup = cfg.resolved(batch=8, repeats=20, warmup=1)
+    batch, repeats, warmup = cfg.resolved(batch=DEFAULT_BATCH, repeats=20, warmup=1)
     shapes = list(shapes or (QUICK_SHAPES if cfg.quick else STAGE_SHAPES))
     names = list(layers or LAYERS)
     env = environment(cfg.device, cfg.precision)
@@ -234,7 +248,7 @@ def run_module_bench(
         conv, ref, gemm = res.get("conv3x3", {}), res.get("gsa_pytorch", {}), res.get("gsa_gemm", {})
         load = load_average()
         for name in names:
-            row: dict[str, Any] = {"shape": _fmt_shape((h, w, c)), "layer": name, "batch": batch, "load_1m": load}
+            row: dict[str, Any] = {"shape": format_shape((h, w, c)), "layer": name, "batch": batch, "load_1m": load}
             row.update({k: env.get(k) for k in ("torch", "device", "precision", "threads", "isa")})
             if name in skipped:
                 row["status"] = skipped[name]
@@ -319,7 +333,7 @@ def profile_layer(
             step()
     env = environment(cfg.device, cfg.precision)
     header = (
-        f"{layer} at {_fmt_shape(shape)}, batch {batch}, {cfg.device} {cfg.precision}, {repeats} forward+backward "
+        f"{layer} at {format_shape(shape)}, batch {batch}, {cfg.device} {cfg.precision}, {repeats} forward+backward "
         f"steps, torch {torch.__version__}, {torch.get_num_threads()} threads, load {env['load_1m_at_start']}, "
         f"gsa source {env['gsa_source']}, axial path {env['axial_path']}"
     )

@@ -5,6 +5,7 @@ Numbers are formatted by :func:`gsanet.tables.compact`, the tables by :mod:`gsan
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,14 +18,49 @@ from gsanet.tables import compact, markdown_table, write_csv
 
 from .environment import cpu_isa
 
-__all__ = ["BenchTable", "formatted_table", "load_note", "markdown_columns", "result_stem"]
+__all__ = [
+    "BenchTable",
+    "Target",
+    "formatted_table",
+    "load_note",
+    "markdown_columns",
+    "result_prefix",
+    "result_stem",
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target for a measured ratio: at least ``value`` (``op`` ``">="``, higher is better) or at most ``value``
+    (``"<="``, lower is better)."""
+
+    op: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.op not in (">=", "<="):
+            raise ValueError(f"a target's op is '>=' or '<=', got {self.op!r}")
+
+    def __str__(self) -> str:
+        value = f"{self.value:g}"
+        return f"{self.op} {value if '.' in value or 'e' in value else value + '.0'}"
+
+    def verdict(self, ratio: float | None) -> str:
+        """``"met"`` or ``"missed"``; ``""`` when there is no ratio."""
+        if ratio is None or math.isnan(ratio):
+            return ""
+        return "met" if (ratio >= self.value if self.op == ">=" else ratio <= self.value) else "missed"
+
+
+def result_prefix(kind: str, device: str) -> str:
+    """The part of a benchmark's file stem before the precision, e.g. ``bench_module_torch2.14.1_cpu``."""
+    return f"bench_{kind}_torch{torch.__version__.split('+')[0]}_{device}"
 
 
 def result_stem(kind: str, device: str, precision: str, isa: str | None = None) -> str:
     """File stem of a benchmark's results, e.g. ``bench_module_torch2.14.1_cpu_fp32_avx2`` (the instruction set
     PyTorch ran at, on CPU)."""
-    version = torch.__version__.split("+")[0]
-    stem = f"bench_{kind}_torch{version}_{device}_{precision}"
+    stem = f"{result_prefix(kind, device)}_{precision}"
     return f"{stem}_{isa}" if isa and torch.device(device).type == "cpu" else stem
 
 
@@ -70,22 +106,37 @@ class BenchTable:
         """Writes ``rows`` (default: the table's) under ``columns`` (default: the table's) as CSV."""
         write_csv(path, list(self.columns if columns is None else columns), self.rows if rows is None else rows)
 
-    def markdown(self, command: str | None = None) -> str:
-        """The markdown section: title, environment, command, the tables, then the notes."""
-        lines = [f"## {self.title or self.kind}", ""]
+    def markdown(self, command: str | None = None, *, only: str | None = None) -> str:
+        """The markdown section: title, environment, command, the tables, then the notes.
+
+        Args:
+            command: the command line that produced the table.
+            only: the suffix of one extra table: that table alone, under its own title.
+
+        Raises:
+            ValueError: ``only`` names no extra table.
+        """
+        tables = [(f"### {title}", columns, rows) for title, _suffix, columns, rows in self.extra_tables]
+        if only is None:
+            title, tables = self.title or self.kind, [("", self.md_columns or self.columns, self.rows), *tables]
+        else:
+            match = [(title, columns, rows) for title, suffix, columns, rows in self.extra_tables if suffix == only]
+            if not match:
+                raise ValueError(f"no extra table with suffix {only!r}")
+            title, tables = match[0][0], [("", *match[0][1:])]
+        lines = [f"## {title}", ""]
         if self.env:
             lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in self.env.items()), ""]
         if command:
             lines += [f"Command: `{command}`", ""]
-        lines += [formatted_table(self.md_columns or self.columns, self.rows), ""]
-        for suffix_title, _suffix, columns, rows in self.extra_tables:
-            lines += [f"### {suffix_title}", "", formatted_table(columns, rows), ""]
+        for heading, columns, rows in tables:
+            lines += ([heading, ""] if heading else []) + [formatted_table(columns, rows), ""]
         lines += [f"{note}\n" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
     def save(self, out: Path, command: str | None = None) -> list[Path]:
-        """Writes ``<stem>.csv``, ``<stem>_<suffix>.csv`` for the extra tables, ``<stem>.png`` if there is a figure,
-        and ``<stem>.md``.
+        """Writes ``<stem>.csv``, ``<stem>_<suffix>.csv`` and ``<stem>_<suffix>.md`` for the extra tables,
+        ``<stem>.png`` if there is a figure, and ``<stem>.md`` (every table).
 
         Returns:
             The written paths.
@@ -97,6 +148,8 @@ class BenchTable:
         for _title, suffix, columns, rows in self.extra_tables:
             paths.append(out / f"{stem}_{suffix}.csv")
             self.write_csv(paths[-1], columns, rows)
+            paths.append(out / f"{stem}_{suffix}.md")
+            paths[-1].write_text(self.markdown(command, only=suffix))
         if self.figure is not None:
             paths.append(out / f"{stem}.png")
             self.figure(paths[-1])
