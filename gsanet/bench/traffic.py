@@ -267,13 +267,15 @@ def network_shapes(model_name: str, batch: int | None = None) -> list[Shape]:
 
     from gsanet.layers import GlobalSelfAttention, axial_kernel
 
+    if not timm.is_model(model_name):
+        raise ValueError(f"unknown model {model_name!r}; name a GSA model of timm's registry, e.g. gsa_resnet50")
     model = timm.create_model(model_name, pretrained=False).eval()
     found: list[tuple[str, GlobalSelfAttention, tuple[int, int]]] = []
     for name, module in model.named_modules():
         if isinstance(module, GlobalSelfAttention):
             module.register_forward_pre_hook(lambda m, a, name=name: found.append((name, m, tuple(a[0].shape[2:]))))
     if not any(isinstance(m, GlobalSelfAttention) for m in model.modules()):
-        raise ValueError(f"{model_name} has no GlobalSelfAttention modules; name a gsa_* model")
+        raise ValueError(f"{model_name} has no GlobalSelfAttention modules; name a GSA model, e.g. gsa_resnet50")
     channels, height, width = model.pretrained_cfg["input_size"]
     with torch.no_grad(), axial_kernel.kernel_enabled(False):
         model(torch.randn(1, channels, height, width))
