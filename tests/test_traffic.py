@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from gsanet.bench import cli
 from gsanet.bench.traffic import (
@@ -18,7 +21,8 @@ from gsanet.bench.traffic import (
     run_traffic,
     total_bytes,
 )
-from gsanet.layers import GlobalSelfAttention
+from gsanet.layers import GlobalSelfAttention, axial_kernel, gsa
+from gsanet.layers.axial_ops import oriented_empty
 
 # B=2, C=4, 2x2: every full-size tensor (x, q, k, v, col, z, row, out) has u = 32 elements.
 _S1 = Shape(1, 4, 4, 2, 1, 2, 2, batch=2)
@@ -133,3 +137,88 @@ def test_cli_traffic_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "no GlobalSelfAttention modules" in capsys.readouterr().err
     assert cli.main(["traffic", "--models", "no_such_model", "--out", str(tmp_path)]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+class _ByteCounter(TorchDispatchMode):
+    """Counts, per ATen operator call, the bytes of its distinct tensor inputs (read) and outputs (written), views
+    excluded, tensors under ``threshold`` elements (weights, statistics, context matrices) ignored."""
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold, self.total, self.paused = threshold, 0, False
+
+    def record(self, tensors: list[torch.Tensor]) -> None:
+        self.total += sum(t.numel() * t.element_size() for t in tensors if t.numel() >= self.threshold)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's signature)
+        out = func(*args, **(kwargs or {}))
+        schema = func._schema
+        alias = schema.returns[0].alias_info if schema.returns else None
+        if self.paused or (alias is not None and not alias.is_write):  # a view
+            return out
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        ins = {(t.data_ptr(), t.shape, t.stride()): t for t in tensors}  # a tensor passed twice is read once
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if not schema.is_mutable and {t.data_ptr() for t in outs} & {k[0] for k in ins}:
+            return out  # a view its schema does not mark (_unsafe_view)
+        if func is torch.ops.aten.avg_pool2d_backward.default:
+            ins = {0: args[0]}  # its input ``self`` gives only the shape; the pass reads the gradient
+        self.record([*ins.values(), *outs])
+        return out
+
+
+class _KernelStandIn(torch.autograd.Function):
+    """Stands in for the fused axial kernel, counted as the model counts it: forward reads q and v and writes the
+    output; backward reads q, v and the gradient and writes grad_q and grad_v."""
+
+    counter: _ByteCounter
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        counter = _KernelStandIn.counter
+        counter.paused = True
+        out = oriented_empty(v, v.shape[2]).copy_(v)
+        counter.paused = False
+        counter.record([q, v, out])
+        ctx.save_for_backward(q, v)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # noqa: ANN001
+        q, v = ctx.saved_tensors
+        counter = _KernelStandIn.counter
+        counter.paused = True
+        grad_q, grad_v = oriented_empty(q, q.shape[2]).copy_(q), oriented_empty(v, v.shape[2]).copy_(v)
+        counter.paused = False
+        counter.record([q, v, grad, grad_q, grad_v])
+        return grad_q, grad_v, None
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_today_plan_matches_the_layers_traced_operators(
+    stride: int, mode: str, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``today`` plan against the ATen operators ``GlobalSelfAttention`` actually calls, forward and backward
+    (fp32, or bf16 autocast), each counted as reading its inputs and writing its outputs once; the axial kernel by a
+    stand-in with the kernel's inputs and outputs."""
+    shape = Shape(1, 8, 8, 2, stride, 16, 16, batch=2)
+    e = 2 if precision == "bf16" else 4
+    act = shape.batch * shape.dim_out * shape.height * shape.width
+    counter = _KernelStandIn.counter = _ByteCounter(act // 8)
+    monkeypatch.setattr(gsa, "FusedAxialRelPosAttention", _KernelStandIn)
+    monkeypatch.setattr(axial_kernel, "usable", lambda *tensors: True)
+    module = GlobalSelfAttention(8, 8, heads=2, stride=stride, feat_size=16).train(mode == "train")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x = torch.randn(2, 8, 16, 16, dtype=dtype, requires_grad=mode == "train")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"), counter:
+        y = module(x)
+    if mode == "train":
+        grad = torch.randn_like(y)
+        with counter:
+            y.backward(grad)
+    # Where the model splits one operator in two passes: native_batch_norm's statistics read of its input, and
+    # convolution_backward as a data-gradient and a weight-gradient GEMM (grad_qkv read twice).
+    split = (act + 3 * act) * e if mode == "train" else 0
+    assert total_bytes(module_traffic(shape, mode=mode, plan="today", elem_bytes=e)) == counter.total + split
