@@ -2,7 +2,7 @@
 
 Usage::
 
-    gsanet bench {module,scaling,model,axial,all,profile} [--device cpu|cuda] [--precision fp32|bf16]
+    gsanet bench {module,scaling,model,axial,all,profile,traffic} [--device cpu|cuda] [--precision fp32|bf16]
                  [--batch-size 8] [--repeats N] [--warmup N] [--out results/] [--quick]
                  [--isa native|avx512|avx2|generic] ...
     gsanet bench summary [--out results/]
@@ -42,7 +42,7 @@ from .report import BenchTable, result_stem
 
 __all__ = ["KINDS", "build_parser", "main", "resolve_config"]
 
-KINDS = ("module", "scaling", "model", "axial", "all", "profile", "summary")
+KINDS = ("module", "scaling", "model", "axial", "all", "profile", "summary", "traffic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=KINDS,
         help="module | scaling | model | axial (fused kernel vs GEMM path) | all (the four) | profile (one layer) | "
         "summary (measures nothing: reads the model pair and module tables of every precision and instruction set in "
-        "--out and writes one table of the ratios beside their targets, bench_summary_torch<version>_<device>.md)",
+        "--out and writes one table of the ratios beside their targets, bench_summary_torch<version>_<device>.md) | "
+        "traffic (modelled bytes per pass, no timing)",
     )
     p.add_argument(
         "--isa",
@@ -96,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shapes", nargs="+", help="module: HxWxC shapes (default ResNet-50 stages)")
     p.add_argument("--sizes", nargs="+", type=int, help="scaling: square sizes (default 16 ... 128)")
-    p.add_argument("--models", nargs="+", help="model: timm names (the default list at its sizes; others at 224)")
+    p.add_argument(
+        "--models", nargs="+", help="model, traffic: timm names (the default list at its sizes; others at 224)"
+    )
     p.add_argument("--layer", help="profile: the layer (default gsa)")
     p.add_argument("--shape", help="profile: HxWxC (default 56x56x64)")
     return p
@@ -194,6 +197,16 @@ def _main(argv: list[str]) -> int:
         path.write_text(f"Command: {command}\n{text}\n")
         print(text)
         print(f"\nwrote {path}")
+        return 0
+
+    if args.kind == "traffic":
+        from .traffic import run_traffic
+
+        try:
+            paths = run_traffic(out, cfg.precision, getattr(args, "models", None), echo=print)
+        except ValueError as e:  # an unknown model, or one without GSA modules
+            raise UserError(str(e)) from e
+        print("wrote " + ", ".join(str(p) for p in paths))
         return 0
 
     kinds = ["module", "scaling", "model", "axial"] if args.kind == "all" else [args.kind]
