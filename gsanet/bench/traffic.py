@@ -6,11 +6,12 @@ network. Four plans are modelled:
 
 * ``conv``: the 3x3 convolution, ideally (oneDNN): forward reads x and writes y; backward a data-gradient pass
   (reads grad_y, writes grad_x) and a weight-gradient pass (reads x and grad_y).
-* ``today``: the GSA module as ``gsanet.layers.gsa`` runs it with the fused axial kernel (traced op by op).
-* ``fused``: ``today`` with (a) no float32 casts of q/k/v in the content branch under bf16 (it runs in the element
-  dtype), (b) the content output added by the GEMM that produces it (``baddbmm`` into the row output, no separate
-  sum), (c) at stride 2 the content computed on the pooled queries and added after the pool, (d) in eval mode the
-  batch norm applied on load by the row pass (no batch-norm pass).
+* ``before``: the GSA module as it ran before issue 20's changes (the content branch in float32 under bf16
+  autocast, a separate sum, the batch norm as its own pass in eval mode too).
+* ``now``: the GSA module as ``gsanet.layers.gsa`` runs it with the fused axial kernel (traced op by op by the tests):
+  ``before`` with (a) no float32 casts of q/k/v in the content branch under bf16 (it runs in the element dtype),
+  (b) the content output added by the GEMM that produces it (``baddbmm`` into the row output, no separate sum),
+  (c) in eval mode the batch norm applied on load by the row pass (no batch-norm pass).
 * ``minimum``: the fewest passes the mathematics allows (see ``docs/traffic.md``).
 
 Assumptions (``docs/traffic.md`` gives them with the reasons): activations and their gradients only (weights, the
@@ -42,7 +43,7 @@ __all__ = [
     "traffic_markdown",
 ]
 
-PLANS = ("conv", "today", "fused", "minimum")
+PLANS = ("conv", "before", "now", "minimum")
 MODES = ("train", "infer")  # train: forward + backward, batch norm on batch statistics; infer: eval-mode forward
 ELEM_BYTES = {"fp32": 4, "bf16": 2}
 NETWORKS = {"gsa_resnet26_tiny": 128, "gsa_resnet50": 8}
@@ -106,14 +107,12 @@ class _Sizes:
     q: int  # queries (= keys), B * dim_out * N
     v: int  # values, column/row outputs, the sum before the pool: B * dim_out * N
     o: int  # module output, B * dim_out * H_out * W_out (= v at stride 1)
-    qo: int  # pooled queries, B * dim_out * H_out * W_out (= q at stride 1)
 
     @classmethod
     def of(cls, s: Shape) -> _Sizes:
         n = s.height * s.width
         n_out = math.ceil(s.height / s.stride) * math.ceil(s.width / s.stride)  # ceil-mode pool / padded 3x3 conv
-        return cls(s.batch * s.dim * n, s.batch * s.dim_out * n, s.batch * s.dim_out * n, s.batch * s.dim_out * n_out,
-                   s.batch * s.dim_out * n_out)
+        return cls(s.batch * s.dim * n, s.batch * s.dim_out * n, s.batch * s.dim_out * n, s.batch * s.dim_out * n_out)
 
 
 class _Passes:
@@ -137,14 +136,13 @@ def _conv(z: _Sizes, mode: str, e: int) -> list[Pass]:
 
 def _content_forward(f: _Passes, z: _Sizes, plan: str, e: int, stride: int) -> int:
     """The content branch up to its context matrices; returns the bytes per element it computes in."""
-    cast = plan == "today" and e < 4  # autocast: the branch runs in float32
-    c = max(e, 4) if plan == "today" else e
+    cast = plan == "before" and e < 4  # autocast: the branch runs in float32
+    c = max(e, 4) if plan == "before" else e
     if cast:
         f.add("content: cast q,k,v to fp32", (2 * z.q + z.v) * e, (2 * z.q + z.v) * 4)
     else:  # torch.matmul folds (B, heads), which the strided q/v slices of the projection output do not allow
         f.add("content: v^T contiguous copy", z.v * e, z.v * e)
-        if not (plan == "fused" and stride == 2):  # pooled queries are contiguous
-            f.add("content: q contiguous copy", z.q * e, z.q * e)
+        f.add("content: q contiguous copy", z.q * e, z.q * e)
     f.add("content: key softmax", z.q * c, z.q * c)
     f.add("content: context p v^T", (z.q + z.v) * c)
     return c
@@ -163,29 +161,27 @@ def _gsa_forward(z: _Sizes, plan: str, mode: str, e: int, stride: int) -> list[P
     f.add("column pass", (z.q + z.v) * e, z.v * e)
     if mode == "train":
         f.add("batch norm statistics", z.v * e)
-    if plan == "today" or mode == "train":
+    if plan == "before" or mode == "train":
         f.add("batch norm", z.v * e, z.v * e)
-    f.add("row pass (BN on load)" if plan == "fused" and mode == "infer" else "row pass", (z.q + z.v) * e, z.v * e)
-    if plan == "today":
+    f.add("row pass (BN on load)" if plan == "now" and mode == "infer" else "row pass", (z.q + z.v) * e, z.v * e)
+    if plan == "before":
         f.add("content: output context^T q", z.q * c, z.v * c)
         if c != e:
             f.add("content: cast output back", z.v * c, z.v * e)
         f.add("sum content + row", 2 * z.v * e, z.v * e)
         if stride == 2:
             f.add("2x2 average pool", z.v * e, z.o * e)
-    elif stride == 1:
-        f.add("content: output + row (baddbmm)", (z.q + z.v) * e, z.v * e)
     else:
-        f.add("2x2 average pool (row)", z.v * e, z.o * e)
-        f.add("2x2 average pool (q)", z.q * e, z.qo * e)
-        f.add("content: output + pooled row (baddbmm)", (z.qo + z.o) * e, z.o * e)
+        f.add("content: output + row (baddbmm)", (z.q + z.v) * e, z.v * e)
+        if stride == 2:
+            f.add("2x2 average pool", z.v * e, z.o * e)
     return f.items
 
 
 def _content_backward(b: _Passes, z: _Sizes, plan: str, e: int, stride: int) -> None:
-    cast = plan == "today" and e < 4
-    c = max(e, 4) if plan == "today" else e
-    g, q = (z.o, z.qo) if plan == "fused" and stride == 2 else (z.v, z.q)  # the content output's size
+    cast = plan == "before" and e < 4
+    c = max(e, 4) if plan == "before" else e
+    g, q = z.v, z.q  # the content output's size
     if cast:
         b.add("content bwd: cast grad to fp32", g * e, g * 4)
     b.add("content bwd: grad_q = context grad", g * c, q * c)
@@ -193,10 +189,10 @@ def _content_backward(b: _Passes, z: _Sizes, plan: str, e: int, stride: int) -> 
     b.add("content bwd: grad_v = p^T grad_context", z.q * c, z.v * c)
     b.add("content bwd: grad_p = grad_context v", z.v * c, z.q * c)
     b.add("content bwd: softmax backward", 2 * z.q * c, z.q * c)
+    if plan == "now":  # the gradient of the strided values' contiguous copy comes back transposed: autograd copies it
+        b.add("content bwd: grad layout copy", z.v * e, z.v * e)
     if cast:
         b.add("content bwd: cast grad_q,k,v back", (2 * z.q + z.v) * 4, (2 * z.q + z.v) * e)
-    if q != z.q:
-        b.add("2x2 average pool backward (q)", q * e, z.q * e)
 
 
 def _gsa_backward(z: _Sizes, plan: str, e: int, stride: int) -> list[Pass]:
@@ -210,7 +206,7 @@ def _gsa_backward(z: _Sizes, plan: str, e: int, stride: int) -> list[Pass]:
         b.add("qkv projection bwd (data + weight)", (qkv + z.x) * e, z.x * e)
         return b.items
     if stride == 2:
-        b.add("2x2 average pool backward" + (" (row)" if plan == "fused" else ""), z.o * e, z.v * e)
+        b.add("2x2 average pool backward", z.o * e, z.v * e)
     b.add("row pass bwd", (z.q + 2 * z.v) * e, (z.q + z.v) * e)
     b.add("batch norm bwd", 2 * z.v * e, z.v * e)
     b.add("column pass bwd", (z.q + 2 * z.v) * e, (z.q + z.v) * e)
@@ -319,8 +315,8 @@ def _ratio(a: float, b: float) -> str:
 
 
 def _shape_table(rows: list[dict[str, object]]) -> str:
-    columns = ["stage", "c_in", "C", "H x W", "stride", "count", "conv MB", "today MB", "fused MB", "minimum MB"]
-    columns += ["today/conv", "fused/conv", "minimum/conv"]
+    columns = ["stage", "c_in", "C", "H x W", "stride", "count", "conv MB", "before MB", "now MB", "minimum MB"]
+    columns += ["before/conv", "now/conv", "minimum/conv"]
     cells, totals = [], dict.fromkeys(PLANS, 0)
     for r in rows:
         for plan in PLANS:
