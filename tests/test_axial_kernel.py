@@ -369,3 +369,42 @@ def test_projection_as_a_matrix_product_equals_the_convolution(monkeypatch: pyte
     amx = capability == "AVX512" and axial_kernel.cpu_has("amx_bf16", "amx_tile")
     assert taken == (torch.bfloat16 if amx else None)
     assert out.dtype == torch.bfloat16 and rel_error(out.double(), m._project(x).double()) < 1e-2
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 2, 1, 1), (2, 2, 4, 6), (3, 1, 5, 1), (1, 1, 1, 6), (2, 9, 8)])
+@pytest.mark.parametrize("variant", _VARIANTS)
+def test_pool2_is_ceil_mode_average_pool(shape: tuple[int, ...], variant: str) -> None:
+    """The extension's 2x2 pool equals ``F.avg_pool2d(x, 2, ceil_mode=True)`` forward and backward, in float64 (odd
+    sizes: windows of 2 and 1; 1x1 maps; 3-D input), and within rounding in bfloat16 (sums in float32); gradients of
+    the second order through ATen's backward."""
+    _require_kernel(variant)
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    out = axial_kernel.Pool2.apply(x, variant)
+    expected = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)
+    torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-13)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0], rtol=1e-13, atol=1e-13
+    )
+    assert torch.autograd.gradgradcheck(lambda t: axial_kernel.Pool2.apply(t, variant), (x,))
+    low = x.detach().bfloat16()
+    assert rel_error(axial_kernel.Pool2.apply(low, variant).double(), expected.detach()) < 1e-2
+
+
+def test_module_pools_with_the_extension_where_usable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stride-2 module pools by the extension on CPU (eager, contiguous, kernel on), by ATen with the kernel off,
+    and both give the same output."""
+    _require_kernel()
+    calls = []
+    apply = axial_kernel.Pool2.apply
+    monkeypatch.setattr(axial_kernel.Pool2, "apply", lambda *a: calls.append(1) or apply(*a))
+    m = GlobalSelfAttention(8, heads=2, stride=2).double()
+    x = torch.randn(2, 8, 7, 6, dtype=torch.float64)
+    fused = m(x)
+    assert calls == [1]
+    with axial_kernel.kernel_enabled(False):
+        assert not axial_kernel.pool_usable(fused)
+        torch.testing.assert_close(m(x), fused, rtol=1e-12, atol=1e-12)
+    assert calls == [1]
+    assert not axial_kernel.pool_usable(torch.empty(0, 3, 4, 4)) and not axial_kernel.pool_usable(x.transpose(2, 3))

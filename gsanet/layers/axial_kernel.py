@@ -59,6 +59,8 @@ from .axial_ops import axial_vjp, keys_to_rows, oriented_empty, rows_to_keys
 __all__ = [
     "MEASURED",
     "PRECISION_OF",
+    "Pool2",
+    "pool_usable",
     "SOURCE",
     "VARIANTS",
     "FusedAxialRelPosAttention",
@@ -347,6 +349,13 @@ def kernel_enabled(enabled: bool) -> Iterator[None]:
         stack.pop()
 
 
+def _recorded() -> bool:
+    """Whether operations are being recorded or intercepted (tracing, compiling, a dispatch mode such as FLOP
+    counting), where the extension's opaque operators must not appear."""
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return tracing or torch.utils._python_dispatch._get_current_dispatch_mode() is not None
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the kernel may and should run on these inputs, ``(B, h, C, L, S)`` tensors along their last axis:
     CPU, one floating dtype (float32/64, bfloat16/float16), eager mode (no tracing, compiling, export or dispatch
@@ -354,9 +363,7 @@ def usable(*tensors: torch.Tensor) -> bool:
     GEMM path at this axis length and precision (:func:`prefer_kernel`)."""
     if any(t.device.type != "cpu" or t.dtype != tensors[0].dtype for t in tensors) or tensors[0].dtype not in _DTYPES:
         return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    if torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
+    if _recorded():
         return False
     try:
         variant = selected_variant()
@@ -408,6 +415,49 @@ def forward_normalized(
     out = oriented_empty(v, v.shape[2])
     ops(variant).forward(q, v, rows, out, scale.float(), shift.float())
     return out
+
+
+def pool_usable(x: torch.Tensor) -> bool:
+    """Whether :class:`Pool2` runs on ``x``: a non-empty contiguous CPU tensor of a dtype the extension takes, eager
+    mode, the kernel not turned off (``GSANET_FUSED_AXIAL=0``, :func:`kernel_enabled`), an x86 build available
+    (every x86 build was measured faster than ATen's pool, forward and backward, float32 and bfloat16:
+    ``scripts/bench_pool.py``)."""
+    if x.device.type != "cpu" or x.dtype not in _DTYPES or not x.is_contiguous() or x.numel() == 0 or _recorded():
+        return False
+    try:
+        variant, setting = selected_variant(), fused_axial_setting()
+    except ValueError:  # a bad setting: said by usable() once; the ATen pool runs
+        return False
+    stack = _override.__dict__.get("stack") or [None]
+    if setting == "0" or stack[-1] is False:
+        return False
+    machine = {"amd64": "x86_64"}.get(platform.machine().lower(), platform.machine().lower())
+    return (machine == "x86_64" or stack[-1] is True or setting == "1") and available(variant)
+
+
+class Pool2(torch.autograd.Function):
+    """2x2 average pool in ceil mode (``F.avg_pool2d(x, 2, ceil_mode=True)``) by the kernel's extension: one pass
+    over the input forward and one over its gradient backward, sums in float32 for bfloat16/float16. Inputs:
+    contiguous CPU ``(..., H, W)`` tensors with H, W > 0; the host's build unless ``variant`` is named. Asked for a
+    differentiable gradient (``create_graph=True``), the backward pass is ATen's pool backward, which autograd can
+    differentiate again.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, variant: str | None = None) -> torch.Tensor:
+        out = x.new_empty(*x.shape[:-2], (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
+        ops(variant).pool2(x, out)
+        ctx.ops, ctx.shape = ops(variant), x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
+        if torch.is_grad_enabled():  # create_graph=True
+            like = grad.new_empty(ctx.shape)
+            return torch.ops.aten.avg_pool2d_backward(grad, like, [2, 2], [2, 2], [0, 0], True, True, None), None
+        grad_in = grad.new_empty(ctx.shape)
+        ctx.ops.pool2_backward(grad.contiguous(), grad_in)
+        return grad_in, None
 
 
 class FusedAxialRelPosAttention(torch.autograd.Function):

@@ -437,6 +437,8 @@ def _pool2(x: torch.Tensor) -> torch.Tensor:
     strided 1x1 convolution of a ResNet shortcut. Ceil mode's size makes ``torch.export`` guard on the parity of
     symbolic sizes, and one it cannot prove equal to the shortcut's where the two are added.
     """
-    if not axial_ops.plain_graph():
-        return F.avg_pool2d(x, 2, ceil_mode=True)
-    return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2)
+    if axial_ops.plain_graph():
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2)
+    if axial_kernel.pool_usable(x):  # one pass each way, where ATen's pool is several times slower
+        return axial_kernel.Pool2.apply(x)
+    return F.avg_pool2d(x, 2, ceil_mode=True)

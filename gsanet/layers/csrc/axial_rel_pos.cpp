@@ -532,6 +532,85 @@ at::Tensor axial_backward(const at::Tensor& q, const at::Tensor& v, const at::Te
   return grad_rows;
 }
 
+// 2x2 average pool in ceil mode over contiguous (planes, H, W) -> (planes, ceil(H/2), ceil(W/2)): an odd last row or
+// column is averaged over the elements its window holds. One pass: each input element read once, each output written
+// once; sums in T (float for bfloat16/half).
+template <typename X, typename T>
+void pool2_impl(const X* x, int64_t planes, int64_t H, int64_t W, X* out) {
+  const int64_t Ho = (H + 1) / 2, Wo = (W + 1) / 2, Wf = W / 2;
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t i = 0; i < Ho; ++i) {
+        const X* r0 = x + (p * H + 2 * i) * W;
+        const bool two = 2 * i + 1 < H;
+        const X* r1 = two ? r0 + W : r0;
+        const T rows = two ? T(2) : T(1);
+        X* o = out + (p * Ho + i) * Wo;
+        for (int64_t j = 0; j < Wf; ++j)  // a single last row is read twice (r1 = r0): a quarter of the sum either way
+          o[j] = static_cast<X>((static_cast<T>(r0[2 * j]) + static_cast<T>(r0[2 * j + 1]) + static_cast<T>(r1[2 * j]) +
+                                 static_cast<T>(r1[2 * j + 1])) * T(0.25));
+        if (Wo > Wf) {  // odd W: the last column alone
+          const T sum = static_cast<T>(r0[W - 1]) + (two ? static_cast<T>(r1[W - 1]) : T(0));
+          o[Wo - 1] = static_cast<X>(sum / rows);
+        }
+      }
+  });
+}
+
+// Its adjoint: grad_in[r][c] = grad[r / 2][c / 2] / (the count of the window (r / 2, c / 2)).
+template <typename X, typename T>
+void pool2_backward_impl(const X* g, int64_t planes, int64_t H, int64_t W, X* gin) {
+  const int64_t Ho = (H + 1) / 2, Wo = (W + 1) / 2;
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t r = 0; r < H; ++r) {
+        const int64_t i = r / 2;
+        const T rows = 2 * i + 1 < H ? T(2) : T(1);
+        const X* gi = g + (p * Ho + i) * Wo;
+        X* d = gin + (p * H + r) * W;
+        const T inv2 = T(1) / (T(2) * rows);
+        for (int64_t c = 0; c + 1 < W; c += 2) {
+          const X v = static_cast<X>(static_cast<T>(gi[c / 2]) * inv2);
+          d[c] = v;
+          d[c + 1] = v;
+        }
+        if (W % 2) d[W - 1] = static_cast<X>(static_cast<T>(gi[Wo - 1]) / rows);
+      }
+  });
+}
+
+void check_pool(const at::Tensor& x, const at::Tensor& out, int64_t H, int64_t W, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && out.device().is_cpu() && x.is_contiguous() && out.is_contiguous(),
+              "pool2: contiguous CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == out.scalar_type() && x.dim() >= 2 && out.dim() == x.dim(), "pool2: ", name,
+              " must have the input's dtype and rank");
+  TORCH_CHECK(H > 0 && W > 0, "pool2: empty spatial size");
+}
+
+void pool2(const at::Tensor& x, const at::Tensor& out) {
+  const int64_t H = x.size(-2), W = x.size(-1), planes = H * W ? x.numel() / (H * W) : 0;
+  check_pool(x, out, H, W, "out");
+  TORCH_CHECK(out.size(-2) == (H + 1) / 2 && out.size(-1) == (W + 1) / 2 &&
+                  out.numel() == planes * out.size(-2) * out.size(-1),
+              "pool2: out must be (..., ceil(H/2), ceil(W/2))");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pool2", [&] {
+    pool2_impl<scalar_t, at::opmath_type<scalar_t>>(x.const_data_ptr<scalar_t>(), planes, H, W,
+                                                    out.data_ptr<scalar_t>());
+  });
+}
+
+void pool2_backward(const at::Tensor& grad, const at::Tensor& grad_in) {
+  const int64_t H = grad_in.size(-2), W = grad_in.size(-1), planes = H * W ? grad_in.numel() / (H * W) : 0;
+  check_pool(grad_in, grad, H, W, "grad");
+  TORCH_CHECK(grad.size(-2) == (H + 1) / 2 && grad.size(-1) == (W + 1) / 2 &&
+                  grad.numel() == planes * grad.size(-2) * grad.size(-1),
+              "pool2_backward: grad must be (..., ceil(H/2), ceil(W/2))");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "pool2_backward", [&] {
+    pool2_backward_impl<scalar_t, at::opmath_type<scalar_t>>(grad.const_data_ptr<scalar_t>(), planes, H, W,
+                                                             grad_in.data_ptr<scalar_t>());
+  });
+}
+
 }  // namespace
 
 // TORCH_LIBRARY pastes its namespace argument into identifiers; one more macro level expands ours first.
@@ -539,6 +618,10 @@ at::Tensor axial_backward(const at::Tensor& q, const at::Tensor& v, const at::Te
 GSANET_LIBRARY(GSANET_OPS_NAMESPACE, m) {
   m.def("forward(Tensor q, Tensor v, Tensor rows, Tensor(a!) out, Tensor? scale=None, Tensor? shift=None) -> ()");
   m.def("backward(Tensor q, Tensor v, Tensor rows, Tensor grad, Tensor(a!) grad_q, Tensor(b!) grad_v) -> Tensor");
+  m.def("pool2(Tensor x, Tensor(a!) out) -> ()");
+  m.def("pool2_backward(Tensor grad, Tensor(a!) grad_in) -> ()");
   m.impl("forward", c10::DispatchKey::CPU, TORCH_FN(axial_forward));
+  m.impl("pool2", c10::DispatchKey::CPU, TORCH_FN(pool2));
+  m.impl("pool2_backward", c10::DispatchKey::CPU, TORCH_FN(pool2_backward));
   m.impl("backward", c10::DispatchKey::CPU, TORCH_FN(axial_backward));
 }
