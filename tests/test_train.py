@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from gsanet.models.pretrained import export_weights
 from gsanet.train import cli, evaluate_cli, training
 from gsanet.train.checkpoint import load_checkpoint, read_metadata
 from gsanet.train.config import CheckpointError, TrainConfig
 from gsanet.train.rundir import RESUME_KEYS, CheckpointMeta, RunDir, load_model, read_summary
+from tests.shipped import export_weights
 
 from .test_data import write_fake_fashion_mnist, write_image_folder
 

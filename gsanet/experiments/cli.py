@@ -33,42 +33,23 @@ from pathlib import Path
 from typing import Any
 
 from gsanet.commands import ArgumentParser, UserError, add_config_flag, add_out_flag, run, setup_logging
+from gsanet.datasets import DATASETS
 
-from .plans import CIFAR_FOLDERS, DATASET_CONFIGS, Plan, RunSpec, expand, get_plan
-from .results import DATA_SHAPES, Row, aggregate
+from .plans import Plan, RunSpec, expand, get_plan
+from .results import aggregate
 from .runner import (
     RunnerContext,
-    RunStatus,
     child_env,
-    execute_run,
     expected_config,
     interrupted,
     record_invocation,
     run_all,
     run_status,
-    say,
     train_command,
 )
 from .tables import write_tables
 
-__all__ = [  # the command, and (re-exported) the runner, results and tables names it was once the home of
-    "DATA_SHAPES",
-    "RunStatus",
-    "RunnerContext",
-    "Row",
-    "aggregate",
-    "build_parser",
-    "child_env",
-    "execute_run",
-    "load_recipe",
-    "main",
-    "recipe_path",
-    "resolve_datasets",
-    "run_status",
-    "say",
-    "train_command",
-    "write_tables",
-]
+__all__ = ["build_parser", "load_recipe", "main", "recipe_path", "resolve_datasets"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDY_CONFIG = "configs/study_fmnist.yaml"
@@ -90,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every variant (default: compare 0 1 2, ablations 0)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    per_data = ", ".join(f"{k}: {v}" for k, v in DATASET_CONFIGS.items())
+    per_data = ", ".join(f"{k}: {v.recipe}" for k, v in DATASETS.items())
     add_config_flag(
         p,
         f"recipe (gsanet train --config YAML) for every dataset (default: per dataset, {per_data}; the study: "
@@ -143,10 +124,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_datasets(requested: Sequence[str], data_dir: str | Path) -> list[str]:
-    """Expand ``auto`` into Fashion-MNIST plus every CIFAR whose torchvision folder is in ``data_dir``."""
+    """Expand ``auto`` into every built-in dataset that needs no folder (Fashion-MNIST) or whose torchvision folder is
+    in ``data_dir``."""
     datasets: list[str] = []
     for item in requested:
-        names = ["fashion-mnist", *(n for n, f in CIFAR_FOLDERS.items() if (Path(data_dir) / f).is_dir())]
+        names = [n for n, spec in DATASETS.items() if spec.folder is None or (Path(data_dir) / spec.folder).is_dir()]
         for name in names if item == "auto" else [item]:
             if name not in datasets:
                 datasets.append(name)
@@ -162,9 +144,9 @@ def recipe_path(data: str, config: str | None, study: bool = False) -> Path:
             raise ValueError(f"the study has a default recipe for fashion-mnist only; pass --config for {data}")
         path = Path(STUDY_CONFIG)
         return path if path.exists() else REPO_ROOT / path
-    if data not in DATASET_CONFIGS:
+    if data not in DATASETS:
         raise ValueError(f"no default recipe for --data {data}; pass --config")
-    path = Path(DATASET_CONFIGS[data])
+    path = Path(DATASETS[data].recipe)
     return path if path.exists() else REPO_ROOT / path
 
 

@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from gsanet.datasets import DATASETS
+
 __all__ = [
-    "CIFAR_FOLDERS",
-    "DATASET_CONFIGS",
     "PLANS",
     "Group",
     "Plan",
@@ -52,15 +52,6 @@ __all__ = [
     "study_plan",
 ]
 
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-"""torchvision's folder of each CIFAR dataset under ``--data-dir``: the experiment runs there when it is present."""
-
-DATASET_CONFIGS = {
-    "fashion-mnist": "configs/experiment_fmnist.yaml",
-    "cifar10": "configs/experiment_cifar.yaml",
-    "cifar100": "configs/experiment_cifar.yaml",
-}
-"""The ``gsanet train --config`` recipe of each dataset (relative to the repository root)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +238,7 @@ def format_kwarg(value: Any) -> str:
 
 def data_slug(data: str) -> str:
     """Folder name of a dataset (an image-folder path becomes its last component)."""
-    return data if data in DATASET_CONFIGS else Path(data).name
+    return data if data in DATASETS else Path(data).name
 
 
 # ------------------------------------------------------------------------------------------------------- plans

@@ -29,11 +29,12 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gsanet.commands import resolve, run
+from gsanet.datasets import DATASETS
 
 from .checkpoint import ensure_writable, json_safe
 from .cli import configure_logging
 from .config import EvalConfig, TrainConfig, build_parser
-from .data import CIFAR_STATS, DataInfo, check_workers, create_datasets, create_loader
+from .data import DataInfo, check_workers, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
 from .errors import CheckpointError, ConfigError, DataError
@@ -64,8 +65,7 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
     train_cfg, model_args = meta.config, meta.model_args
     data = cfg.data or train_cfg["data"]
     trained_names = tuple(meta.data["class_names"])
-    builtin = ("fashion-mnist", *CIFAR_STATS)
-    by_name = data == train_cfg["data"] or (data not in builtin and train_cfg["data"] not in builtin)  # two folders
+    by_name = data == train_cfg["data"] or (data not in DATASETS and train_cfg["data"] not in DATASETS)  # two folders
     # the checkpoint's data directory (unless it is the default one) is read, never created or downloaded into
     data_dir = cfg.data_dir or train_cfg["data_dir"]
     try:

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gsanet.datasets import DATASETS
+
 from .checkpoint import (
     atomic_path,
     best_checkpoint,
@@ -65,7 +67,6 @@ except ImportError:  # pragma: no cover - exercised on platforms without fcntl o
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BUILTIN_DATASETS",
     "MAX_INPUT_ELEMENTS",
     "METRIC_KEYS",
     "MODEL_KEYS",
@@ -114,8 +115,6 @@ MAX_INPUT_ELEMENTS = 2**26
 
 _logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "cifar100")
-"""Dataset names used as they are in run directory names (an image folder contributes its last path component)."""
 
 
 # ----------------------------------------------------------------------------------------------------- paths
@@ -494,7 +493,7 @@ def create_run_dir(cfg: TrainConfig, data_name: str) -> Path:
         if cfg.name is not None:
             run_dir = _make_named(output, cfg.name)
         else:
-            data = data_name if data_name in BUILTIN_DATASETS else Path(data_name).name
+            data = data_name if data_name in DATASETS else Path(data_name).name  # a folder: its last component
             run_dir = _make_stamped(output, f"{cfg.model}-{data}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     except OSError as e:
         raise ConfigError(
