@@ -2,8 +2,8 @@
 
 The convention:
 
-- The same flag for the same thing: ``--out DIR`` is where results go (``--output`` is accepted too), ``--batch-size
-  N`` the batch size (``--batch`` is accepted too), ``--config YAML`` a file of config keys (:func:`flag_names`).
+- The same flag for the same thing: ``--out DIR`` is where results go, ``--batch-size N`` the batch size,
+  ``--config YAML`` a file of config keys; a config field's flag is its name (:func:`flag_name`).
 - One config loader, :func:`resolve` (:func:`gsanet.train.config.resolve_config`): dataclass defaults < the
   ``--config`` YAML < explicit flags; unknown keys, wrong types and values the config refuses are errors.
 - One logging set-up, :func:`setup_logging`: the ``gsanet`` loggers write their messages to stderr; results and
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
-    "FLAG_NAMES",
     "ArgumentParser",
     "UserError",
     "add_batch_size_flag",
@@ -37,7 +36,7 @@ __all__ = [
     "bounded_int",
     "check_out_dir",
     "error_line",
-    "flag_names",
+    "flag_name",
     "rank_prefix",
     "resolve",
     "run",
@@ -46,14 +45,6 @@ __all__ = [
 ]
 
 C = TypeVar("C")
-
-FLAG_NAMES: dict[str, tuple[str, ...]] = {
-    "out": ("--out", "--output"),
-    "output": ("--out", "--output"),  # the train/eval config key (kept, so that config.yaml files stay the same)
-    "batch_size": ("--batch-size", "--batch"),
-}
-"""The command-line spellings of the config fields every command shares; the first is the documented one."""
-
 
 class UserError(Exception):
     """A mistake in a command's flags or inputs; the message names the problem (and the fix) in one line."""
@@ -68,25 +59,30 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser whose usage errors raise :class:`UserError`, so that :func:`run` reports them in one line."""
+    """argparse's parser whose usage errors raise :class:`UserError`, so that :func:`run` reports them in one line,
+    and which takes no abbreviated flags (one spelling per flag: ``--batch`` is not ``--batch-size``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def flag_names(field: str) -> tuple[str, ...]:
-    """The flags of a config field: the shared spellings of :data:`FLAG_NAMES`, else ``--field-name``."""
-    return FLAG_NAMES.get(field, ("--" + field.replace("_", "-"),))
+def flag_name(field: str) -> str:
+    """The flag of a config field: ``--field-name``."""
+    return "--" + field.replace("_", "-")
 
 
 def add_out_flag(parser: argparse.ArgumentParser, help_: str, *, dest: str = "out", **kwargs: Any) -> None:
-    """``--out DIR`` (also ``--output``): where the command writes its results."""
-    parser.add_argument(*flag_names("out"), dest=dest, metavar="DIR", help=help_, **kwargs)
+    """``--out DIR``: where the command writes its results."""
+    parser.add_argument(flag_name("out"), dest=dest, metavar="DIR", help=help_, **kwargs)
 
 
 def add_batch_size_flag(parser: argparse.ArgumentParser, help_: str, **kwargs: Any) -> None:
-    """``--batch-size N`` (also ``--batch``)."""
-    parser.add_argument(*flag_names("batch_size"), dest="batch_size", type=int, metavar="N", help=help_, **kwargs)
+    """``--batch-size N``."""
+    parser.add_argument(flag_name("batch_size"), dest="batch_size", type=int, metavar="N", help=help_, **kwargs)
 
 
 def add_config_flag(

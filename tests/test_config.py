@@ -223,3 +223,16 @@ def test_yaml_alias_bomb_in_model_kwargs_flag_refused() -> None:
     parser = build_parser(TrainConfig, "gsanet train", "test")
     with pytest.raises(UserError, match=r"the value of x is not valid YAML: aliases"):
         parser.parse_args(["--model-kwargs", "x=[&a [1, 1], [*a, *a]]"])
+
+
+def test_a_config_file_with_the_former_output_key_loads(tmp_path: Path) -> None:
+    """``output`` was renamed ``out``: a stored config that says ``output`` still loads; saying both is an error."""
+    old = tmp_path / "old.yaml"
+    old.write_text("output: elsewhere\nepochs: 2\n")
+    cfg = resolve_config(TrainConfig, {}, old)
+    assert (cfg.out, cfg.epochs) == ("elsewhere", 2)
+    assert resolve_config(EvalConfig, {}, None, {"output": "r"}).out == "r"
+    both = tmp_path / "both.yaml"
+    both.write_text("output: a\nout: b\n")
+    with pytest.raises(ConfigError, match="output is the former name of out; give out only"):
+        resolve_config(TrainConfig, {}, both)

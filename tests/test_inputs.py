@@ -54,7 +54,7 @@ def test_eval_on_a_folder_with_other_class_names_is_refused(
     # a folder with the same classes under the same names is fine, wherever it is
     same = write_image_folder(tmp_path / "same", classes=2, per_class=2, size=12)
     shutil.rmtree(same / "train")
-    args = ["eval", "--checkpoint", str(folder_run), "--data", str(same), "--no-progress", "--output", str(tmp_path)]
+    args = ["eval", "--checkpoint", str(folder_run), "--data", str(same), "--no-progress", "--out", str(tmp_path)]
     assert gsanet_main(args) == 0, capsys.readouterr().err
 
 

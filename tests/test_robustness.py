@@ -87,7 +87,7 @@ def test_d1_commit_stopped_between_last_and_best_is_completed(
     assert read_metadata(ckpt_dir / "last.safetensors")["best"]["epoch"] == 1
     assert not (ckpt_dir / "best.safetensors").exists() and not list(ckpt_dir.glob(".*.tmp"))
     # meanwhile, the run's best checkpoint is last (it is the best epoch)
-    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "r"), "--no-progress", "--output", str(tmp_path)]) == 0
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "r"), "--no-progress", "--out", str(tmp_path)]) == 0
     assert "epoch 1" in capsys.readouterr().out
     # the resume completes the commit
     assert _run(["--resume", str(tmp_path / "r")], capsys)[0] == 0
@@ -108,7 +108,7 @@ def test_d2_resume_from_an_older_checkpoint_is_refused_and_forks(
     assert (run / "checkpoints" / "last.safetensors").read_bytes() == last_before
     assert [row["epoch"] for row in _metrics(run)] == ["1", "2"]
     # forking into a new directory keeps the original run intact
-    code, out, _ = _run(["--resume", str(older), "--name", "fork", "--output", str(tmp_path), "--epochs", "2"], capsys)
+    code, out, _ = _run(["--resume", str(older), "--name", "fork", "--out", str(tmp_path), "--epochs", "2"], capsys)
     assert code == 0 and "epoch 2/2" in out
     fork = tmp_path / "fork"
     assert [row["epoch"] for row in _metrics(fork)] == ["1", "2"]
@@ -158,7 +158,7 @@ def test_d3_eval_and_resume_refuse_non_finite_weights(
     weights[key] = torch.full_like(weights[key], float("nan"))
     bad = tmp_path / "nan.safetensors"
     save_checkpoint(bad, ckpt.meta, weights, state=ckpt.state)
-    assert evaluate_cli.main(["--checkpoint", str(bad), "--no-progress", "--output", str(tmp_path)]) == 2
+    assert evaluate_cli.main(["--checkpoint", str(bad), "--no-progress", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "non-finite weights" in err and key in err
     assert not (tmp_path / "nan-eval.json").exists()
@@ -362,7 +362,7 @@ def test_d8_eval_on_a_read_only_run_still_prints_the_accuracy(
     monkeypatch.setattr(evaluate_cli, "plot_confusion_matrix", read_only)
     assert evaluate_cli.main(["--checkpoint", str(one_epoch_run), "--no-progress"]) == 0
     out, err = capsys.readouterr()
-    assert "top-1" in out and "Read-only file system" in err and "--output" in err and "Traceback" not in err
+    assert "top-1" in out and "Read-only file system" in err and "--out" in err and "Traceback" not in err
 
 
 def test_d9_visualize_bad_checkpoints(one_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

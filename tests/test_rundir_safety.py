@@ -119,7 +119,7 @@ def test_fork_of_untrusted_checkpoint_writes_under_the_users_output(
     evil = tmp_path / "elsewhere" / "deep"
 
     def change(meta: dict) -> None:
-        meta["config"]["output"] = str(evil)
+        meta["config"]["out"] = str(evil)
 
     planted = _planted(two_epoch_run / "checkpoints" / "last.safetensors", tmp_path / "evil.safetensors", change)
     monkeypatch.chdir(tmp_path)
@@ -212,7 +212,7 @@ def test_resume_of_oversized_checkpoint_is_refused(
         meta["config"]["max_params"] = 10**12  # a checkpoint cannot raise the limit
 
     planted = _planted(two_epoch_run / "checkpoints" / "last.safetensors", tmp_path / "huge.safetensors", huge)
-    code, _, err = _train(["--resume", str(planted), "--output", str(tmp_path), "--name", "f"], capsys)
+    code, _, err = _train(["--resume", str(planted), "--out", str(tmp_path), "--name", "f"], capsys)
     assert code == 2 and "raise --max-params" in err
 
 
@@ -263,7 +263,7 @@ def test_eval_refuses_fifo_report(two_epoch_run: Path, tmp_path: Path, capsys: p
     report = tmp_path / "last-eval.json"
     os.mkfifo(report)
     checkpoint = two_epoch_run / "checkpoints" / "last.safetensors"
-    args = ["--checkpoint", str(checkpoint), "--output", str(tmp_path), "--no-progress"]
+    args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--no-progress"]
     code = _with_deadline(evaluate_cli.main, args, 60, [report])
     err = capsys.readouterr().err
     assert code == 2 and f"{report} is a FIFO" in err, err
@@ -331,7 +331,7 @@ def test_fork_checks_disk_space_before_its_first_commit(
     two_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    args = ["--resume", str(two_epoch_run), "--output", str(tmp_path), "--name", "fork", "--epochs", "3"]
+    args = ["--resume", str(two_epoch_run), "--out", str(tmp_path), "--name", "fork", "--epochs", "3"]
     code, _, err = _train(args, capsys)
     assert code == 2 and "MiB free" in err
     assert not RunDir(tmp_path / "fork").last.exists()
@@ -355,3 +355,29 @@ def test_run_that_failed_before_its_first_checkpoint_can_be_resumed(
     assert _train(["--resume", str(run)], capsys)[0] == 0
     assert _epochs(run) == ["1"] and read_metadata(RunDir(run).best)["epoch"] == 1
     assert TINY in (run / "config.yaml").read_text()
+
+
+def test_a_run_stored_with_the_former_output_key_resumes_in_place(
+    two_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run written before ``output`` became ``out`` (checkpoint metadata and config.yaml) continues where it is."""
+    import yaml
+
+    run = Path(shutil.copytree(two_epoch_run, tmp_path / "runs" / "old"))
+
+    def former(config: dict) -> dict:
+        config = {("output" if k == "out" else k): v for k, v in config.items()}
+        return {**config, "output": str(run.parent), "name": run.name}
+
+    def change(meta: dict) -> None:
+        meta["config"] = former(meta["config"])
+
+    last = run / "checkpoints" / "last.safetensors"
+    _planted(last, last, change)
+    (run / "config.yaml").write_text(yaml.safe_dump(former(yaml.safe_load((run / "config.yaml").read_text()))))
+    assert "output" in read_metadata(last)["config"] and "out" not in read_metadata(last)["config"]
+    code, _, err = _train(["--resume", str(run), "--epochs", "3"], capsys)
+    assert code == 0, err
+    assert _epochs(run) == ["1", "2", "3"] and sorted(p.name for p in run.parent.iterdir()) == ["old"]
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["out"] == str(run.parent) and "output" not in stored

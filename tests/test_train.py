@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def tiny_args(data_dir: Path, output: Path, name: str, *extra: str) -> list[str]:
     return [
         "--data-dir", str(data_dir), "--model", TINY, "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0",
-        "--lr", "0.01", "--no-progress", "--output", str(output), "--name", name, *extra,
+        "--lr", "0.01", "--no-progress", "--out", str(output), "--name", name, *extra,
     ]  # fmt: skip
 
 
@@ -222,7 +222,7 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path: Path, capsys: pytest.Cap
 
 def test_eval_command(trained_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = trained_run
-    code = evaluate_cli.main(["--checkpoint", str(run), "--output", str(tmp_path), "--no-progress"])
+    code = evaluate_cli.main(["--checkpoint", str(run), "--out", str(tmp_path), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "top-1" in out and "top-5" in out and "img/s" in out
@@ -327,6 +327,6 @@ def test_eval_bad_input(trained_run: tuple[Path, str], tmp_path: Path, capsys: p
     assert "--checkpoint is required" in capsys.readouterr().err
     run, _ = trained_run
     root = write_image_folder(tmp_path / "imgs", classes=3)
-    assert evaluate_cli.main(["--checkpoint", str(run), "--data", str(root), "--output", str(tmp_path)]) == 2
+    assert evaluate_cli.main(["--checkpoint", str(run), "--data", str(root), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "trained for 10 classes of 1-channel images" in err and "Traceback" not in err

@@ -29,7 +29,7 @@ def _args(data: Path, output: Path, name: str, batch_size: int) -> list[str]:
     return [
         "--data-dir", str(data), "--model", TINY, "--epochs", "2", "--batch-size", str(batch_size),
         "--opt", "momentum", "--lr", "0.05", "--weight-decay", "1.0e-4", "--warmup-epochs", "0",
-        "--augment", "--amp", "none", "--no-progress", "--output", str(output), "--name", name, "--device", "cpu",
+        "--augment", "--amp", "none", "--no-progress", "--out", str(output), "--name", name, "--device", "cpu",
     ]  # fmt: skip
 
 

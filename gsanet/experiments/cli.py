@@ -117,7 +117,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         resolve_config(TrainConfig, {}, path)
     except ConfigError as e:
         raise ValueError(f"recipe {path}: {e}") from e
-    clash = {"model", "model_kwargs", "seed", "output", "name"} & set(values)
+    clash = {"model", "model_kwargs", "seed", "out", "output", "name"} & set(values)
     if clash:
         raise ValueError(f"recipe {path} sets {sorted(clash)}; the experiment plan sets them, remove them")
     return values

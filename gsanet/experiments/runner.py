@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from gsanet.train.cli import Terminated
-from gsanet.train.config import load_yaml
+from gsanet.train.config import load_yaml, upgrade_config
 from gsanet.train.errors import CheckpointError, ConfigError
 from gsanet.train.rundir import RunDir, RunSummary, read_summary
 
@@ -114,7 +114,7 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return load_yaml(path)  # the strict loader: no aliases, duplicate keys or non-regular files
+        return upgrade_config(load_yaml(path))  # the strict loader: no aliases, duplicate keys or non-regular files
     except ConfigError as e:
         raise _Damaged(f"config.yaml: {' '.join(str(e).split())}") from e
 
@@ -234,7 +234,7 @@ def run_in_use(run_dir: Path) -> Iterator[bool]:
 @contextlib.contextmanager
 def run_lock(spec: RunSpec) -> Iterator[bool]:
     """An exclusive, non-blocking lock of one run (released when the process dies); yields whether it was taken."""
-    lock_dir = spec.output / "logs"
+    lock_dir = spec.out / "logs"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f".{spec.name}.lock", "w") as f:
         try:
@@ -413,7 +413,7 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
         if isinstance(resume, RunStatus):
             return resume
         command = train_command(spec, ctx, resume)
-        log_path = spec.output / "logs" / f"{spec.name}.log"
+        log_path = spec.out / "logs" / f"{spec.name}.log"
         say(ctx, f"{'resume' if resume else 'start '} {spec.name} ({spec.data})  log: {log_path}")
         start = time.time()
         code = _train(command, log_path, ctx)

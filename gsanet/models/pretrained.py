@@ -105,7 +105,7 @@ _NOTES = (
 
 _TRAIN = (
     "gsanet train --config configs/experiment_fmnist_full.yaml --model {model} --seed 0 --data fashion-mnist "
-    "--output runs/experiments-full/fashion-mnist --name {model}-s0 --no-progress"
+    "--out runs/experiments-full/fashion-mnist --name {model}-s0 --no-progress"
 )
 
 

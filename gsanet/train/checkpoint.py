@@ -226,9 +226,9 @@ def clean_stale_tmp(folder: str | Path) -> list[Path]:
 def _write_error(path: Path, error: OSError) -> CheckpointError:
     reason = error.strerror or str(error)
     if error.errno == errno.ENOSPC:
-        fix = "free disk space (or use another --output)"
+        fix = "free disk space (or use another --out)"
     elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        fix = "make the directory writable (or use another --output)"
+        fix = "make the directory writable (or use another --out)"
     else:
         fix = "check the disk and the directory"
     return CheckpointError(f"cannot write {path}: {reason}; {fix}")
@@ -464,7 +464,7 @@ def _guard_overwrite(path: Path, run_id: str) -> None:
     if other != run_id:
         raise CheckpointError(
             f"refusing to overwrite {path}: it belongs to another run ({other or 'not a gsanet checkpoint'}); "
-            "choose another --output or --name, or move the file away"
+            "choose another --out or --name, or move the file away"
         )
 
 

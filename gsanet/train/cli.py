@@ -7,7 +7,7 @@ Usage::
     gsanet train --resume runs/<run>               # continue an interrupted run (same final weights)
     torchrun --nproc_per_node 2 -m gsanet.cli train --config configs/fashion_mnist.yaml
 
-A run directory ``<output>/<name>`` (default ``<model>-<data>-<timestamp>``) receives ``config.yaml`` (the resolved
+A run directory ``<out>/<name>`` (default ``<model>-<data>-<timestamp>``) receives ``config.yaml`` (the resolved
 config), ``command.txt``, ``checkpoints/{last,best}.safetensors``, ``metrics.csv``, ``tensorboard/``, ``loss.png``,
 ``accuracy.png`` and ``summary.json``. An existing directory is never reused except by ``--resume``, and only while no
 other process writes it: the process that trains a run holds its ``run.lock`` (:class:`~.rundir.RunLock`). A
@@ -15,7 +15,7 @@ checkpoint outside a run directory is forked into a new one; a run directory wit
 again from scratch by ``--resume``.
 
 Nothing is lost or wrong in silence: ``--resume`` continues a run only from a checkpoint at least as recent as its
-``last`` (an older one, e.g. ``best``, is forked into a new directory with ``--name``/``--output``); a run whose
+``last`` (an older one, e.g. ``best``, is forked into a new directory with ``--name``/``--out``); a run whose
 weights or losses become NaN/infinite stops with an error and keeps its last finite checkpoint; SIGTERM is handled
 like Ctrl-C; the run directory is checked for writing (and for room for the checkpoints) before the first epoch.
 
@@ -62,7 +62,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR_OR_CKPT",
         help="continue a run from its last checkpoint (or the given .safetensors); its config is the base. With "
-        "--name/--output: fork it into a new run directory (needed for a checkpoint older than the run's last)",
+        "--name/--out: fork it into a new run directory (needed for a checkpoint older than the run's last)",
     )
     parser.add_argument(
         "--stop-after",

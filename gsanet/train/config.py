@@ -16,6 +16,7 @@ import os
 import stat
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ __all__ = [
     "MAX_CONFIG_DEPTH",
     "MAX_IMG_SIZE",
     "MAX_WORKERS",
+    "RENAMED_KEYS",
     "RESERVED_MODEL_KWARGS",
     "DEFAULT_MAX_PARAMS",
     "CheckpointError",
@@ -48,11 +50,14 @@ __all__ = [
     "read_config_text",
     "resolve_config",
     "save_yaml",
+    "upgrade_config",
 ]
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 _OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsproptf", "lion")
 _SCHEDULERS = ("cosine", "poly", "none")
+RENAMED_KEYS = {"output": "out"}
+"""Config keys renamed since the first release, former name -> name (read from stored configs, never written)."""
 MAX_IMG_SIZE = 2048
 """Largest accepted input size: larger ones ask for allocations no machine has (also bounds checkpoint metadata)."""
 RESERVED_MODEL_KWARGS = frozenset(
@@ -146,7 +151,7 @@ class TrainConfig:
     compile: bool = _help("torch.compile the model", default=False)
     channels_last: bool = _help("channels-last memory format", default=False)
     sync_bn: bool = _help("SyncBatchNorm across processes (CUDA only)", default=False)
-    output: str = _help("parent directory of run directories", default="runs")
+    out: str = _help("parent directory of run directories", default="runs")
     name: str | None = _help("run directory name; default <model>-<data>-<timestamp>", default=None)
     progress: bool = _help("show a progress bar", default=True)
 
@@ -184,7 +189,7 @@ class TrainConfig:
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch_size, got {self.batch_size}: use {self.batch_size + 1}")
         if self.name is not None and (not self.name or Path(self.name).name != self.name):
-            raise ConfigError(f"name must be a plain directory name, got {self.name!r}: use --output for the parent")
+            raise ConfigError(f"name must be a plain directory name, got {self.name!r}: use --out for the parent")
         check_model_kwargs(self.model_kwargs, "model_kwargs")
 
 
@@ -211,7 +216,7 @@ class EvalConfig:
         "refuse a checkpoint's model with more parameters (counted before it is built)", default=DEFAULT_MAX_PARAMS
     )
     ema: bool = _help("use the EMA weights when the checkpoint has them", default=True)
-    output: str | None = _help(
+    out: str | None = _help(
         "directory for the report and confusion matrix; default: next to the checkpoint", default=None
     )
     progress: bool = _help("show a progress bar", default=True)
@@ -462,16 +467,29 @@ def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def upgrade_config(values: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` with the keys of :data:`RENAMED_KEYS` under their current names (a stored ``config.yaml`` or
+    checkpoint that says ``output`` still loads).
+
+    Raises:
+        ConfigError: Both a key and its former name are given.
+    """
+    upgraded = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        if old in upgraded:
+            if new in upgraded:
+                raise ConfigError(f"{source}: {old} is the former name of {new}; give {new} only")
+            upgraded[new] = upgraded.pop(old)
+    return upgraded
+
+
 def _validated(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
     types_ = _field_types(cls)
+    values = upgrade_config(values, source)
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are: {', '.join(types_)}")
     return {key: _check_value(key, value, types_[key], source) for key, value in values.items()}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _optional_scalar(base: type) -> Any:
@@ -496,7 +514,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argument parser with ``--config`` and one flag per field of ``cls`` (absent flags stay absent)."""
-    from gsanet.commands import ArgumentParser, flag_names
+    from gsanet.commands import ArgumentParser, flag_name
 
     parser = ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
     parser.add_argument("--config", metavar="YAML", help="yaml file of config keys (explicit flags override it)")
@@ -505,14 +523,14 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         base, optional = _split_optional(_field_types(cls)[f.name])
         help_ = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)!r})"
         if base is bool:
-            parser.add_argument(*flag_names(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
+            parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         elif typing.get_origin(base) is dict:
             parser.add_argument(
-                *flag_names(f.name), dest=f.name, nargs="*", type=_key_value, metavar="KEY=VALUE", help=help_
+                flag_name(f.name), dest=f.name, nargs="*", type=_key_value, metavar="KEY=VALUE", help=help_
             )
         else:
             parse = _optional_scalar(base) if optional else base
-            parser.add_argument(*flag_names(f.name), dest=f.name, type=parse, metavar=base.__name__.upper(), help=help_)
+            parser.add_argument(flag_name(f.name), dest=f.name, type=parse, metavar=base.__name__.upper(), help=help_)
     return parser
 
 

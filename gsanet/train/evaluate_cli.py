@@ -3,16 +3,16 @@
 Usage::
 
     gsanet eval --checkpoint runs/<run>                       # its best checkpoint, on the data it was trained on
-    gsanet eval --checkpoint runs/<run>/checkpoints/last.safetensors --data-dir data --output reports/
+    gsanet eval --checkpoint runs/<run>/checkpoints/last.safetensors --data-dir data --out reports/
 
 The model name and arguments (classes, channels, input size, extra kwargs) come from the checkpoint's metadata and
 are refused beyond ``--max-params`` before the model is built; without ``--data-dir`` the checkpoint's data directory
 is read but never created or downloaded into (a checkpoint is untrusted: it chooses no path that is written);
 the EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). Writes
-``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--output``.
+``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--out``.
 A checkpoint with NaN or infinite weights is refused, and so is data whose class names differ from the checkpoint's
 (an image folder's classes are mapped by name; one with a class folder the checkpoint does not know is refused).
-An explicit ``--output`` is checked for writing before the evaluation; when the default place (next to the
+An explicit ``--out`` is checked for writing before the evaluation; when the default place (next to the
 checkpoint, e.g. a read-only run) cannot be written, the results are still printed, with a warning that the report
 was not saved.
 """
@@ -129,7 +129,7 @@ def _write_report(report: dict[str, Any], confusion: Any, info: DataInfo, out_di
         report["report"] = str(report_path)
     except OSError as e:
         _logger.warning(
-            "could not write the report and confusion matrix in %s (%s); pass --output DIR to keep them",
+            "could not write the report and confusion matrix in %s (%s); pass --out DIR to keep them",
             out_dir, e.strerror or e,
         )  # fmt: skip
 
@@ -142,9 +142,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     """
     check_workers(cfg.workers)
     loaded = _load(cfg)
-    if cfg.output:
-        ensure_writable(cfg.output)  # before the work: an explicit --output must take the report
-    out_dir = Path(cfg.output) if cfg.output else loaded.path.parent
+    if cfg.out:
+        ensure_writable(cfg.out)  # before the work: an explicit --out must take the report
+    out_dir = Path(cfg.out) if cfg.out else loaded.path.parent
     for name in (f"{loaded.path.stem}-eval.json", f"{loaded.path.stem}-confusion.png"):
         check_regular_file(out_dir / name)  # a FIFO in their place would block the writer forever
     device = resolve_device(cfg.device)

@@ -1,6 +1,6 @@
 """The run directory of ``gsanet train`` and the metadata of its checkpoints: one contract for every reader.
 
-A run directory ``<output>/<name>`` holds::
+A run directory ``<out>/<name>`` holds::
 
     run.lock                     held (fcntl.flock) by the process that writes the run: pid, host, start time
     config.yaml                  the resolved config (a TrainConfig as a mapping)
@@ -57,7 +57,7 @@ from .checkpoint import (
     read_metadata,
     require_meta,
 )
-from .config import DEFAULT_MAX_PARAMS, TrainConfig, config_to_dict, load_yaml, save_yaml
+from .config import DEFAULT_MAX_PARAMS, TrainConfig, config_to_dict, load_yaml, save_yaml, upgrade_config
 from .engine import create_model
 from .errors import CheckpointError, ConfigError
 
@@ -208,7 +208,10 @@ class CheckpointMeta:
         """
         require_meta(dict(meta), tuple(require), path)
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in meta.items() if k in names and v is not None})
+        values = {k: v for k, v in meta.items() if k in names and v is not None}
+        if isinstance(values.get("config"), dict):
+            values["config"] = upgrade_config(values["config"], f"{path}: config")
+        return cls(**values)
 
     @classmethod
     def read(cls, path: str | Path, require: Sequence[str] = ()) -> CheckpointMeta:
@@ -455,8 +458,8 @@ class RunLock:
 
 
 # ------------------------------------------------------------------------------------------- creation, resume
-def _make_named(output: Path, name: str) -> Path:
-    run_dir = output / name
+def _make_named(out: Path, name: str) -> Path:
+    run_dir = out / name
     try:
         run_dir.mkdir()
     except FileExistsError:
@@ -468,36 +471,36 @@ def _make_named(output: Path, name: str) -> Path:
     return run_dir
 
 
-def _make_stamped(output: Path, stem: str) -> Path:
+def _make_stamped(out: Path, stem: str) -> Path:
     for suffix in [""] + [f"-{i}" for i in range(2, 100)]:
         try:
-            (output / (stem + suffix)).mkdir()
-            return output / (stem + suffix)
+            (out / (stem + suffix)).mkdir()
+            return out / (stem + suffix)
         except FileExistsError:
             continue
-    raise ConfigError(f"could not create a fresh run directory {output / stem}; pass --name")
+    raise ConfigError(f"could not create a fresh run directory {out / stem}; pass --name")
 
 
 def create_run_dir(cfg: TrainConfig, data_name: str) -> Path:
-    """Create a fresh run directory under ``cfg.output`` (``cfg.name``, or ``<model>-<data>-<timestamp>``) and check
+    """Create a fresh run directory under ``cfg.out`` (``cfg.name``, or ``<model>-<data>-<timestamp>``) and check
     that files can be written in it.
 
     Raises:
-        ConfigError: The directory exists (with ``--name``), or ``--output`` is not a writable directory.
+        ConfigError: The directory exists (with ``--name``), or ``--out`` is not a writable directory.
     """
-    output = Path(cfg.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output} is a file, not a directory; give the directory for the run directories")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; give the directory for the run directories")
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         if cfg.name is not None:
-            run_dir = _make_named(output, cfg.name)
+            run_dir = _make_named(out, cfg.name)
         else:
             data = data_name if data_name in DATASETS else Path(data_name).name  # a folder: its last component
-            run_dir = _make_stamped(output, f"{cfg.model}-{data}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+            run_dir = _make_stamped(out, f"{cfg.model}-{data}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     except OSError as e:
         raise ConfigError(
-            f"cannot create a run directory in --output {output}: {e.strerror or e}; give a writable directory"
+            f"cannot create a run directory in --out {out}: {e.strerror or e}; give a writable directory"
         ) from e
     try:
         ensure_writable(RunDir(run_dir).checkpoints)

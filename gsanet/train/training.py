@@ -105,7 +105,7 @@ _logger = logging.getLogger("gsanet.train")
 INVOCATION_ONLY = ("config", "resume", "stop_after")
 """``gsanet train`` arguments that are not config fields."""
 
-NOT_FROM_CHECKPOINT = ("output", "name", "data_dir", "max_params")
+NOT_FROM_CHECKPOINT = ("out", "name", "data_dir", "max_params")
 """Config keys a resumed checkpoint (or an empty run's ``config.yaml``) never sets, as they are untrusted: where the
 run is written comes from ``--resume`` (continued in place) or the flags (a fork), the model-size limit from the
 flags, and the data directory from ``--data-dir`` (the checkpoint's is only read, never created or downloaded into:
@@ -244,12 +244,12 @@ class _Resumed:
         name of the run directory itself, as recorded when they name it)."""
         base = {k: v for k, v in self.source.items() if k not in NOT_FROM_CHECKPOINT}
         if not self.fork:
-            run_dir, output, name = self.target.run_dir, self.source.get("output"), self.source.get("name")
-            recorded = isinstance(output, str) and isinstance(name, str) and bool(name)
-            if recorded and (Path(output) / name).resolve() == run_dir.resolve():
-                base.update(output=output, name=name)
+            run_dir, out, name = self.target.run_dir, self.source.get("out"), self.source.get("name")
+            recorded = isinstance(out, str) and isinstance(name, str) and bool(name)
+            if recorded and (Path(out) / name).resolve() == run_dir.resolve():
+                base.update(out=out, name=name)
             else:
-                base.update(output=str(run_dir.parent), name=run_dir.name)
+                base.update(out=str(run_dir.parent), name=run_dir.name)
         return base
 
 
@@ -261,7 +261,7 @@ def _read_resumed(args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[_
         TrainError: A bad target, a live run (locked by another process), or a malformed checkpoint.
     """
     target = resume_target(args.resume)
-    fork = "name" in explicit or "output" in explicit or target.run_dir is None
+    fork = "name" in explicit or "out" in explicit or target.run_dir is None
     if target.empty and fork:
         raise CheckpointError(
             f"{target.run_dir} has no checkpoint to fork (it stopped before its first epoch ended); start it again "
@@ -625,7 +625,7 @@ def _check_disk_space(folder: Path, model: nn.Module, model_ema: Any) -> None:
     if free < needed:
         raise CheckpointError(
             f"{folder} has {free / 2**20:.1f} MiB free, the checkpoints need about {needed / 2**20:.1f} MiB; free "
-            "disk space or use another --output"
+            "disk space or use another --out"
         )
 
 
