@@ -110,7 +110,8 @@ def test_out_is_where_results_go() -> None:
 @pytest.mark.parametrize("alias", [["--output", "d"], ["--batch", "3"]])
 def test_the_removed_aliases_are_refused(command: str, alias: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """``--output`` and ``--batch`` are gone (nor do they pass as abbreviations of ``--out``/``--batch-size``)."""
-    first = {"bench": ["module"], "experiment": ["compare"], "visualize": ["--model", "gsa_resnet26_tiny"]}.get(command, [])
+    required = {"bench": ["module"], "experiment": ["compare"], "visualize": ["--model", "gsa_resnet26_tiny"]}
+    first = required.get(command, [])
     assert gsanet_main([command, *first, *alias]) == 2
     assert f"unrecognized arguments: {alias[0]}" in capsys.readouterr().err
 
