@@ -45,9 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gsanet.commands import ArgumentParser, UserError, add_out_flag, bounded_int, check_out_dir, run
+from gsanet.commands import ArgumentParser, add_out_flag, bounded_int, check_out_dir, run
+from gsanet.config import MAX_IMG_SIZE
+from gsanet.errors import UserError
 from gsanet.layers import GlobalSelfAttention
-from gsanet.train.config import MAX_IMG_SIZE
 
 __all__ = [
     "AttentionMaps",
@@ -109,7 +110,7 @@ def load_subject(
 
     Raises:
         ValueError: Neither or both of checkpoint and model, or no shipped weights for ``model``.
-        TrainError: A missing, corrupt, malformed or non-finite checkpoint (``gsanet.train.errors``).
+        UserError: A missing, corrupt, malformed or non-finite checkpoint (``gsanet.errors``).
     """
     import timm
 

@@ -34,7 +34,7 @@ def export_weights(checkpoint: str | Path, dest: str | Path, *, model_name: str 
 
     Raises:
         ValueError: The checkpoint holds another model.
-        gsanet.train.errors.TrainError: A missing, malformed or non-finite checkpoint.
+        gsanet.errors.UserError: A missing, malformed or non-finite checkpoint.
     """
     path = Path(checkpoint)
     if path.is_dir():

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from gsanet.errors import CheckpointError
 from gsanet.train import checkpoint as ckpt_mod
 from gsanet.train.checkpoint import (
     capture_rng_state,
@@ -24,7 +25,6 @@ from gsanet.train.checkpoint import (
     save_checkpoint,
     unpack_state,
 )
-from gsanet.train.config import CheckpointError
 
 
 def _trained() -> tuple[nn.Module, torch.optim.Optimizer]:

@@ -17,9 +17,9 @@ from gsanet import commands
 from gsanet.bench import cli as bench_cli
 from gsanet.cli import COMMANDS
 from gsanet.cli import main as gsanet_main
+from gsanet.errors import ConfigError
 from gsanet.experiments import cli as exp_cli
 from gsanet.models import summary as summary_cmd
-from gsanet.train.config import ConfigError
 
 BAD_VALUES = {
     "train": ["--batch-size", "0"],

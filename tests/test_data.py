@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from gsanet.datasets import DATASETS
-from gsanet.train.config import DataError
+from gsanet.errors import DataError
 from gsanet.train.data import (
     SYSTEM_FASHION_MNIST_DIR,
     create_datasets,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gsanet.config import resolve_config
 from gsanet.experiments import cli as exp_cli
 from gsanet.experiments import results, runner, tables
 from gsanet.experiments.plans import (
@@ -28,7 +29,7 @@ from gsanet.experiments.plans import (
     get_plan,
 )
 from gsanet.train.cli import build_train_parser
-from gsanet.train.config import TrainConfig, resolve_config
+from gsanet.train.config import TrainConfig
 
 from .test_data import write_fake_fashion_mnist
 

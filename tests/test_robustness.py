@@ -23,10 +23,12 @@ import torch
 from PIL import Image
 
 from gsanet import visualize
+from gsanet.config import resolve_config
+from gsanet.errors import CheckpointError, ConfigError, DataError
 from gsanet.train import checkpoint as ckpt_mod
 from gsanet.train import cli, evaluate_cli, training
 from gsanet.train.checkpoint import json_safe, load_checkpoint, read_metadata, save_checkpoint
-from gsanet.train.config import CheckpointError, ConfigError, DataError, TrainConfig, resolve_config
+from gsanet.train.config import TrainConfig
 from gsanet.train.data import create_datasets, write_idx
 from gsanet.train.distributed import DistContext
 from gsanet.train.engine import create_model

@@ -17,10 +17,11 @@ import safetensors
 import safetensors.torch
 import torch
 
+from gsanet.errors import ConfigError
 from gsanet.train import checkpoint as ckpt_mod
 from gsanet.train import cli, evaluate_cli, rundir, training
 from gsanet.train.checkpoint import read_metadata
-from gsanet.train.config import ConfigError, TrainConfig
+from gsanet.train.config import TrainConfig
 from gsanet.train.rundir import RunDir, RunLock
 
 from .test_train import TINY, finished_run, tiny_args

@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
+from gsanet.errors import CheckpointError
 from gsanet.train import cli, evaluate_cli, training
 from gsanet.train.checkpoint import load_checkpoint, read_metadata
-from gsanet.train.config import CheckpointError, TrainConfig
+from gsanet.train.config import TrainConfig
 from gsanet.train.rundir import RESUME_KEYS, CheckpointMeta, RunDir, load_model, read_summary
 from tests.shipped import export_weights
 

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gsanet.commands import ArgumentParser, UserError, add_config_flag, add_out_flag, run, setup_logging
+from gsanet.commands import ArgumentParser, add_config_flag, add_out_flag, run, setup_logging
 from gsanet.datasets import DATASETS
+from gsanet.errors import UserError
 
 from .plans import Plan, RunSpec, expand, get_plan
 from .results import aggregate
@@ -110,7 +111,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: Unknown keys, wrong types, or a key the runner sets itself.
     """
-    from gsanet.train.config import ConfigError, TrainConfig, load_yaml, resolve_config
+    from gsanet.config import load_yaml, resolve_config
+    from gsanet.errors import ConfigError
+    from gsanet.train.config import TrainConfig
 
     values = load_yaml(path)
     try:
@@ -251,8 +254,8 @@ def _check_out(out: str) -> None:
     Raises:
         UserError: It is a file, or cannot be created or written.
     """
-    from gsanet.train.checkpoint import ensure_writable
-    from gsanet.train.errors import CheckpointError
+    from gsanet.errors import CheckpointError
+    from gsanet.files import ensure_writable
 
     if Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out} is a file, not a directory; give the directory for the tables")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gsanet.commands import UserError
 from gsanet.datasets import DATASETS, dataset_spec
+from gsanet.errors import UserError
 from gsanet.train.rundir import RunDir
 
 from .plans import Plan, RunSpec, Variant

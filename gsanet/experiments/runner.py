@@ -44,9 +44,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gsanet.config import load_yaml, upgrade_config
+from gsanet.errors import CheckpointError, ConfigError
 from gsanet.train.cli import Terminated
-from gsanet.train.config import load_yaml, upgrade_config
-from gsanet.train.errors import CheckpointError, ConfigError
 from gsanet.train.rundir import RunDir, RunSummary, read_summary
 
 from .plans import RunSpec, data_slug

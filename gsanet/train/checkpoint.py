@@ -30,7 +30,6 @@ eval``/``visualize`` of a run directory) does not use meanwhile: it uses ``last`
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import math
@@ -49,8 +48,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import MAX_IMG_SIZE, check_model_kwargs
-from .errors import CheckpointError, ConfigError
+from gsanet.config import MAX_IMG_SIZE
+from gsanet.errors import CheckpointError, ConfigError
+from gsanet.files import write_error
+
+from .config import check_model_kwargs
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -63,7 +65,6 @@ __all__ = [
     "clean_stale_tmp",
     "commit_checkpoints",
     "copy_checkpoint",
-    "ensure_writable",
     "json_safe",
     "load_checkpoint",
     "nonfinite_names",
@@ -223,43 +224,12 @@ def clean_stale_tmp(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _write_error(path: Path, error: OSError) -> CheckpointError:
-    reason = error.strerror or str(error)
-    if error.errno == errno.ENOSPC:
-        fix = "free disk space (or use another --out)"
-    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        fix = "make the directory writable (or use another --out)"
-    else:
-        fix = "check the disk and the directory"
-    return CheckpointError(f"cannot write {path}: {reason}; {fix}")
-
-
 def _os_error(error: SafetensorError) -> OSError:
     """The OSError a :class:`SafetensorError` of safetensors' writer wraps (its message names the OS error code)."""
     text = str(error)
     match = re.search(r"code: (\d+)", text)
     code = int(match.group(1)) if match else None
     return OSError(code, os.strerror(code)) if code is not None else OSError(None, text)
-
-
-def ensure_writable(folder: str | Path) -> None:
-    """Create ``folder`` if needed and check a file can be written in it (a probe file, then removed).
-
-    Raises:
-        CheckpointError: The folder cannot be created or written (read-only, no permission, not a directory, full).
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
-        try:
-            os.write(fd, b"x")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            Path(probe).unlink(missing_ok=True)
-    except OSError as e:
-        raise _write_error(folder, e) from e
 
 
 def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -500,9 +470,9 @@ def save_checkpoint(
         with atomic_path(path) as tmp:
             save_file(_storable(tensors), str(tmp), metadata={"format": "pt", _META_KEY: text})
     except OSError as e:
-        raise _write_error(path, e) from e
+        raise write_error(path, e) from e
     except SafetensorError as e:  # safetensors reports its own I/O errors (a full disk) as SafetensorError
-        raise _write_error(path, _os_error(e)) from e
+        raise write_error(path, _os_error(e)) from e
     return path
 
 
@@ -514,7 +484,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
     except OSError as e:
-        raise _write_error(dst, e) from e
+        raise write_error(dst, e) from e
     return dst
 
 

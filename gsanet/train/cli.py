@@ -37,9 +37,9 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gsanet.commands import run, setup_logging
+from gsanet.commands import build_parser, run, setup_logging
 
-from .config import TrainConfig, build_parser
+from .config import TrainConfig
 from .distributed import cleanup_distributed
 from .rundir import RunDir
 from .training import format_seconds, run_training

@@ -50,9 +50,10 @@ from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from gsanet.config import MAX_IMG_SIZE
 from gsanet.datasets import DATASETS, DatasetSpec, dataset_spec
+from gsanet.errors import ConfigError, DataError
 
-from .config import MAX_IMG_SIZE, ConfigError, DataError
 from .distributed import DistContext, ShardSampler
 
 __all__ = [

@@ -28,16 +28,17 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gsanet.commands import resolve, run
+from gsanet.commands import build_parser, resolve, run
 from gsanet.datasets import DATASETS
+from gsanet.errors import CheckpointError, ConfigError, DataError
+from gsanet.files import ensure_writable
 
-from .checkpoint import ensure_writable, json_safe
+from .checkpoint import json_safe
 from .cli import configure_logging
-from .config import EvalConfig, TrainConfig, build_parser
+from .config import EvalConfig, TrainConfig
 from .data import DataInfo, check_workers, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
-from .errors import CheckpointError, ConfigError, DataError
 from .plots import plot_confusion_matrix
 from .rundir import LoadedModel, check_regular_file, load_model
 
@@ -138,7 +139,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write the report and confusion matrix; return the report.
 
     Raises:
-        TrainError: Bad checkpoint, data that does not match it, or a bad config.
+        UserError: Bad checkpoint, data that does not match it, or a bad config.
     """
     check_workers(cfg.workers)
     loaded = _load(cfg)

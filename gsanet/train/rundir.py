@@ -44,22 +44,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from gsanet.config import config_to_dict, load_yaml, save_yaml, upgrade_config
 from gsanet.datasets import DATASETS
+from gsanet.errors import CheckpointError, ConfigError
+from gsanet.files import ensure_writable
 
 from .checkpoint import (
     atomic_path,
     best_checkpoint,
     check_finite,
     check_state_dict,
-    ensure_writable,
     json_safe,
     load_checkpoint,
     read_metadata,
     require_meta,
 )
-from .config import DEFAULT_MAX_PARAMS, TrainConfig, config_to_dict, load_yaml, save_yaml, upgrade_config
+from .config import DEFAULT_MAX_PARAMS, TrainConfig
 from .engine import create_model
-from .errors import CheckpointError, ConfigError
 
 try:  # POSIX; elsewhere (Windows) a run directory has no lock, see RunLock
     import fcntl

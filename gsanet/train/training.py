@@ -38,6 +38,9 @@ from timm.utils import ModelEmaV3, unwrap_model
 from torch import nn
 
 import gsanet
+from gsanet.config import config_to_dict, resolve_config
+from gsanet.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, UserError
+from gsanet.files import ensure_writable
 
 from .checkpoint import (
     Checkpoint,
@@ -46,13 +49,12 @@ from .checkpoint import (
     check_state_dict,
     clean_stale_tmp,
     commit_checkpoints,
-    ensure_writable,
     load_checkpoint,
     nonfinite_names,
     repair_best,
     restore_rng_state,
 )
-from .config import TrainConfig, config_to_dict, resolve_config
+from .config import TrainConfig
 from .data import DataInfo, check_workers, create_datasets, create_loader, epoch_seed, set_epoch
 from .distributed import DistContext, barrier, broadcast_text, init_distributed
 from .engine import (
@@ -64,7 +66,6 @@ from .engine import (
     seed_everything,
     train_one_epoch,
 )
-from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainError
 from .plots import plot_curves
 from .rundir import (
     RESUME_KEYS,
@@ -204,7 +205,7 @@ def run_training(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any
     """Train as ``args`` say; return the summary (also written to ``summary.json`` by rank 0).
 
     Raises:
-        TrainError: Bad config, data or checkpoint, a run directory that cannot be written, or divergence.
+        UserError: Bad config, data or checkpoint, a run directory that cannot be written, or divergence.
         KeyboardInterrupt: Ctrl-C or SIGTERM; its ``run_dir`` attribute is the run directory (None before it exists).
     """
     run: TrainingRun | None = None
@@ -258,7 +259,7 @@ def _read_resumed(args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[_
     change between this read and the end of the run.
 
     Raises:
-        TrainError: A bad target, a live run (locked by another process), or a malformed checkpoint.
+        UserError: A bad target, a live run (locked by another process), or a malformed checkpoint.
     """
     target = resume_target(args.resume)
     fork = "name" in explicit or "out" in explicit or target.run_dir is None
@@ -326,7 +327,7 @@ def resolve(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
     directory is used for reading only (no download into it).
 
     Raises:
-        TrainError: A bad config or flag, an unusable checkpoint, a live run, or a run directory that cannot be
+        UserError: A bad config or flag, an unusable checkpoint, a live run, or a run directory that cannot be
             written.
     """
     explicit = {k: v for k, v in vars(args).items() if k not in INVOCATION_ONLY}
@@ -452,7 +453,7 @@ def build(run: TrainingRun) -> None:
     """Seed, then build the datasets, loaders, model (with the resumed weights), EMA, optimizer, schedule, precision.
 
     Raises:
-        TrainError: Missing or unreadable data, an unknown model, or resumed weights that do not fit it.
+        UserError: Missing or unreadable data, an unknown model, or resumed weights that do not fit it.
     """
     cfg = run.cfg
     seed_everything(cfg.seed)
@@ -567,7 +568,7 @@ def restore(run: TrainingRun) -> None:
     open the run directory (a new one for a new run or a fork).
 
     Raises:
-        TrainError: An unusable training state, or a run directory that cannot be created or written.
+        UserError: An unusable training state, or a run directory that cannot be created or written.
     """
     _restore_progress(run)
     cfg, ctx = run.cfg, run.ctx
@@ -598,7 +599,7 @@ def _broadcast_outcome(fn: Callable[[], object], ctx: DistContext) -> str:
     if ctx.is_main:
         try:
             text = "ok:" + str(fn())
-        except TrainError as e:
+        except UserError as e:
             if not ctx.distributed:
                 raise
             text = f"error:{e}"
@@ -771,7 +772,7 @@ def fit(run: TrainingRun) -> None:
     """Run the epochs from the start epoch to ``cfg.epochs`` (or ``--stop-after`` of them), committing after each.
 
     Raises:
-        TrainError: The training diverged or a file cannot be written; the message names the last good checkpoint.
+        UserError: The training diverged or a file cannot be written; the message names the last good checkpoint.
     """
     cfg = run.cfg
     options = _epoch_options(run)
@@ -794,7 +795,7 @@ def fit(run: TrainingRun) -> None:
                 run.best = {"epoch": epoch + 1, "top1": selected["top1"]}
             if run.ctx.is_main:
                 _record_epoch(run, row, sum(epoch_times) / len(epoch_times) * (cfg.epochs - epoch - 1))
-    except TrainError as e:
+    except UserError as e:
         last = run.paths.last
         if last.is_file():
             raise type(e)(
