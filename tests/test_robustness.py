@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from gsanet import visualize
+from gsanet.commands import setup_logging
 from gsanet.config import resolve_config
 from gsanet.errors import CheckpointError, ConfigError, DataError
 from gsanet.train import checkpoint as ckpt_mod
@@ -32,6 +33,7 @@ from gsanet.train.config import TrainConfig
 from gsanet.train.data import create_datasets, write_idx
 from gsanet.train.distributed import DistContext
 from gsanet.train.engine import create_model
+from gsanet.train.metadata import require_meta
 
 from .test_data import count_resized, write_fake_fashion_mnist, write_image_folder
 from .test_train import TINY, finished_run, tiny_args
@@ -426,7 +428,7 @@ def test_d10_checkpoint_metadata_is_untrusted(
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err, (name, err)
         with pytest.raises(CheckpointError):
-            read_metadata(path) if name not in ("missing",) else ckpt_mod.require_meta(
+            read_metadata(path) if name not in ("missing",) else require_meta(
                 read_metadata(path), ("model", "model_args"), path
             )
 
@@ -545,7 +547,7 @@ def test_d14_sigterm_is_handled_like_ctrl_c(
 
 
 def test_batchnorm_statistics_per_process_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    cli.configure_logging()
+    setup_logging()
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     cfg = TrainConfig(batch_size=8)
     two_cpu = DistContext(rank=0, world_size=2, device=torch.device("cpu"))

@@ -17,9 +17,10 @@ import yaml
 
 from gsanet.errors import CheckpointError
 from gsanet.train import cli, evaluate_cli, training
-from gsanet.train.checkpoint import load_checkpoint, read_metadata
+from gsanet.train.checkpoint import load_checkpoint, read_checkpoint_meta, read_metadata
 from gsanet.train.config import TrainConfig
-from gsanet.train.rundir import RESUME_KEYS, CheckpointMeta, RunDir, load_model, read_summary
+from gsanet.train.metadata import RESUME_KEYS
+from gsanet.train.rundir import RunDir, load_model, read_summary
 from tests.shipped import export_weights
 
 from .test_data import write_fake_fashion_mnist, write_image_folder
@@ -109,7 +110,7 @@ def test_run_dir_contract(trained_run: tuple[Path, str], tmp_path: Path) -> None
     assert summary is not None and list(summary.to_dict().items()) == list(written.items())
     raw = read_metadata(paths.last)
     stored = {k: v for k, v in raw.items() if k not in ("format", "has_ema", "state")}
-    assert list(CheckpointMeta.read(paths.last, RESUME_KEYS).to_dict().items()) == list(stored.items())
+    assert list(read_checkpoint_meta(paths.last, RESUME_KEYS).to_dict().items()) == list(stored.items())
     loaded = load_model(run)
     assert loaded.path == paths.best and loaded.weights == "model" and not loaded.model.training
     assert loaded.meta.model == TINY and loaded.meta.epoch == 1

@@ -47,7 +47,8 @@ from typing import Any
 from gsanet.config import load_yaml, upgrade_config
 from gsanet.errors import CheckpointError, ConfigError
 from gsanet.train.cli import Terminated
-from gsanet.train.rundir import RunDir, RunSummary, read_summary
+from gsanet.train.metadata import RunSummary
+from gsanet.train.rundir import RunDir, read_summary
 
 from .plans import RunSpec, data_slug
 

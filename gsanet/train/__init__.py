@@ -11,7 +11,8 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import EvalConfig, TrainConfig
 from .data import DataInfo, create_datasets, create_loader, read_idx
 from .engine import EpochOptions, create_model, evaluate, train_one_epoch
-from .rundir import CheckpointMeta, LoadedModel, RunDir, RunSummary, load_model, read_summary
+from .metadata import CheckpointMeta, RunSummary
+from .rundir import LoadedModel, RunDir, load_model, read_summary
 
 __all__ = [
     "Checkpoint",

@@ -28,13 +28,12 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gsanet.commands import build_parser, resolve, run
+from gsanet.commands import build_parser, resolve, run, setup_logging
 from gsanet.datasets import DATASETS
 from gsanet.errors import CheckpointError, ConfigError, DataError
 from gsanet.files import ensure_writable
 
 from .checkpoint import json_safe
-from .cli import configure_logging
 from .config import EvalConfig, TrainConfig
 from .data import DataInfo, check_workers, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser(EvalConfig, "gsanet eval", "Evaluate a checkpoint written by gsanet train.").parse_args(argv)
     cfg = resolve(EvalConfig, args)
-    with logging_redirect_tqdm([configure_logging()]):
+    with logging_redirect_tqdm([setup_logging()]):
         report = run_evaluation(cfg)
     print(
         f"{report['model']} ({report['weights']} weights, epoch {report['epoch']}) on {report['data']}, "

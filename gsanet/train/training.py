@@ -51,6 +51,7 @@ from .checkpoint import (
     commit_checkpoints,
     load_checkpoint,
     nonfinite_names,
+    read_checkpoint_meta,
     repair_best,
     restore_rng_state,
 )
@@ -66,14 +67,12 @@ from .engine import (
     seed_everything,
     train_one_epoch,
 )
+from .metadata import RESUME_KEYS, CheckpointMeta, RunSummary
 from .plots import plot_curves
 from .rundir import (
-    RESUME_KEYS,
-    CheckpointMeta,
     ResumeTarget,
     RunDir,
     RunLock,
-    RunSummary,
     append_command,
     check_model_size,
     check_resume_lineage,
@@ -201,7 +200,7 @@ class TrainingRun:
         )
 
 
-def run_training(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+def run_training(args: argparse.Namespace, argv: Sequence[str]) -> RunSummary:
     """Train as ``args`` say; return the summary (also written to ``summary.json`` by rank 0).
 
     Raises:
@@ -275,7 +274,7 @@ def _read_resumed(args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[_
         if target.empty:
             _logger.info("%s has no checkpoint yet: starting it from scratch with its config.yaml", target.run_dir)
             return _Resumed(target, fork, None, read_run_config(target.run_dir)), lock
-        meta = CheckpointMeta.read(target.checkpoint, RESUME_KEYS)
+        meta = read_checkpoint_meta(target.checkpoint, RESUME_KEYS)
         if not fork:
             check_resume_lineage(target.checkpoint, meta, target.run_dir)
         elif target.run_dir is None:
@@ -838,7 +837,7 @@ def _summary(run: TrainingRun) -> RunSummary:
     )
 
 
-def finish(run: TrainingRun) -> dict[str, Any]:
+def finish(run: TrainingRun) -> RunSummary:
     """Rank 0 (after at least one epoch): draw the curves and write ``summary.json``; return the summary.
 
     Raises:
@@ -854,7 +853,7 @@ def finish(run: TrainingRun) -> dict[str, Any]:
             ) from e
         summary.plots = {name: str(path) for name, path in paths.items()}
         write_summary(summary, run.paths.summary)
-    return summary.to_dict()
+    return summary
 
 
 def epoch_line(row: dict[str, Any], epochs: int, remaining_seconds: float) -> str:
