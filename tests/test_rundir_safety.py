@@ -376,7 +376,9 @@ def test_a_run_stored_with_the_former_output_key_resumes_in_place(
     last = run / "checkpoints" / "last.safetensors"
     _planted(last, last, change)
     (run / "config.yaml").write_text(yaml.safe_dump(former(yaml.safe_load((run / "config.yaml").read_text()))))
-    assert "output" in read_metadata(last)["config"] and "out" not in read_metadata(last)["config"]
+    with safetensors.safe_open(str(last), framework="pt") as f:
+        stored = json.loads(f.metadata()["gsanet"])["config"]
+    assert "output" in stored and "out" not in stored and read_metadata(last)["config"]["out"] == str(run.parent)
     code, _, err = _train(["--resume", str(run), "--epochs", "3"], capsys)
     assert code == 0, err
     assert _epochs(run) == ["1", "2", "3"] and sorted(p.name for p in run.parent.iterdir()) == ["old"]
