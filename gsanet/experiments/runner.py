@@ -37,8 +37,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -445,15 +445,39 @@ def interrupted(error: KeyboardInterrupt) -> int:
     return 128 + signal.SIGTERM if isinstance(error, Terminated) else 130
 
 
-def run_all(specs: Sequence[RunSpec], ctx: RunnerContext) -> list[tuple[RunSpec, RunStatus]]:
-    """Run every spec on ``--jobs`` workers, the most expensive first so that the workers finish together."""
-    order = sorted(specs, key=lambda s: -s.variant.cost)
+def run_all(
+    specs: Sequence[RunSpec],
+    ctx: RunnerContext,
+    then: Callable[[Sequence[RunSpec]], Sequence[RunSpec]] | None = None,
+) -> list[tuple[RunSpec, RunStatus]]:
+    """Run every spec on ``--jobs`` workers, the most expensive first so that the workers finish together; the one
+    scheduler of ``gsanet experiment`` (plans and the study).
+
+    Args:
+        specs: The runs to start with.
+        ctx: The invocation.
+        then: Asked at the start and after each finished run, with the runs still pending, for runs that have become
+            ready (e.g. a study family's final seeds once its sweep is done); ``[]`` when none.
+
+    Returns:
+        Every run with its state, in the order they finished.
+    """
     results: list[tuple[RunSpec, RunStatus]] = []
     with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool, owned_children(ctx):  # children stop first
-        futures = [(spec, pool.submit(execute_run, spec, ctx)) for spec in order]
-        for spec, future in futures:
-            results.append((spec, future.result()))
-    return results
+        pending: dict[Future, RunSpec] = {}
+
+        def submit(batch: Sequence[RunSpec]) -> None:
+            for spec in sorted(batch, key=lambda s: -s.variant.cost):
+                pending[pool.submit(execute_run, spec, ctx)] = spec
+
+        submit(specs)
+        while True:
+            if then is not None:
+                submit(then(list(pending.values())))
+            if not pending:
+                return results
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            results += [(pending.pop(future), future.result()) for future in done]
 
 
 def record_invocation(ctx: RunnerContext, argv: Sequence[str], data: str) -> None:
