@@ -11,8 +11,8 @@ import yaml
 from gsanet.commands import build_parser
 from gsanet.config import config_to_dict, resolve_config
 from gsanet.errors import ConfigError, error_message
-from gsanet.train.cli import build_train_parser
 from gsanet.train.config import EvalConfig, TrainConfig
+from gsanet.train.train_cli import build_train_parser
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

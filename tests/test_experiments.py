@@ -28,8 +28,8 @@ from gsanet.experiments.plans import (
     format_kwarg,
     get_plan,
 )
-from gsanet.train.cli import build_train_parser
 from gsanet.train.config import TrainConfig
+from gsanet.train.train_cli import build_train_parser
 
 from .test_data import write_fake_fashion_mnist
 

@@ -19,7 +19,7 @@ import torch
 
 from gsanet.errors import ConfigError
 from gsanet.train import checkpoint as ckpt_mod
-from gsanet.train import cli, evaluate_cli, rundir, training
+from gsanet.train import eval_cli, rundir, train_cli, training
 from gsanet.train.checkpoint import read_metadata
 from gsanet.train.config import TrainConfig
 from gsanet.train.rundir import RunDir, RunLock
@@ -148,7 +148,7 @@ def test_eval_never_downloads_into_the_checkpoints_data_dir(
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
     monkeypatch.setattr("gsanet.train.data.SYSTEM_FASHION_MNIST_DIR", tmp_path / "no-system-copy")
-    assert evaluate_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2
+    assert eval_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "never downloaded into" in err and "--data-dir" in err and "Traceback" not in err
     assert downloads == [] and not evil.exists()
@@ -194,12 +194,12 @@ def test_checkpoint_model_size_is_bounded_before_allocation(
     }
     for name, (change, fragments) in cases.items():
         planted = _planted(src, tmp_path / f"{name}.safetensors", change)
-        assert evaluate_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2, name
+        assert eval_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2, name
         err = capsys.readouterr().err
         assert all(f in err for f in fragments) and "Traceback" not in err, (name, err)
         assert err.count("\n") == 1, err
     # a limit of the user's, never of the checkpoint's: lowering it refuses the tiny model too
-    assert evaluate_cli.main(["--checkpoint", str(src), "--max-params", "1000", "--no-progress"]) == 2
+    assert eval_cli.main(["--checkpoint", str(src), "--max-params", "1000", "--no-progress"]) == 2
     assert "more than --max-params 1,000" in capsys.readouterr().err
 
 
@@ -254,7 +254,7 @@ def test_resume_refuses_fifo_in_run_dir(
     run = Path(shutil.copytree(two_epoch_run, tmp_path / "run"))
     (run / name).unlink()
     os.mkfifo(run / name)
-    code = _with_deadline(cli.main, ["--resume", str(run), "--epochs", "3"], 60, [run / name])
+    code = _with_deadline(train_cli.main, ["--resume", str(run), "--epochs", "3"], 60, [run / name])
     err = capsys.readouterr().err
     assert code == 2 and f"{run / name} is a FIFO" in err and "Traceback" not in err, err
     assert _epochs_in_last(run) == 2
@@ -265,7 +265,7 @@ def test_eval_refuses_fifo_report(two_epoch_run: Path, tmp_path: Path, capsys: p
     os.mkfifo(report)
     checkpoint = two_epoch_run / "checkpoints" / "last.safetensors"
     args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--no-progress"]
-    code = _with_deadline(evaluate_cli.main, args, 60, [report])
+    code = _with_deadline(eval_cli.main, args, 60, [report])
     err = capsys.readouterr().err
     assert code == 2 and f"{report} is a FIFO" in err, err
 

@@ -46,9 +46,9 @@ from typing import Any
 
 from gsanet.config import load_yaml, upgrade_config
 from gsanet.errors import CheckpointError, ConfigError
-from gsanet.train.cli import Terminated
 from gsanet.train.metadata import RunSummary
 from gsanet.train.rundir import RunDir, read_summary
+from gsanet.train.train_cli import Terminated
 
 from .plans import RunSpec, data_slug
 
@@ -381,8 +381,8 @@ def _train(command: list[str], log_path: Path, ctx: RunnerContext) -> int:
 
 @contextlib.contextmanager
 def owned_children(ctx: RunnerContext) -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`~gsanet.train.cli.Terminated` (a ``KeyboardInterrupt``) in the main
-    thread, and any ``KeyboardInterrupt`` stops the children (:meth:`RunnerContext.stop_children`) before it
+    """Within the block, SIGTERM raises :class:`~gsanet.train.train_cli.Terminated` (a ``KeyboardInterrupt``) in the
+    main thread, and any ``KeyboardInterrupt`` stops the children (:meth:`RunnerContext.stop_children`) before it
     propagates. The handler is installed only from the main thread (elsewhere the block only stops the children)."""
 
     def terminated(signum: int, frame: Any) -> None:

@@ -3,7 +3,7 @@
 Modules: ``config`` (the typed configs of the two commands), ``data`` (datasets and
 loaders), ``engine`` (:func:`train_one_epoch`, :func:`evaluate`), ``checkpoint`` (safetensors + JSON, atomic),
 ``rundir`` (the run directory and checkpoint metadata contract, :func:`load_model`), ``training`` (the steps of a
-training run), ``distributed`` (torchrun), ``plots`` (curves, confusion matrices), ``cli`` and ``evaluate_cli`` (the
+training run), ``distributed`` (torchrun), ``plots`` (curves, confusion matrices), ``train_cli`` and ``eval_cli`` (the
 two commands).
 """
 
