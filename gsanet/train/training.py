@@ -1,10 +1,12 @@
-"""The training run behind ``gsanet train``: four named steps sharing one :class:`TrainingRun`.
+"""The training run behind ``gsanet train``: named steps sharing one :class:`TrainingRun`.
 
-* :func:`resolve`: the config (defaults < ``--config`` < flags, or the resumed checkpoint's config as the base), the
+* :func:`prepare_run`: the config (defaults < ``--config`` < flags, or the resumed checkpoint's config as the base), the
   distributed context, and the resumed checkpoint, read once;
 * :func:`build`: datasets, loaders, model (with the resumed weights), EMA, optimizer, schedule and precision;
-* :func:`restore`: the training state and progress of the resumed checkpoint (or a fresh start), then the run
-  directory (created for a new run or a fork) with its config, command line and first files;
+* :func:`restore_progress`: the training state and progress of the resumed checkpoint (or a fresh start);
+* :func:`wrap_model`: ``torch.compile`` and DDP;
+* :func:`open_run`: the run directory (created for a new run or a fork) with its config, command line and first
+  files;
 * :func:`fit`: the epochs, a checkpoint commit and a metrics row after each; then :func:`finish` writes the curves
   and ``summary.json``.
 
@@ -94,10 +96,12 @@ __all__ = [
     "finish",
     "fit",
     "format_seconds",
-    "resolve",
-    "restore",
+    "open_run",
+    "prepare_run",
+    "restore_progress",
     "run_training",
     "warn_batchnorm",
+    "wrap_model",
 ]
 
 _logger = logging.getLogger("gsanet.train")
@@ -109,7 +113,7 @@ NOT_FROM_CHECKPOINT = ("out", "name", "data_dir", "max_params")
 """Config keys a resumed checkpoint (or an empty run's ``config.yaml``) never sets, as they are untrusted: where the
 run is written comes from ``--resume`` (continued in place) or the flags (a fork), the model-size limit from the
 flags, and the data directory from ``--data-dir`` (the checkpoint's is only read, never created or downloaded into:
-see :func:`resolve`)."""
+see :func:`prepare_run`)."""
 
 
 @dataclass
@@ -121,8 +125,8 @@ class TrainingRun:
         argv: The command line (for ``command.txt``).
         ctx: The distributed context.
         stop_after: Epochs to run in this invocation (None: to the end).
-        run_dir: The run directory (None until :func:`restore` makes a new one).
-        checkpoint: The checkpoint resumed from (released by :func:`restore`).
+        run_dir: The run directory (None until :func:`open_run` makes a new one).
+        checkpoint: The checkpoint resumed from (released by :func:`restore_progress`).
         resume_from: Its file.
         fork: Whether the resumed run continues in a new run directory.
         lock: The lock of the run directory held by this process (rank 0), released by :func:`run_training`.
@@ -130,7 +134,8 @@ class TrainingRun:
         info, datasets, train_loader, val_loader: The data (:func:`build`).
         model, model_args, params, model_ema, optimizer, lr_scheduler, amp_dtype, scaler: The model and its
             training (:func:`build`).
-        run_id, start_epoch, num_updates, train_seconds, history, best: The progress (:func:`restore`, :func:`fit`).
+        run_id, start_epoch, num_updates, train_seconds, history, best: The progress (:func:`restore_progress`,
+            :func:`fit`).
         writer: The TensorBoard writer of rank 0, if any.
     """
 
@@ -209,9 +214,11 @@ def run_training(args: argparse.Namespace, argv: Sequence[str]) -> RunSummary:
     """
     run: TrainingRun | None = None
     try:
-        run = resolve(args, argv)
+        run = prepare_run(args, argv)
         build(run)
-        restore(run)
+        restore_progress(run)
+        wrap_model(run)
+        open_run(run)
         fit(run)
         return finish(run)
     except KeyboardInterrupt as e:
@@ -222,7 +229,7 @@ def run_training(args: argparse.Namespace, argv: Sequence[str]) -> RunSummary:
             run.lock.release()
 
 
-# -------------------------------------------------------------------------------------------------- resolve
+# ---------------------------------------------------------------------------------------------- prepare_run
 def _is_rank0() -> bool:
     """Whether this process is rank 0 (``torchrun`` sets ``RANK``; read before the process group exists)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -230,8 +237,8 @@ def _is_rank0() -> bool:
 
 @dataclass
 class _Resumed:
-    """What ``--resume`` brings into :func:`resolve`: the target, its metadata (None for an empty run) and the config
-    it was trained with (``source``), before the untrusted keys are dropped."""
+    """What ``--resume`` brings into :func:`prepare_run`: the target, its metadata (None for an empty run) and the
+    config it was trained with (``source``), before the untrusted keys are dropped."""
 
     target: ResumeTarget
     fork: bool
@@ -318,7 +325,7 @@ def _check_resumed_config(cfg: TrainConfig, resumed: _Resumed) -> None:
         )
 
 
-def resolve(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
+def prepare_run(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
     """The config, the distributed context and the resumed checkpoint (read once) of a ``gsanet train`` command.
 
     A run continued in place is locked (:class:`RunLock`) before its checkpoint is read. The resumed checkpoint's
@@ -500,7 +507,7 @@ def warn_batchnorm(model: nn.Module, cfg: TrainConfig, ctx: DistContext) -> str 
     return message
 
 
-# -------------------------------------------------------------------------------------------------- restore
+# --------------------------------------------------------------------------------------------- restore_progress
 def _training_state(optimizer: torch.optim.Optimizer, scaler: Any) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs (the schedule is a function of the config and the
     update count, so it is rebuilt, not stored)."""
@@ -520,7 +527,7 @@ def _restore_state(run: TrainingRun, checkpoint: Checkpoint) -> None:
     Raises:
         CheckpointError: The training state does not fit the optimizer.
     """
-    meta, state = checkpoint.meta, checkpoint.state
+    meta, state = CheckpointMeta.from_dict(checkpoint.meta, checkpoint.path, RESUME_KEYS), checkpoint.state
     try:
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scaler is not None and "scaler" in state:
@@ -533,22 +540,27 @@ def _restore_state(run: TrainingRun, checkpoint: Checkpoint) -> None:
             f"{checkpoint.path} has an unusable training state ({type(e).__name__}: {e}); resume from another "
             "checkpoint or start a new run"
         ) from e
-    num_updates, updates_per_epoch = meta["num_updates"], len(run.train_loader)
-    if meta["updates_per_epoch"] != updates_per_epoch:
-        rescaled = meta["epoch"] * updates_per_epoch
+    num_updates, updates_per_epoch = meta.num_updates, len(run.train_loader)
+    if meta.updates_per_epoch != updates_per_epoch:
+        rescaled = meta.epoch * updates_per_epoch
         _logger.warning(
             "updates per epoch changed from %d to %d (another world size, batch size or subset): the schedule "
             "continues at epoch %d (update %d instead of %d)",
-            meta["updates_per_epoch"], updates_per_epoch, meta["epoch"], rescaled, num_updates,
+            meta.updates_per_epoch, updates_per_epoch, meta.epoch, rescaled, num_updates,
         )  # fmt: skip
         num_updates = rescaled
     if run.lr_scheduler is not None:
         run.lr_scheduler.step_update(num_updates=num_updates)
-    run.start_epoch, run.num_updates, run.train_seconds = meta["epoch"], num_updates, meta["train_seconds"]
-    run.history, run.best, run.run_id = meta["history"], meta["best"], meta["run_id"]
+    run.start_epoch, run.num_updates, run.train_seconds = meta.epoch, num_updates, meta.train_seconds
+    run.history, run.best, run.run_id = meta.history, meta.best, meta.run_id
 
 
-def _restore_progress(run: TrainingRun) -> None:
+def restore_progress(run: TrainingRun) -> None:
+    """The training state and progress of the resumed checkpoint (released afterwards), or a fresh start.
+
+    Raises:
+        CheckpointError: The checkpoint's training state does not fit the optimizer.
+    """
     run.run_id = uuid.uuid4().hex
     checkpoint, run.checkpoint = run.checkpoint, None  # released: the weights and state are in the model now
     if checkpoint is None:
@@ -562,22 +574,25 @@ def _restore_progress(run: TrainingRun) -> None:
         run.best = {"epoch": run.start_epoch, "top1": -1.0 if top1 is None else float(top1)}
 
 
-def restore(run: TrainingRun) -> None:
-    """Restore the resumed training state and progress (or start fresh), wrap the model for compilation and DDP, and
-    open the run directory (a new one for a new run or a fork).
-
-    Raises:
-        UserError: An unusable training state, or a run directory that cannot be created or written.
-    """
-    _restore_progress(run)
-    cfg, ctx = run.cfg, run.ctx
-    if cfg.compile:
+def wrap_model(run: TrainingRun) -> None:
+    """Compile the model (``--compile``) and wrap it for DDP (under ``torchrun``), after its state was restored."""
+    if run.cfg.compile:
         run.model = torch.compile(run.model)
-    if ctx.distributed:
-        device = ctx.device
+    if run.ctx.distributed:
+        device = run.ctx.device
         run.model = nn.parallel.DistributedDataParallel(
             run.model, device_ids=[device] if device.type == "cuda" else None
         )
+
+
+def open_run(run: TrainingRun) -> None:
+    """Create and lock the run directory of a new run or a fork (rank 0 decides, every rank learns it), then write its
+    first files.
+
+    Raises:
+        UserError: The run directory cannot be created or written.
+    """
+    cfg, ctx = run.cfg, run.ctx
     if run.run_dir is None:
 
         def create_and_lock() -> Path:
