@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,31 @@ from PIL import Image
 from gsanet.datasets import DATASETS
 from gsanet.errors import DataError
 from gsanet.train.data import (
+    IDX_DTYPES,
     SYSTEM_FASHION_MNIST_DIR,
     create_datasets,
     create_loader,
     find_fashion_mnist,
     read_idx,
     set_epoch,
-    write_idx,
 )
 from gsanet.train.distributed import DistContext
 
 FMNIST = DATASETS["fashion-mnist"]
+
+
+def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
+    """Write a uint8/int8/int16/int32/float32/float64 tensor as an idx file (gzip if the name ends in ``.gz``)."""
+    path = Path(path)
+    array = tensor.detach().cpu().numpy()
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
+    if array.dtype not in codes:
+        raise ValueError(f"idx files hold uint8, int8, int16, int32, float32 or float64, not {array.dtype}")
+    data = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data += array.astype(array.dtype.newbyteorder(">")).tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(data)
 
 
 def write_fake_fashion_mnist(folder: Path, n_train: int = 64, n_val: int = 32, seed: int = 0) -> Path:

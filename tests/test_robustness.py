@@ -30,12 +30,12 @@ from gsanet.train import checkpoint as ckpt_mod
 from gsanet.train import eval_cli, train_cli, training
 from gsanet.train.checkpoint import json_safe, load_checkpoint, read_metadata, save_checkpoint
 from gsanet.train.config import TrainConfig
-from gsanet.train.data import create_datasets, write_idx
+from gsanet.train.data import create_datasets
 from gsanet.train.distributed import DistContext
 from gsanet.train.engine import create_model
 from gsanet.train.metadata import require_meta
 
-from .test_data import count_resized, write_fake_fashion_mnist, write_image_folder
+from .test_data import count_resized, write_fake_fashion_mnist, write_idx, write_image_folder
 from .test_train import TINY, finished_run, tiny_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         nargs="+",
         default=["auto"],
-        help="datasets: fashion-mnist, cifar10, cifar100, or auto = fashion-mnist plus every CIFAR present in "
-        "--data-dir (default: auto)",
+        help=f"datasets: {', '.join(DATASETS)}, or auto = every one found in --data-dir (fashion-mnist always: it has "
+        "system copies and a download) (default: auto)",
     )
     p.add_argument("--data-dir", help="dataset root (default: the recipe's data_dir)")
     add_out_flag(p, "directory of the tables (default: results)", default="results")
@@ -286,7 +286,7 @@ def _main(argv: list[str]) -> int:
     if args.plan == "study":
         from . import study
 
-        return study.main(args, argv, datasets, ctx)
+        return study.study_command(args, argv, datasets, ctx)
     if args.dry_run:
         _dry_run(plans, specs, datasets, ctx)
         return 0

@@ -57,6 +57,7 @@ __all__ = [
     "collect",
     "final_specs",
     "run_study",
+    "study_command",
     "sweep_specs",
     "write_report",
 ]
@@ -515,7 +516,7 @@ def dry_run(study: Study, data: str, ctx: RunnerContext) -> None:
                 print(f"{status.state:8s} {spec.run_dir}  {status.detail}".rstrip())
 
 
-def main(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerContext) -> int:
+def study_command(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerContext) -> int:
     """``gsanet experiment study``: train (unless ``--dry-run``/``--table-only``), then write the report.
 
     Returns 0 when every run of the study is finished (or for a dry run / table-only), 1 when a run is not or a train

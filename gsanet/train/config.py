@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gsanet.config import MAX_IMG_SIZE
+from gsanet.datasets import DATASETS
 from gsanet.errors import ConfigError
 
 __all__ = [
@@ -62,7 +63,7 @@ class TrainConfig:
     drop_rate: float = _help("dropout before the classifier", default=0.0)
     drop_path_rate: float = _help("stochastic depth rate", default=0.0)
     # data
-    data: str = _help("fashion-mnist, cifar10, cifar100, or a folder with train/ and val/", default="fashion-mnist")
+    data: str = _help(f"{', '.join(DATASETS)}, or a folder with train/ and val/", default="fashion-mnist")
     data_dir: str = _help("where torchvision datasets are looked for and downloaded", default="data")
     download: bool = _help("download fashion-mnist/cifar with torchvision when missing", default=True)
     img_size: int | None = _help(

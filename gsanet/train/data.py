@@ -71,6 +71,7 @@ __all__ = [
     "find_class_images",
     "find_fashion_mnist",
     "format_bytes",
+    "IDX_DTYPES",
     "idx_file",
     "quiet_worker",
     "read_idx",
@@ -79,7 +80,6 @@ __all__ = [
     "to_8bit",
     "upright_8bit",
     "usable_cpus",
-    "write_idx",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+"""The element types of idx files by their type code (the third byte of the header)."""
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _MAX_IDX_BYTES = 2**34  # 16 GiB: a header asking for more is corrupt (and is refused before anything is read)
 
@@ -135,14 +136,14 @@ def read_idx(path: str | Path) -> torch.Tensor:
     try:
         with opener(path, "rb") as f:
             magic = _read_exactly(f, 4)
-            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
                 raise DataError(f"{path} is not an idx file (bad magic number); {fix}")
             ndim = magic[3]
             dims = _read_exactly(f, 4 * ndim)
             if len(dims) < 4 * ndim:
                 raise DataError(f"{path} is truncated (incomplete header); {fix}")
             shape = struct.unpack(f">{ndim}I", dims)
-            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            dtype = np.dtype(IDX_DTYPES[magic[2]])
             expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
             if expected > _MAX_IDX_BYTES:
                 raise DataError(f"{path} announces {tuple(shape)} {dtype} elements ({expected} bytes): corrupt; {fix}")
@@ -158,20 +159,6 @@ def read_idx(path: str | Path) -> torch.Tensor:
         )
     array = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
-
-
-def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
-    """Write a uint8/int8/int16/int32/float32/float64 tensor as an idx file (gzip if the name ends in ``.gz``)."""
-    path = Path(path)
-    array = tensor.detach().cpu().numpy()
-    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
-    if array.dtype not in codes:
-        raise ValueError(f"idx files hold uint8, int8, int16, int32, float32 or float64, not {array.dtype}")
-    data = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data += array.astype(array.dtype.newbyteorder(">")).tobytes()
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(data)
 
 
 def idx_file(folder: Path, stem: str) -> Path | None:
@@ -616,8 +603,8 @@ def _image_folder(
 ) -> tuple[dict[str, Dataset], DataInfo]:
     if not root.exists():
         raise DataError(
-            f"dataset directory {root} does not exist; --data is fashion-mnist, cifar10, cifar100 or the path of a "
-            "folder with train/ and val/ subfolders (one folder per class, the ImageNet layout)"
+            f"dataset directory {root} does not exist; --data is {', '.join(DATASETS)} or the path of a folder with "
+            "train/ and val/ subfolders (one folder per class, the ImageNet layout)"
         )
     if not root.is_dir():
         raise DataError(f"--data {root} is a file, not a folder; give a folder with train/ and val/ subfolders")
