@@ -74,7 +74,7 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
             data_dir,
             splits=("val",),
             download=cfg.download and (bool(cfg.data_dir) or data_dir == TrainConfig.data_dir),
-            img_size=model_args["img_size"],
+            img_size=model_args.img_size,
             model_name=meta.model,
             val_subset=cfg.val_subset,
             class_names=trained_names if by_name else None,  # an image folder's classes are then mapped by name
@@ -86,9 +86,9 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
             f"{e} (the data directory {data_dir} is the checkpoint's, which is only read, never downloaded into: "
             "pass --data-dir to choose one)"
         ) from e
-    if info.num_classes != model_args["num_classes"] or info.in_chans != model_args["in_chans"]:
+    if info.num_classes != model_args.num_classes or info.in_chans != model_args.in_chans:
         raise DataError(
-            f"{path} was trained for {model_args['num_classes']} classes of {model_args['in_chans']}-channel images, "
+            f"{path} was trained for {model_args.num_classes} classes of {model_args.in_chans}-channel images, "
             f"but {data} has {info.num_classes} classes of {info.in_chans}-channel images; evaluate on "
             f"--data {train_cfg['data']} (or a dataset with the same classes)"
         )

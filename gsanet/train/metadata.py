@@ -20,7 +20,16 @@ from gsanet.errors import CheckpointError, ConfigError
 
 from .config import check_model_kwargs
 
-__all__ = ["METRIC_KEYS", "MODEL_KEYS", "RESUME_KEYS", "CheckpointMeta", "RunSummary", "is_int", "require_meta"]
+__all__ = [
+    "METRIC_KEYS",
+    "MODEL_KEYS",
+    "RESUME_KEYS",
+    "CheckpointMeta",
+    "ModelArgs",
+    "RunSummary",
+    "is_int",
+    "require_meta",
+]
 
 METRIC_KEYS = (
     "epoch", "lr", "train_loss", "train_top1", "train_images_per_s", "val_loss", "val_top1", "val_top5",
@@ -53,8 +62,33 @@ def _is_text(value: Any, max_len: int = 4096) -> bool:
     return isinstance(value, str) and len(value) <= max_len
 
 
+@dataclass(frozen=True)
+class ModelArgs:
+    """The arguments of :func:`~gsanet.train.engine.create_model` besides the model name, as a checkpoint stores them.
+
+    Attributes:
+        num_classes: Classifier outputs (from the data).
+        in_chans: Input channels (from the data).
+        img_size: Input size the model is built for (None: the model's default).
+        drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic depth rate.
+        model_kwargs: Extra ``timm.create_model`` arguments.
+    """
+
+    num_classes: int
+    in_chans: int
+    img_size: int | None
+    drop_rate: float
+    drop_path_rate: float
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``create_model`` (and the JSON of the checkpoint metadata)."""
+        return dataclasses.asdict(self)
+
+
 def _model_args_problem(args: Any) -> str | None:
-    keys = {"num_classes", "in_chans", "img_size", "drop_rate", "drop_path_rate", "model_kwargs"}
+    keys = {f.name for f in dataclasses.fields(ModelArgs)}
     if not isinstance(args, dict) or set(args) != keys:
         return f"must be a mapping of exactly {', '.join(sorted(keys))}"
     if not is_int(args["num_classes"], 1, 1_000_000):
@@ -158,7 +192,7 @@ class CheckpointMeta:
 
     run_id: str | None = None
     model: str | None = None
-    model_args: dict[str, Any] | None = None
+    model_args: ModelArgs | None = None
     data: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     world_size: int | None = None
@@ -199,11 +233,17 @@ class CheckpointMeta:
         """
         checked = cls.check(meta, path)
         require_meta(checked, tuple(require), path)
-        return cls(**{k: v for k, v in checked.items() if v is not None})
+        values = {k: v for k, v in checked.items() if v is not None}
+        if "model_args" in values:
+            values["model_args"] = ModelArgs(**values["model_args"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata as stored in a checkpoint (the fields that are set, in field order)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        if self.model_args is not None:
+            values["model_args"] = self.model_args.kwargs()
+        return values
 
     @property
     def last_row(self) -> dict[str, Any]:

@@ -59,7 +59,7 @@ from .checkpoint import (
 )
 from .config import DEFAULT_MAX_PARAMS, TrainConfig
 from .engine import create_model
-from .metadata import METRIC_KEYS, MODEL_KEYS, CheckpointMeta, RunSummary
+from .metadata import METRIC_KEYS, MODEL_KEYS, CheckpointMeta, ModelArgs, RunSummary
 
 try:  # POSIX; elsewhere (Windows) a run directory has no lock, see RunLock
     import fcntl
@@ -474,7 +474,7 @@ def checkpoint_file(source: str | Path) -> Path:
     return best_checkpoint(path) if path.is_dir() else path
 
 
-def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, fix: str) -> nn.Module:
+def check_model_size(name: str, model_args: ModelArgs, max_params: int, fix: str) -> nn.Module:
     """Refuse a model that is too large or that its arguments break, before any memory is allocated for it.
 
     The model is built on the ``meta`` device (shapes only), so the parameters are counted exactly at no cost; the
@@ -493,7 +493,7 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
     Raises:
         ConfigError: The model rejects its arguments, or is larger than the limits.
     """
-    img_size, in_chans = model_args.get("img_size"), model_args["in_chans"]
+    img_size, in_chans = model_args.img_size, model_args.in_chans
     if img_size is not None and in_chans * img_size * img_size > MAX_INPUT_ELEMENTS:
         raise ConfigError(
             f"{in_chans} channels at {img_size}x{img_size} is more than {MAX_INPUT_ELEMENTS} input values per image "
@@ -501,11 +501,11 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
         )
     try:
         with torch.device("meta"):
-            model = create_model(name, **model_args)
+            model = create_model(name, **model_args.kwargs())
     except ConfigError:
         raise
     except (ValueError, TypeError, AssertionError, ArithmeticError, RuntimeError, KeyError, IndexError) as e:
-        kwargs = dict(model_args.get("model_kwargs") or {})
+        kwargs = dict(model_args.model_kwargs)
         if "meta" in str(e):  # the model reads tensor values while it is built: it cannot be sized without memory
             raise ConfigError(
                 f"model {name} cannot be built on the meta device to count its parameters before allocating them "
@@ -515,7 +515,7 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
     params = sum(p.numel() for p in model.parameters())
     if params > max_params:
         raise ConfigError(
-            f"model {name} with {dict(model_args.get('model_kwargs') or {})}, {model_args['num_classes']} classes and "
+            f"model {name} with {dict(model_args.model_kwargs)}, {model_args.num_classes} classes and "
             f"{in_chans} input channels has {params:,} parameters ({params * 4 / 2**30:.1f} GiB in float32), more "
             f"than --max-params {max_params:,}; {fix}, or raise --max-params if it is meant"
         )
@@ -549,6 +549,6 @@ def load_model(
     weights = checkpoint.ema_state if use_ema else checkpoint.model_state
     check_state_dict(skeleton.state_dict(), weights, model_name=meta.model, checkpoint_model=meta.model, path=path)
     check_finite(weights, path, "EMA weights" if use_ema else "weights")
-    model = create_model(meta.model, **meta.model_args)
+    model = create_model(meta.model, **meta.model_args.kwargs())
     model.load_state_dict(weights)
     return LoadedModel(model.eval(), meta, path, "ema" if use_ema else "model")

@@ -69,7 +69,7 @@ from .engine import (
     seed_everything,
     train_one_epoch,
 )
-from .metadata import RESUME_KEYS, CheckpointMeta, RunSummary
+from .metadata import RESUME_KEYS, CheckpointMeta, ModelArgs, RunSummary
 from .plots import plot_curves
 from .rundir import (
     ResumeTarget,
@@ -140,7 +140,7 @@ class TrainState:
     """
 
     model: nn.Module
-    model_args: dict[str, Any]
+    model_args: ModelArgs
     params: int
     model_ema: ModelEmaV3 | None
     optimizer: torch.optim.Optimizer
@@ -408,15 +408,15 @@ def _resolve_run(
 
 
 # ---------------------------------------------------------------------------------------------------- build
-def _model_args(cfg: TrainConfig, info: DataInfo) -> dict[str, Any]:
-    return {
-        "num_classes": info.num_classes,
-        "in_chans": info.in_chans,
-        "img_size": info.img_size,
-        "drop_rate": cfg.drop_rate,
-        "drop_path_rate": cfg.drop_path_rate,
-        "model_kwargs": dict(cfg.model_kwargs),
-    }
+def _model_args(cfg: TrainConfig, info: DataInfo) -> ModelArgs:
+    return ModelArgs(
+        num_classes=info.num_classes,
+        in_chans=info.in_chans,
+        img_size=info.img_size,
+        drop_rate=cfg.drop_rate,
+        drop_path_rate=cfg.drop_path_rate,
+        model_kwargs=dict(cfg.model_kwargs),
+    )
 
 
 def build_data(cfg: TrainConfig, ctx: DistContext, read_only_data: bool = False) -> RunData:
@@ -459,7 +459,7 @@ def build_data(cfg: TrainConfig, ctx: DistContext, read_only_data: bool = False)
 
 
 def _build_model(
-    cfg: TrainConfig, ctx: DistContext, info: DataInfo, model_args: dict[str, Any], checkpoint: Checkpoint | None
+    cfg: TrainConfig, ctx: DistContext, info: DataInfo, model_args: ModelArgs, checkpoint: Checkpoint | None
 ) -> nn.Module:
     skeleton = check_model_size(cfg.model, model_args, cfg.max_params, "fix --model or --model-kwargs")
     if checkpoint is not None:  # checked on the meta-device skeleton: nothing is allocated for weights that do not fit
@@ -471,7 +471,7 @@ def _build_model(
             path=checkpoint.path,
         )
         check_finite(checkpoint.model_state, checkpoint.path)
-    model = create_model(cfg.model, **model_args)
+    model = create_model(cfg.model, **model_args.kwargs())
     check_step_memory(model, info.in_chans, info.img_size, cfg.batch_size, ctx.device)  # before a step
     if checkpoint is not None:
         model.load_state_dict(checkpoint.model_state)
