@@ -13,8 +13,8 @@ import sys
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("gsanet.train.cli", "train a model (Fashion-MNIST by default)"),
-    "eval": ("gsanet.train.evaluate_cli", "evaluate a checkpoint: top-1/top-5, loss, images/s, confusion matrix"),
+    "train": ("gsanet.train.train_cli", "train a model (Fashion-MNIST by default)"),
+    "eval": ("gsanet.train.eval_cli", "evaluate a checkpoint: top-1/top-5, loss, images/s, confusion matrix"),
     "summary": ("gsanet.models.summary", "parameters and FLOPs of every model, beside the paper's figures"),
     "bench": ("gsanet.bench.cli", "speed and memory benchmarks against convolution and the attention peers"),
     "experiment": ("gsanet.experiments.cli", "GSA vs conv vs attention peers, and the ablations, over seeds"),

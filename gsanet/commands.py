@@ -2,9 +2,9 @@
 
 The convention:
 
-- The same flag for the same thing: ``--out DIR`` is where results go (``--output`` is accepted too), ``--batch-size
-  N`` the batch size (``--batch`` is accepted too), ``--config YAML`` a file of config keys (:func:`flag_names`).
-- One config loader, :func:`resolve` (:func:`gsanet.train.config.resolve_config`): dataclass defaults < the
+- The same flag for the same thing: ``--out DIR`` is where results go, ``--batch-size N`` the batch size,
+  ``--config YAML`` a file of config keys; a config field's flag is its name (:func:`flag_name`).
+- One config loader, :func:`resolve` (:func:`gsanet.config.resolve_config`): dataclass defaults < the
   ``--config`` YAML < explicit flags; unknown keys, wrong types and values the config refuses are errors.
 - One logging set-up, :func:`setup_logging`: the ``gsanet`` loggers write their messages to stderr; results and
   tables go to stdout.
@@ -13,7 +13,8 @@ The convention:
   made by :class:`ArgumentParser` reports its usage errors the same way.
 
 A command module's ``main(argv)`` is ``return run("<command>", _main, argv)`` with ``_main(argv) -> int``. This
-module imports :mod:`gsanet.train` only inside its functions, so that ``gsanet.train`` may build its parsers with it.
+module builds on :mod:`gsanet.errors`, :mod:`gsanet.config` and :mod:`gsanet.files` only; ``gsanet.train`` and the
+other command packages build on it.
 """
 
 from __future__ import annotations
@@ -23,70 +24,58 @@ import dataclasses
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .config import field_types, key_value, optional_scalar, resolve_config, split_optional
+from .errors import CheckpointError, UserError, error_message
+from .files import ensure_writable
+
 __all__ = [
-    "FLAG_NAMES",
     "ArgumentParser",
-    "UserError",
     "add_batch_size_flag",
     "add_config_flag",
     "add_out_flag",
+    "build_parser",
     "bounded_int",
     "check_out_dir",
     "error_line",
-    "flag_names",
+    "flag_name",
     "rank_prefix",
     "resolve",
     "run",
     "setup_logging",
-    "user_errors",
 ]
 
 C = TypeVar("C")
 
-FLAG_NAMES: dict[str, tuple[str, ...]] = {
-    "out": ("--out", "--output"),
-    "output": ("--out", "--output"),  # the train/eval config key (kept, so that config.yaml files stay the same)
-    "batch_size": ("--batch-size", "--batch"),
-}
-"""The command-line spellings of the config fields every command shares; the first is the documented one."""
-
-
-class UserError(Exception):
-    """A mistake in a command's flags or inputs; the message names the problem (and the fix) in one line."""
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The errors :func:`run` reports as one line with exit code 2: :class:`UserError` and ``TrainError`` (a bad
-    config, data or checkpoint, a diverging run)."""
-    from gsanet.train.config import TrainError
-
-    return (UserError, TrainError)
-
-
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser whose usage errors raise :class:`UserError`, so that :func:`run` reports them in one line."""
+    """argparse's parser whose usage errors raise :class:`UserError`, so that :func:`run` reports them in one line,
+    and which takes no abbreviated flags (one spelling per flag: ``--batch`` is not ``--batch-size``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def flag_names(field: str) -> tuple[str, ...]:
-    """The flags of a config field: the shared spellings of :data:`FLAG_NAMES`, else ``--field-name``."""
-    return FLAG_NAMES.get(field, ("--" + field.replace("_", "-"),))
+def flag_name(field: str) -> str:
+    """The flag of a config field: ``--field-name``."""
+    return "--" + field.replace("_", "-")
 
 
 def add_out_flag(parser: argparse.ArgumentParser, help_: str, *, dest: str = "out", **kwargs: Any) -> None:
-    """``--out DIR`` (also ``--output``): where the command writes its results."""
-    parser.add_argument(*flag_names("out"), dest=dest, metavar="DIR", help=help_, **kwargs)
+    """``--out DIR``: where the command writes its results."""
+    parser.add_argument(flag_name("out"), dest=dest, metavar="DIR", help=help_, **kwargs)
 
 
 def add_batch_size_flag(parser: argparse.ArgumentParser, help_: str, **kwargs: Any) -> None:
-    """``--batch-size N`` (also ``--batch``)."""
-    parser.add_argument(*flag_names("batch_size"), dest="batch_size", type=int, metavar="N", help=help_, **kwargs)
+    """``--batch-size N``."""
+    parser.add_argument(flag_name("batch_size"), dest="batch_size", type=int, metavar="N", help=help_, **kwargs)
 
 
 def add_config_flag(
@@ -94,6 +83,26 @@ def add_config_flag(
 ) -> None:
     """``--config YAML``: a file of config keys, loaded by :func:`resolve`."""
     parser.add_argument("--config", metavar="YAML", help=help_)
+
+
+def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with ``--config`` and one flag per field of ``cls`` (absent flags stay absent)."""
+    parser = ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="YAML", help="yaml file of config keys (explicit flags override it)")
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        base, optional = split_optional(field_types(cls)[f.name])
+        help_ = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)!r})"
+        if base is bool:
+            parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
+        elif typing.get_origin(base) is dict:
+            parser.add_argument(
+                flag_name(f.name), dest=f.name, nargs="*", type=key_value, metavar="KEY=VALUE", help=help_
+            )
+        else:
+            parse = optional_scalar(base) if optional else base
+            parser.add_argument(flag_name(f.name), dest=f.name, type=parse, metavar=base.__name__.upper(), help=help_)
+    return parser
 
 
 def bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
@@ -119,9 +128,6 @@ def check_out_dir(out: str | Path, what: str = "results", flag: str = "--out") -
     Raises:
         UserError: It is a file, cannot be created, or is not writable (read-only, ``/proc``, no permission).
     """
-    from gsanet.train.checkpoint import ensure_writable  # the one write probe (train imports this module)
-    from gsanet.train.errors import CheckpointError
-
     out = Path(out)
     try:
         ensure_writable(out)
@@ -141,8 +147,6 @@ def resolve(cls: type[C], args: argparse.Namespace) -> C:
         ConfigError: An unknown key or a value of the wrong type (in the file).
         UserError: A value the config refuses (its ``ValueError``).
     """
-    from gsanet.train.config import resolve_config
-
     names = {f.name for f in dataclasses.fields(cls)}
     explicit = {k: v for k, v in vars(args).items() if k in names}
     try:
@@ -184,14 +188,12 @@ def setup_logging(verbose: bool = False, *, level: int = logging.INFO, prefix: s
 
 def error_line(command: str, error: BaseException) -> str:
     """``gsanet <command>: error: <message>`` (after :func:`rank_prefix`), the message's lines joined into one."""
-    from gsanet.train.config import error_message
-
     message = " ".join(error_message(error).split())
     return f"{rank_prefix()}gsanet {command}: error: {message}"
 
 
 def run(command: str, body: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a command's ``body(argv)`` and return its exit code: a :func:`user_errors` error is printed by
+    """Run a command's ``body(argv)`` and return its exit code: a :class:`~gsanet.errors.UserError` is printed by
     :func:`error_line` and gives 2, ``--help`` gives 0. The ``gsanet`` logger is restored afterwards.
 
     Args:
@@ -204,7 +206,7 @@ def run(command: str, body: Callable[[list[str]], int | None], argv: Sequence[st
     saved = (list(logger.handlers), logger.level, logger.propagate)
     try:
         return int(body(argv) or 0)
-    except user_errors() as e:
+    except UserError as e:
         print(error_line(command, e), file=sys.stderr)
         return 2
     except SystemExit as e:  # argparse's --help (0), or a usage error of a plain argparse parser (2, printed)

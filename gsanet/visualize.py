@@ -45,9 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gsanet.commands import ArgumentParser, UserError, add_out_flag, bounded_int, check_out_dir, run
+from gsanet.commands import ArgumentParser, add_out_flag, bounded_int, check_out_dir, run
+from gsanet.config import MAX_IMG_SIZE
+from gsanet.errors import UserError
 from gsanet.layers import GlobalSelfAttention
-from gsanet.train.config import MAX_IMG_SIZE
 
 __all__ = [
     "AttentionMaps",
@@ -109,7 +110,7 @@ def load_subject(
 
     Raises:
         ValueError: Neither or both of checkpoint and model, or no shipped weights for ``model``.
-        TrainError: A missing, corrupt, malformed or non-finite checkpoint (``gsanet.train.errors``).
+        UserError: A missing, corrupt, malformed or non-finite checkpoint (``gsanet.errors``).
     """
     import timm
 
@@ -280,7 +281,8 @@ def load_image(
         data_dir: Where to look for the Fashion-MNIST idx files first.
     """
     if fmnist_index is not None:
-        from gsanet.train.data import FASHION_MNIST_CLASSES, find_fashion_mnist, idx_file, read_idx
+        from gsanet.datasets import DATASETS
+        from gsanet.train.data import find_fashion_mnist, idx_file, read_idx
 
         folder = find_fashion_mnist(data_dir)
         if folder is None:
@@ -289,7 +291,7 @@ def load_image(
         labels = read_idx(idx_file(folder, "t10k-labels-idx1-ubyte"))
         if not 0 <= fmnist_index < len(images):
             raise ValueError(f"--fmnist-index must be in 0..{len(images) - 1}")
-        label = FASHION_MNIST_CLASSES[int(labels[fmnist_index])]
+        label = DATASETS["fashion-mnist"].class_names[int(labels[fmnist_index])]
         return images[fmnist_index].numpy().astype(np.float32) / 255.0, f"Fashion-MNIST test #{fmnist_index} ({label})"
     if skimage_name is not None:
         import skimage.data

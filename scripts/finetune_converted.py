@@ -25,8 +25,10 @@ import torchvision
 from torch import nn
 
 import gsanet
-from gsanet.models.pretrained import FMNIST_MEAN, FMNIST_STD
+from gsanet.datasets import DATASETS
 from gsanet.train.data import find_fashion_mnist, idx_file, read_idx
+
+FMNIST = DATASETS["fashion-mnist"]
 
 
 def build_model(name: str, weights: str | None, num_classes: int) -> nn.Module:
@@ -44,7 +46,7 @@ def load_split(folder: Path, prefix: str, limit: int | None, img_size: int) -> t
     """Fashion-MNIST images as normalised 3-channel ``img_size`` squares, and their labels."""
     images = read_idx(idx_file(folder, f"{prefix}-images-idx3-ubyte"))[:limit].float().unsqueeze(1) / 255.0
     labels = read_idx(idx_file(folder, f"{prefix}-labels-idx1-ubyte"))[:limit].long()
-    images = F.interpolate((images - FMNIST_MEAN[0]) / FMNIST_STD[0], size=(img_size, img_size), mode="bilinear")
+    images = F.interpolate((images - FMNIST.mean[0]) / FMNIST.std[0], size=(img_size, img_size), mode="bilinear")
     return images.expand(-1, 3, -1, -1).contiguous(), labels
 
 

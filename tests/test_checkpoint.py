@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from gsanet.errors import CheckpointError, ConfigError
 from gsanet.train import checkpoint as ckpt_mod
 from gsanet.train.checkpoint import (
     capture_rng_state,
@@ -24,7 +25,6 @@ from gsanet.train.checkpoint import (
     save_checkpoint,
     unpack_state,
 )
-from gsanet.train.config import CheckpointError
 
 
 def _trained() -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -153,3 +153,22 @@ def test_check_state_dict() -> None:
     partial = {k: v for k, v in state.items() if not k.startswith("3.")}
     with pytest.raises(CheckpointError, match="missing: 3.weight, 3.bias"):
         check_state_dict(state, partial, model_name="a", checkpoint_model=None, path="x")
+
+
+def test_the_metadata_types_validate_themselves() -> None:
+    """CheckpointMeta and RunSummary own their schema: a malformed field is refused by the type, whoever reads it."""
+    from gsanet.train.metadata import CheckpointMeta, RunSummary
+
+    good = CheckpointMeta.from_dict({"run_id": "r", "epoch": 3, "unknown": object()}, "x", ("run_id",))
+    assert (good.run_id, good.epoch) == ("r", 3)
+    for bad in ({"epoch": -1}, {"epoch": True}, {"best": {"epoch": 1}}, {"config": {"output": "a", "out": "b"}}):
+        with pytest.raises((CheckpointError, ConfigError)):
+            CheckpointMeta.from_dict(bad, "x")
+    with pytest.raises(CheckpointError, match="lacks the metadata model"):
+        CheckpointMeta.from_dict({"run_id": "r"}, "x", ("model",))
+    assert CheckpointMeta.from_dict({"config": {"output": "runs"}}, "x").config == {"out": "runs"}
+    summary = RunSummary.from_dict({"val_top1": 91, "epochs": 2, "epochs_planned": 2, "plots": {"loss": "l.png"}})
+    assert summary.val_top1 == 91 and summary.finished is True and summary.plots == {"loss": "l.png"}
+    for key, value in (("epochs", "2"), ("finished", 1), ("val_top1", True), ("plots", ["l.png"])):
+        with pytest.raises(CheckpointError, match=f"malformed {key}"):
+            RunSummary.from_dict({key: value})

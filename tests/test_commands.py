@@ -8,10 +8,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,12 +17,9 @@ from gsanet import commands
 from gsanet.bench import cli as bench_cli
 from gsanet.cli import COMMANDS
 from gsanet.cli import main as gsanet_main
+from gsanet.errors import ConfigError
 from gsanet.experiments import cli as exp_cli
 from gsanet.models import summary as summary_cmd
-from gsanet.train.config import ConfigError
-
-LATER: tuple[str, ...] = ()
-"""Commands that adopt the convention after their rewrite: their tests below are expected to fail until then."""
 
 BAD_VALUES = {
     "train": ["--batch-size", "0"],
@@ -45,12 +40,6 @@ MALFORMED = {
     "visualize": ["--model", "gsa_resnet26_tiny", "--layer", "two"],
 }
 """Per command, a value its parser refuses."""
-
-
-def _marked(commands_: Iterable[str]) -> list[Any]:
-    """The commands as test parameters, those of :data:`LATER` marked as expected to fail."""
-    later = pytest.mark.xfail(strict=True, reason="adopts gsanet.commands after its rewrite")
-    return [pytest.param(c, marks=later) if c in LATER else c for c in commands_]
 
 
 def _one_error_line(command: str, argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -77,7 +66,7 @@ def test_bad_value_is_one_line_and_exit_code_2(
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("command", _marked(MALFORMED))
+@pytest.mark.parametrize("command", MALFORMED)
 def test_malformed_value_is_one_line_and_exit_code_2(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -105,27 +94,35 @@ def test_python_dash_m_gsanet_is_the_command_line() -> None:
     assert result.stderr.startswith("gsanet: error: unknown command 'no-such-command'; commands: train, eval")
 
 
-@pytest.mark.parametrize("command", _marked(COMMANDS))
-def test_every_command_takes_out_and_output(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_out_and_no_alias(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert gsanet_main([command, "--help"]) == 0
     text = capsys.readouterr().out
-    assert re.search(r"--out\b(?!put)", text) and "--output" in text
+    assert re.search(r"--out\b", text) and "--output" not in text and not re.search(r"--batch\b(?!-)", text)
 
 
-@pytest.mark.parametrize("flag", ["--out", "--output"])
-def test_out_is_where_results_go(flag: str) -> None:
-    assert bench_cli.build_parser().parse_args(["module", flag, "d"]).out == "d"
-    assert exp_cli.build_parser().parse_args(["compare", flag, "d"]).out == "d"
+def test_out_is_where_results_go() -> None:
+    assert bench_cli.build_parser().parse_args(["module", "--out", "d"]).out == "d"
+    assert exp_cli.build_parser().parse_args(["compare", "--out", "d"]).out == "d"
 
 
-@pytest.mark.parametrize("flag", ["--batch-size", "--batch"])
-def test_batch_size_flag(flag: str) -> None:
-    assert bench_cli.build_parser().parse_args(["module", flag, "3"]).batch_size == 3
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("alias", [["--output", "d"], ["--batch", "3"]])
+def test_the_removed_aliases_are_refused(command: str, alias: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``--output`` and ``--batch`` are gone (nor do they pass as abbreviations of ``--out``/``--batch-size``)."""
+    required = {"bench": ["module"], "experiment": ["compare"], "visualize": ["--model", "gsa_resnet26_tiny"]}
+    first = required.get(command, [])
+    assert gsanet_main([command, *first, *alias]) == 2
+    assert f"unrecognized arguments: {alias[0]}" in capsys.readouterr().err
 
 
-def test_summary_output_alias(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_size_flag() -> None:
+    assert bench_cli.build_parser().parse_args(["module", "--batch-size", "3"]).batch_size == 3
+
+
+def test_summary_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--models", "gsa_resnet26_tiny", "--img-size", "28", "--in-chans", "1", "--num-classes", "10"]
-    assert summary_cmd.main([*argv, "--output", str(tmp_path)]) == 0
+    assert summary_cmd.main([*argv, "--out", str(tmp_path)]) == 0
     assert (tmp_path / "summary_28.md").exists() and "gsa_resnet26_tiny" in capsys.readouterr().out
 
 

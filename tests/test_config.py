@@ -8,16 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gsanet.train.cli import build_train_parser
-from gsanet.train.config import (
-    ConfigError,
-    EvalConfig,
-    TrainConfig,
-    build_parser,
-    config_to_dict,
-    error_message,
-    resolve_config,
-)
+from gsanet.commands import build_parser
+from gsanet.config import config_to_dict, resolve_config
+from gsanet.errors import ConfigError, error_message
+from gsanet.train.config import EvalConfig, TrainConfig
+from gsanet.train.train_cli import build_train_parser
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -167,7 +162,7 @@ def test_yaml_duplicate_keys_refused(tmp_path: Path) -> None:
 
 
 def test_yaml_nesting_and_size_are_bounded(tmp_path: Path) -> None:
-    from gsanet.train.config import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
+    from gsanet.config import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
 
     recipe = tmp_path / "deep.yaml"
     recipe.write_text("model_kwargs: " + "[" * (MAX_CONFIG_DEPTH + 1) + "]" * (MAX_CONFIG_DEPTH + 1) + "\n")
@@ -217,9 +212,22 @@ def test_config_invalid_utf8_is_one_line_error(tmp_path: Path, capsys: pytest.Ca
 
 def test_yaml_alias_bomb_in_model_kwargs_flag_refused() -> None:
     """``--model-kwargs k=<yaml>`` values go through the strict loader too: an alias bomb there is a usage error."""
-    from gsanet.commands import UserError
-    from gsanet.train.config import build_parser
+    from gsanet.commands import build_parser
+    from gsanet.errors import UserError
 
     parser = build_parser(TrainConfig, "gsanet train", "test")
     with pytest.raises(UserError, match=r"the value of x is not valid YAML: aliases"):
         parser.parse_args(["--model-kwargs", "x=[&a [1, 1], [*a, *a]]"])
+
+
+def test_a_config_file_with_the_former_output_key_loads(tmp_path: Path) -> None:
+    """``output`` was renamed ``out``: a stored config that says ``output`` still loads; saying both is an error."""
+    old = tmp_path / "old.yaml"
+    old.write_text("output: elsewhere\nepochs: 2\n")
+    cfg = resolve_config(TrainConfig, {}, old)
+    assert (cfg.out, cfg.epochs) == ("elsewhere", 2)
+    assert resolve_config(EvalConfig, {}, None, {"output": "r"}).out == "r"
+    both = tmp_path / "both.yaml"
+    both.write_text("output: a\nout: b\n")
+    with pytest.raises(ConfigError, match="output is the former name of out; give out only"):
+        resolve_config(TrainConfig, {}, both)

@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
-from gsanet.train.config import DataError
+from gsanet.datasets import DATASETS
+from gsanet.errors import DataError
 from gsanet.train.data import (
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
+    IDX_DTYPES,
     SYSTEM_FASHION_MNIST_DIR,
     create_datasets,
     create_loader,
     find_fashion_mnist,
     read_idx,
     set_epoch,
-    write_idx,
 )
 from gsanet.train.distributed import DistContext
+
+FMNIST = DATASETS["fashion-mnist"]
+
+
+def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
+    """Write a uint8/int8/int16/int32/float32/float64 tensor as an idx file (gzip if the name ends in ``.gz``)."""
+    path = Path(path)
+    array = tensor.detach().cpu().numpy()
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
+    if array.dtype not in codes:
+        raise ValueError(f"idx files hold uint8, int8, int16, int32, float32 or float64, not {array.dtype}")
+    data = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data += array.astype(array.dtype.newbyteorder(">")).tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(data)
 
 
 def write_fake_fashion_mnist(folder: Path, n_train: int = 64, n_val: int = 32, seed: int = 0) -> Path:
@@ -99,8 +116,8 @@ def test_real_fashion_mnist_files() -> None:
     assert torch.equal(torch.bincount(labels.long()), torch.full((10,), 6000))
     assert read_idx(folder / "t10k-images-idx3-ubyte.gz").shape == (10000, 28, 28)
     pixels = images.float() / 255
-    assert abs(pixels.mean().item() - FASHION_MNIST_MEAN[0]) < 1e-3
-    assert abs(pixels.std().item() - FASHION_MNIST_STD[0]) < 1e-3
+    assert abs(pixels.mean().item() - FMNIST.mean[0]) < 1e-3
+    assert abs(pixels.std().item() - FMNIST.std[0]) < 1e-3
 
 
 def test_fake_fashion_mnist_from_data_dir(tmp_path: Path) -> None:
@@ -111,7 +128,7 @@ def test_fake_fashion_mnist_from_data_dir(tmp_path: Path) -> None:
     image, label = datasets["val"][3]
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == 3
     raw = read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")[3].float() / 255
-    torch.testing.assert_close(image[0], (raw - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0])
+    torch.testing.assert_close(image[0], (raw - FMNIST.mean[0]) / FMNIST.std[0])
     datasets, info = create_datasets("fashion-mnist", str(tmp_path), img_size=32, train_subset=10, val_subset=5)
     assert datasets["train"][0][0].shape == (1, 32, 32) and len(datasets["train"]) == 10 and len(datasets["val"]) == 5
 
@@ -283,3 +300,29 @@ def test_32bit_and_float_tiffs_are_scaled_not_black(tmp_path: Path) -> None:
     Image.fromarray(nan).save(folder / "3_nan.tif")
     with pytest.raises(DataError, match="3_nan.tif: the image has NaN or infinite pixels"):
         _folder_dataset(folder)[3]
+
+
+def test_every_registered_dataset_is_complete() -> None:
+    """Each registry entry agrees with itself and names things that exist: its recipe file, its torchvision class."""
+    import torchvision.datasets
+
+    from gsanet.experiments.cli import recipe_path
+
+    for name, spec in DATASETS.items():
+        assert spec.name == name
+        assert len(spec.mean) == len(spec.std) == spec.in_chans and all(s > 0 for s in spec.std)
+        assert not spec.class_names or len(spec.class_names) == spec.num_classes
+        assert recipe_path(name, None).is_file()
+        assert spec.torchvision is None or hasattr(torchvision.datasets, spec.torchvision)
+        assert (spec.torchvision is None) == (spec.folder is None)
+
+
+def test_fashion_mnist_facts_come_from_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gsanet.train.data.SYSTEM_FASHION_MNIST_DIR", tmp_path / "none")
+    write_fake_fashion_mnist(tmp_path / "fm")
+    _, info = create_datasets("fashion-mnist", str(tmp_path / "fm"), splits=("val",), download=False)
+    spec = DATASETS["fashion-mnist"]
+    assert (info.num_classes, info.in_chans, info.img_size) == (spec.num_classes, spec.in_chans, spec.img_size)
+    assert (info.mean, info.std, info.class_names) == (spec.mean, spec.std, spec.class_names)
+    cfg = timm.get_pretrained_cfg("gsa_resnet26_tiny")
+    assert (cfg.mean, cfg.std, tuple(cfg.label_names)) == (spec.mean, spec.std, spec.class_names)

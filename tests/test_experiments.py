@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gsanet.config import resolve_config
 from gsanet.experiments import cli as exp_cli
 from gsanet.experiments import results, runner, tables
 from gsanet.experiments.plans import (
@@ -27,8 +28,8 @@ from gsanet.experiments.plans import (
     format_kwarg,
     get_plan,
 )
-from gsanet.train.cli import build_train_parser
-from gsanet.train.config import TrainConfig, resolve_config
+from gsanet.train.config import TrainConfig
+from gsanet.train.train_cli import build_train_parser
 
 from .test_data import write_fake_fashion_mnist
 
@@ -87,7 +88,7 @@ def test_train_commands_parse_into_the_planned_config(tmp_path: Path) -> None:
         resolved = yaml.safe_load(yaml.safe_dump(vars(cfg)))  # what config.yaml holds
         expected = spec.expected_config(recipe, 2)
         assert {k: resolved[k] for k in expected} == expected, spec.name
-        assert cfg.output == str(spec.output) and cfg.name == spec.name
+        assert cfg.out == str(spec.out) and cfg.name == spec.name
 
 
 def test_format_kwarg_is_yaml_flow() -> None:
@@ -248,8 +249,8 @@ for k, v in flags.items():  # every other flag: its value as YAML, a bare --flag
     if not v:
         cfg[k.removeprefix("no_")] = not k.startswith("no_")
     else:
-        cfg[k] = v[0] if k in ("data", "name", "output", "model") else yaml.safe_load(v[0])
-run = Path(flags["output"][0]) / cfg["name"]
+        cfg[k] = v[0] if k in ("data", "name", "out", "model") else yaml.safe_load(v[0])
+run = Path(flags["out"][0]) / cfg["name"]
 run.mkdir(parents=True)
 (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 (run / "command.txt").write_text("2026-01-01T00:00:00 gsanet train " + " ".join(args) + "\\n")
@@ -330,7 +331,7 @@ def test_one_real_training_batch(tmp_path: Path) -> None:
     args = exp_cli.build_parser().parse_args(["compare", "--runs", str(tmp_path / "runs"), "--threads", "1"])
     ctx = runner.RunnerContext(args, {"fashion-mnist": (recipe, exp_cli.load_recipe(recipe))}, runner.child_env(args))
     status = runner.execute_run(spec, ctx)
-    assert status.state == "done", (spec.output / "logs" / f"{spec.name}.log").read_text()[-2000:]
+    assert status.state == "done", (spec.out / "logs" / f"{spec.name}.log").read_text()[-2000:]
     assert status.summary.epochs == 1 and 0 <= status.summary.val_top1 <= 100
     record = json.loads((spec.run_dir / "experiment.json").read_text().splitlines()[0])
     assert record["threads"] == "1"

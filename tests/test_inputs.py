@@ -54,7 +54,7 @@ def test_eval_on_a_folder_with_other_class_names_is_refused(
     # a folder with the same classes under the same names is fine, wherever it is
     same = write_image_folder(tmp_path / "same", classes=2, per_class=2, size=12)
     shutil.rmtree(same / "train")
-    args = ["eval", "--checkpoint", str(folder_run), "--data", str(same), "--no-progress", "--output", str(tmp_path)]
+    args = ["eval", "--checkpoint", str(folder_run), "--data", str(same), "--no-progress", "--out", str(tmp_path)]
     assert gsanet_main(args) == 0, capsys.readouterr().err
 
 
@@ -120,7 +120,7 @@ def test_process_exits_with_a_live_loader_iterator() -> None:
 # ---------------------------------------------------------------------------------------------- --holdout
 def test_holdout_is_stratified(tmp_path: Path) -> None:
     """--holdout took a plain random split: a whole class could vanish from training (or from validation)."""
-    from gsanet.train.config import DataError
+    from gsanet.errors import DataError
     from gsanet.train.data import create_datasets
 
     from .test_data import write_fake_fashion_mnist
@@ -164,8 +164,8 @@ def test_holdout_resizes_only_the_chosen_images(tmp_path: Path, monkeypatch: pyt
 def test_resize_refusal_suggests_a_flag_that_helps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At a size whose images do not fit, --holdout's refusal suggested --train-subset, which did not help (the whole
     training set was resized anyway); the message now says how many images fit, and that many do."""
+    from gsanet.errors import DataError
     from gsanet.train import data as data_mod
-    from gsanet.train.config import DataError
 
     from .test_data import write_fake_fashion_mnist
 

@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 from timm.data import resolve_data_config
 
 import gsanet  # noqa: F401  (registers the models)
-from gsanet.models.pretrained import FMNIST_MEAN, FMNIST_STD, SHIPPED, evaluate_shipped, shipped_cfg
+from gsanet.datasets import DATASETS
+from gsanet.models.pretrained import SHIPPED, shipped_cfg
 from gsanet.train.data import find_fashion_mnist, idx_file, read_idx
+from tests.shipped import evaluate_shipped
 
 TOLERANCE = 0.2  # accuracy points
 NAMES = sorted(SHIPPED)
@@ -178,7 +180,8 @@ def _first_test_images(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = read_idx(idx_file(folder, "t10k-images-idx3-ubyte"))[:n].unsqueeze(1).float() / 255.0
     labels = read_idx(idx_file(folder, "t10k-labels-idx1-ubyte"))[:n].long()
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False) if size != 28 else images
-    return (images - FMNIST_MEAN[0]) / FMNIST_STD[0], labels
+    fmnist = DATASETS["fashion-mnist"]
+    return (images - fmnist.mean[0]) / fmnist.std[0], labels
 
 
 @needs_data

@@ -23,15 +23,19 @@ import torch
 from PIL import Image
 
 from gsanet import visualize
+from gsanet.commands import setup_logging
+from gsanet.config import resolve_config
+from gsanet.errors import CheckpointError, ConfigError, DataError
 from gsanet.train import checkpoint as ckpt_mod
-from gsanet.train import cli, evaluate_cli, training
+from gsanet.train import eval_cli, train_cli, training
 from gsanet.train.checkpoint import json_safe, load_checkpoint, read_metadata, save_checkpoint
-from gsanet.train.config import CheckpointError, ConfigError, DataError, TrainConfig, resolve_config
-from gsanet.train.data import create_datasets, write_idx
+from gsanet.train.config import TrainConfig
+from gsanet.train.data import create_datasets
 from gsanet.train.distributed import DistContext
 from gsanet.train.engine import create_model
+from gsanet.train.metadata import require_meta
 
-from .test_data import count_resized, write_fake_fashion_mnist, write_image_folder
+from .test_data import count_resized, write_fake_fashion_mnist, write_idx, write_image_folder
 from .test_train import TINY, finished_run, tiny_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -52,7 +56,7 @@ def _copy_run(run: Path, dest: Path) -> Path:
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(args)
+    code = train_cli.main(args)
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err
     return code, out, err
@@ -87,7 +91,7 @@ def test_d1_commit_stopped_between_last_and_best_is_completed(
     assert read_metadata(ckpt_dir / "last.safetensors")["best"]["epoch"] == 1
     assert not (ckpt_dir / "best.safetensors").exists() and not list(ckpt_dir.glob(".*.tmp"))
     # meanwhile, the run's best checkpoint is last (it is the best epoch)
-    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "r"), "--no-progress", "--output", str(tmp_path)]) == 0
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "r"), "--no-progress", "--out", str(tmp_path)]) == 0
     assert "epoch 1" in capsys.readouterr().out
     # the resume completes the commit
     assert _run(["--resume", str(tmp_path / "r")], capsys)[0] == 0
@@ -108,7 +112,7 @@ def test_d2_resume_from_an_older_checkpoint_is_refused_and_forks(
     assert (run / "checkpoints" / "last.safetensors").read_bytes() == last_before
     assert [row["epoch"] for row in _metrics(run)] == ["1", "2"]
     # forking into a new directory keeps the original run intact
-    code, out, _ = _run(["--resume", str(older), "--name", "fork", "--output", str(tmp_path), "--epochs", "2"], capsys)
+    code, out, _ = _run(["--resume", str(older), "--name", "fork", "--out", str(tmp_path), "--epochs", "2"], capsys)
     assert code == 0 and "epoch 2/2" in out
     fork = tmp_path / "fork"
     assert [row["epoch"] for row in _metrics(fork)] == ["1", "2"]
@@ -143,7 +147,7 @@ def test_d3_divergence_in_the_last_update_stops_and_saves_nothing_non_finite(
 
 def test_d3_non_finite_flags_and_json(fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for value in ("inf", "nan"):
-        assert cli.main([*tiny_args(fmnist, tmp_path, value), "--lr", value]) == 2
+        assert train_cli.main([*tiny_args(fmnist, tmp_path, value), "--lr", value]) == 2
         assert "lr must be a finite number" in capsys.readouterr().err
     safe = json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}, "e": 2})
     assert json.dumps(safe, allow_nan=False) == '{"a": null, "b": [1.0, null], "c": {"d": null}, "e": 2}'
@@ -158,7 +162,7 @@ def test_d3_eval_and_resume_refuse_non_finite_weights(
     weights[key] = torch.full_like(weights[key], float("nan"))
     bad = tmp_path / "nan.safetensors"
     save_checkpoint(bad, ckpt.meta, weights, state=ckpt.state)
-    assert evaluate_cli.main(["--checkpoint", str(bad), "--no-progress", "--output", str(tmp_path)]) == 2
+    assert eval_cli.main(["--checkpoint", str(bad), "--no-progress", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "non-finite weights" in err and key in err
     assert not (tmp_path / "nan-eval.json").exists()
@@ -306,7 +310,7 @@ def test_d7_bad_flags_are_one_line_errors(
     flag: str, value: str, fragment: str, fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = tiny_args(fmnist, tmp_path, "r", "--train-subset", "16", "--val-subset", "8")
-    assert cli.main([*args, flag, value]) == 2
+    assert train_cli.main([*args, flag, value]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
@@ -359,10 +363,10 @@ def test_d8_eval_on_a_read_only_run_still_prints_the_accuracy(
     def read_only(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(evaluate_cli, "plot_confusion_matrix", read_only)
-    assert evaluate_cli.main(["--checkpoint", str(one_epoch_run), "--no-progress"]) == 0
+    monkeypatch.setattr(eval_cli, "plot_confusion_matrix", read_only)
+    assert eval_cli.main(["--checkpoint", str(one_epoch_run), "--no-progress"]) == 0
     out, err = capsys.readouterr()
-    assert "top-1" in out and "Read-only file system" in err and "--output" in err and "Traceback" not in err
+    assert "top-1" in out and "Read-only file system" in err and "--out" in err and "Traceback" not in err
 
 
 def test_d9_visualize_bad_checkpoints(one_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -420,11 +424,11 @@ def test_d10_checkpoint_metadata_is_untrusted(
     monkeypatch.setattr(timm, "create_model", no_create)
     for name, (meta, fragment) in cases.items():
         path = _with_meta(src, tmp_path / f"{name}.safetensors", meta)
-        assert evaluate_cli.main(["--checkpoint", str(path), "--no-progress"]) == 2, name
+        assert eval_cli.main(["--checkpoint", str(path), "--no-progress"]) == 2, name
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err, (name, err)
         with pytest.raises(CheckpointError):
-            read_metadata(path) if name not in ("missing",) else ckpt_mod.require_meta(
+            read_metadata(path) if name not in ("missing",) else require_meta(
                 read_metadata(path), ("model", "model_args"), path
             )
 
@@ -543,7 +547,7 @@ def test_d14_sigterm_is_handled_like_ctrl_c(
 
 
 def test_batchnorm_statistics_per_process_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    cli.configure_logging()
+    setup_logging()
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     cfg = TrainConfig(batch_size=8)
     two_cpu = DistContext(rank=0, world_size=2, device=torch.device("cpu"))

@@ -17,10 +17,11 @@ import safetensors
 import safetensors.torch
 import torch
 
+from gsanet.errors import ConfigError
 from gsanet.train import checkpoint as ckpt_mod
-from gsanet.train import cli, evaluate_cli, rundir, training
+from gsanet.train import eval_cli, rundir, train_cli, training
 from gsanet.train.checkpoint import read_metadata
-from gsanet.train.config import ConfigError, TrainConfig
+from gsanet.train.config import TrainConfig
 from gsanet.train.rundir import RunDir, RunLock
 
 from .test_train import TINY, finished_run, tiny_args
@@ -119,7 +120,7 @@ def test_fork_of_untrusted_checkpoint_writes_under_the_users_output(
     evil = tmp_path / "elsewhere" / "deep"
 
     def change(meta: dict) -> None:
-        meta["config"]["output"] = str(evil)
+        meta["config"]["out"] = str(evil)
 
     planted = _planted(two_epoch_run / "checkpoints" / "last.safetensors", tmp_path / "evil.safetensors", change)
     monkeypatch.chdir(tmp_path)
@@ -147,7 +148,7 @@ def test_eval_never_downloads_into_the_checkpoints_data_dir(
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
     monkeypatch.setattr("gsanet.train.data.SYSTEM_FASHION_MNIST_DIR", tmp_path / "no-system-copy")
-    assert evaluate_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2
+    assert eval_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "never downloaded into" in err and "--data-dir" in err and "Traceback" not in err
     assert downloads == [] and not evil.exists()
@@ -193,12 +194,12 @@ def test_checkpoint_model_size_is_bounded_before_allocation(
     }
     for name, (change, fragments) in cases.items():
         planted = _planted(src, tmp_path / f"{name}.safetensors", change)
-        assert evaluate_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2, name
+        assert eval_cli.main(["--checkpoint", str(planted), "--no-progress"]) == 2, name
         err = capsys.readouterr().err
         assert all(f in err for f in fragments) and "Traceback" not in err, (name, err)
         assert err.count("\n") == 1, err
     # a limit of the user's, never of the checkpoint's: lowering it refuses the tiny model too
-    assert evaluate_cli.main(["--checkpoint", str(src), "--max-params", "1000", "--no-progress"]) == 2
+    assert eval_cli.main(["--checkpoint", str(src), "--max-params", "1000", "--no-progress"]) == 2
     assert "more than --max-params 1,000" in capsys.readouterr().err
 
 
@@ -212,7 +213,7 @@ def test_resume_of_oversized_checkpoint_is_refused(
         meta["config"]["max_params"] = 10**12  # a checkpoint cannot raise the limit
 
     planted = _planted(two_epoch_run / "checkpoints" / "last.safetensors", tmp_path / "huge.safetensors", huge)
-    code, _, err = _train(["--resume", str(planted), "--output", str(tmp_path), "--name", "f"], capsys)
+    code, _, err = _train(["--resume", str(planted), "--out", str(tmp_path), "--name", "f"], capsys)
     assert code == 2 and "raise --max-params" in err
 
 
@@ -253,7 +254,7 @@ def test_resume_refuses_fifo_in_run_dir(
     run = Path(shutil.copytree(two_epoch_run, tmp_path / "run"))
     (run / name).unlink()
     os.mkfifo(run / name)
-    code = _with_deadline(cli.main, ["--resume", str(run), "--epochs", "3"], 60, [run / name])
+    code = _with_deadline(train_cli.main, ["--resume", str(run), "--epochs", "3"], 60, [run / name])
     err = capsys.readouterr().err
     assert code == 2 and f"{run / name} is a FIFO" in err and "Traceback" not in err, err
     assert _epochs_in_last(run) == 2
@@ -263,8 +264,8 @@ def test_eval_refuses_fifo_report(two_epoch_run: Path, tmp_path: Path, capsys: p
     report = tmp_path / "last-eval.json"
     os.mkfifo(report)
     checkpoint = two_epoch_run / "checkpoints" / "last.safetensors"
-    args = ["--checkpoint", str(checkpoint), "--output", str(tmp_path), "--no-progress"]
-    code = _with_deadline(evaluate_cli.main, args, 60, [report])
+    args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--no-progress"]
+    code = _with_deadline(eval_cli.main, args, 60, [report])
     err = capsys.readouterr().err
     assert code == 2 and f"{report} is a FIFO" in err, err
 
@@ -331,7 +332,7 @@ def test_fork_checks_disk_space_before_its_first_commit(
     two_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    args = ["--resume", str(two_epoch_run), "--output", str(tmp_path), "--name", "fork", "--epochs", "3"]
+    args = ["--resume", str(two_epoch_run), "--out", str(tmp_path), "--name", "fork", "--epochs", "3"]
     code, _, err = _train(args, capsys)
     assert code == 2 and "MiB free" in err
     assert not RunDir(tmp_path / "fork").last.exists()
@@ -355,3 +356,31 @@ def test_run_that_failed_before_its_first_checkpoint_can_be_resumed(
     assert _train(["--resume", str(run)], capsys)[0] == 0
     assert _epochs(run) == ["1"] and read_metadata(RunDir(run).best)["epoch"] == 1
     assert TINY in (run / "config.yaml").read_text()
+
+
+def test_a_run_stored_with_the_former_output_key_resumes_in_place(
+    two_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run written before ``output`` became ``out`` (checkpoint metadata and config.yaml) continues where it is."""
+    import yaml
+
+    run = Path(shutil.copytree(two_epoch_run, tmp_path / "runs" / "old"))
+
+    def former(config: dict) -> dict:
+        config = {("output" if k == "out" else k): v for k, v in config.items()}
+        return {**config, "output": str(run.parent), "name": run.name}
+
+    def change(meta: dict) -> None:
+        meta["config"] = former(meta["config"])
+
+    last = run / "checkpoints" / "last.safetensors"
+    _planted(last, last, change)
+    (run / "config.yaml").write_text(yaml.safe_dump(former(yaml.safe_load((run / "config.yaml").read_text()))))
+    with safetensors.safe_open(str(last), framework="pt") as f:
+        stored = json.loads(f.metadata()["gsanet"])["config"]
+    assert "output" in stored and "out" not in stored and read_metadata(last)["config"]["out"] == str(run.parent)
+    code, _, err = _train(["--resume", str(run), "--epochs", "3"], capsys)
+    assert code == 0, err
+    assert _epochs(run) == ["1", "2", "3"] and sorted(p.name for p in run.parent.iterdir()) == ["old"]
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["out"] == str(run.parent) and "output" not in stored

@@ -12,14 +12,15 @@ import torch
 import yaml
 from scipy import stats as scipy_stats
 
+from gsanet.config import resolve_config
 from gsanet.experiments import cli as exp_cli
 from gsanet.experiments import plans
 from gsanet.experiments import study as study_mod
 from gsanet.experiments.plans import RunSpec, Study, Variant, study_plan
 from gsanet.experiments.stats import welch
-from gsanet.train.cli import build_train_parser
-from gsanet.train.config import TrainConfig, resolve_config
+from gsanet.train.config import TrainConfig
 from gsanet.train.data import DataError, create_datasets
+from gsanet.train.train_cli import build_train_parser
 
 from .test_data import write_fake_fashion_mnist
 

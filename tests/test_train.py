@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
-from gsanet.models.pretrained import export_weights
-from gsanet.train import cli, evaluate_cli, training
-from gsanet.train.checkpoint import load_checkpoint, read_metadata
-from gsanet.train.config import CheckpointError, TrainConfig
-from gsanet.train.rundir import RESUME_KEYS, CheckpointMeta, RunDir, load_model, read_summary
+from gsanet.errors import CheckpointError
+from gsanet.train import eval_cli, train_cli, training
+from gsanet.train.checkpoint import load_checkpoint, read_checkpoint_meta, read_metadata
+from gsanet.train.config import TrainConfig
+from gsanet.train.metadata import RESUME_KEYS
+from gsanet.train.rundir import RunDir, load_model, read_summary
+from tests.shipped import export_weights
 
 from .test_data import write_fake_fashion_mnist, write_image_folder
 
@@ -43,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def tiny_args(data_dir: Path, output: Path, name: str, *extra: str) -> list[str]:
     return [
         "--data-dir", str(data_dir), "--model", TINY, "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0",
-        "--lr", "0.01", "--no-progress", "--output", str(output), "--name", name, *extra,
+        "--lr", "0.01", "--no-progress", "--out", str(output), "--name", name, *extra,
     ]  # fmt: skip
 
 
@@ -52,12 +54,12 @@ def finished_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, epoch
     tests copy before changing it."""
     output = tmp_path_factory.mktemp("runs")
     torch.set_num_threads(1)
-    assert cli.main(tiny_args(data_dir, output, "base", "--epochs", str(epochs))) == 0
+    assert train_cli.main(tiny_args(data_dir, output, "base", "--epochs", str(epochs))) == 0
     return output / "base"
 
 
 def train(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(args)
+    code = train_cli.main(args)
     out, err = capsys.readouterr()
     assert "Traceback" not in err
     return code, out, err
@@ -68,7 +70,7 @@ def trained_run(fmnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     output = tmp_path_factory.mktemp("runs")
     torch.set_num_threads(1)
     args = tiny_args(fmnist, output, "one", "--epochs", "2", "--stop-after", "1")
-    code = cli.main(args)
+    code = train_cli.main(args)
     assert code == 0
     return output / "one", " ".join(args)
 
@@ -108,7 +110,7 @@ def test_run_dir_contract(trained_run: tuple[Path, str], tmp_path: Path) -> None
     assert summary is not None and list(summary.to_dict().items()) == list(written.items())
     raw = read_metadata(paths.last)
     stored = {k: v for k, v in raw.items() if k not in ("format", "has_ema", "state")}
-    assert list(CheckpointMeta.read(paths.last, RESUME_KEYS).to_dict().items()) == list(stored.items())
+    assert list(read_checkpoint_meta(paths.last, RESUME_KEYS).to_dict().items()) == list(stored.items())
     loaded = load_model(run)
     assert loaded.path == paths.best and loaded.weights == "model" and not loaded.model.training
     assert loaded.meta.model == TINY and loaded.meta.epoch == 1
@@ -222,7 +224,7 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path: Path, capsys: pytest.Cap
 
 def test_eval_command(trained_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = trained_run
-    code = evaluate_cli.main(["--checkpoint", str(run), "--output", str(tmp_path), "--no-progress"])
+    code = eval_cli.main(["--checkpoint", str(run), "--out", str(tmp_path), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "top-1" in out and "top-5" in out and "img/s" in out
@@ -235,7 +237,7 @@ def test_eval_command(trained_run: tuple[Path, str], tmp_path: Path, capsys: pyt
     assert report["top1"] == pytest.approx(summary["val_top1"])
     # default output: next to the checkpoint
     last = run / "checkpoints" / "last.safetensors"
-    assert evaluate_cli.main(["--checkpoint", str(last), "--no-progress", "--val-subset", "8"]) == 0
+    assert eval_cli.main(["--checkpoint", str(last), "--no-progress", "--val-subset", "8"]) == 0
     assert (last.parent / "last-confusion.png").exists() and (last.parent / "last-eval.json").exists()
 
 
@@ -321,12 +323,12 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(
 
 
 def test_eval_bad_input(trained_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert evaluate_cli.main([]) == 2
+    assert eval_cli.main([]) == 2
     assert "--checkpoint is required" in capsys.readouterr().err
     run, _ = trained_run
     root = write_image_folder(tmp_path / "imgs", classes=3)
-    assert evaluate_cli.main(["--checkpoint", str(run), "--data", str(root), "--output", str(tmp_path)]) == 2
+    assert eval_cli.main(["--checkpoint", str(run), "--data", str(root), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "trained for 10 classes of 1-channel images" in err and "Traceback" not in err

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsanet.train import cli
+from gsanet.train import train_cli
 from gsanet.train.checkpoint import load_checkpoint
 
 from .test_data import write_fake_fashion_mnist
@@ -29,7 +29,7 @@ def _args(data: Path, output: Path, name: str, batch_size: int) -> list[str]:
     return [
         "--data-dir", str(data), "--model", TINY, "--epochs", "2", "--batch-size", str(batch_size),
         "--opt", "momentum", "--lr", "0.05", "--weight-decay", "1.0e-4", "--warmup-epochs", "0",
-        "--augment", "--amp", "none", "--no-progress", "--output", str(output), "--name", name, "--device", "cpu",
+        "--augment", "--amp", "none", "--no-progress", "--out", str(output), "--name", name, "--device", "cpu",
     ]  # fmt: skip
 
 
@@ -46,7 +46,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert cli.main(_args(data, tmp_path, "single", batch_size=16)) == 0
+        assert train_cli.main(_args(data, tmp_path, "single", batch_size=16)) == 0
     finally:
         torch.set_num_threads(threads)
 

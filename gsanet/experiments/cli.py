@@ -32,43 +32,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gsanet.commands import ArgumentParser, UserError, add_config_flag, add_out_flag, run, setup_logging
+from gsanet.commands import ArgumentParser, add_config_flag, add_out_flag, run, setup_logging
+from gsanet.datasets import DATASETS
+from gsanet.errors import UserError
 
-from .plans import CIFAR_FOLDERS, DATASET_CONFIGS, Plan, RunSpec, expand, get_plan
-from .results import DATA_SHAPES, Row, aggregate
+from .plans import Plan, RunSpec, expand, get_plan
+from .results import aggregate
 from .runner import (
     RunnerContext,
-    RunStatus,
     child_env,
-    execute_run,
     expected_config,
     interrupted,
     record_invocation,
     run_all,
     run_status,
-    say,
     train_command,
 )
 from .tables import write_tables
 
-__all__ = [  # the command, and (re-exported) the runner, results and tables names it was once the home of
-    "DATA_SHAPES",
-    "RunStatus",
-    "RunnerContext",
-    "Row",
-    "aggregate",
-    "build_parser",
-    "child_env",
-    "execute_run",
-    "load_recipe",
-    "main",
-    "recipe_path",
-    "resolve_datasets",
-    "run_status",
-    "say",
-    "train_command",
-    "write_tables",
-]
+__all__ = ["build_parser", "load_recipe", "main", "recipe_path", "resolve_datasets"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDY_CONFIG = "configs/study_fmnist.yaml"
@@ -90,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every variant (default: compare 0 1 2, ablations 0)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    per_data = ", ".join(f"{k}: {v}" for k, v in DATASET_CONFIGS.items())
+    per_data = ", ".join(f"{k}: {v.recipe}" for k, v in DATASETS.items())
     add_config_flag(
         p,
         f"recipe (gsanet train --config YAML) for every dataset (default: per dataset, {per_data}; the study: "
@@ -100,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         nargs="+",
         default=["auto"],
-        help="datasets: fashion-mnist, cifar10, cifar100, or auto = fashion-mnist plus every CIFAR present in "
-        "--data-dir (default: auto)",
+        help=f"datasets: {', '.join(DATASETS)}, or auto = every one found in --data-dir (fashion-mnist always: it has "
+        "system copies and a download) (default: auto)",
     )
     p.add_argument("--data-dir", help="dataset root (default: the recipe's data_dir)")
     add_out_flag(p, "directory of the tables (default: results)", default="results")
@@ -129,24 +111,27 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: Unknown keys, wrong types, or a key the runner sets itself.
     """
-    from gsanet.train.config import ConfigError, TrainConfig, load_yaml, resolve_config
+    from gsanet.config import load_yaml, resolve_config
+    from gsanet.errors import ConfigError
+    from gsanet.train.config import TrainConfig
 
     values = load_yaml(path)
     try:
         resolve_config(TrainConfig, {}, path)
     except ConfigError as e:
         raise ValueError(f"recipe {path}: {e}") from e
-    clash = {"model", "model_kwargs", "seed", "output", "name"} & set(values)
+    clash = {"model", "model_kwargs", "seed", "out", "output", "name"} & set(values)
     if clash:
         raise ValueError(f"recipe {path} sets {sorted(clash)}; the experiment plan sets them, remove them")
     return values
 
 
 def resolve_datasets(requested: Sequence[str], data_dir: str | Path) -> list[str]:
-    """Expand ``auto`` into Fashion-MNIST plus every CIFAR whose torchvision folder is in ``data_dir``."""
+    """Expand ``auto`` into every built-in dataset that needs no folder (Fashion-MNIST) or whose torchvision folder is
+    in ``data_dir``."""
     datasets: list[str] = []
     for item in requested:
-        names = ["fashion-mnist", *(n for n, f in CIFAR_FOLDERS.items() if (Path(data_dir) / f).is_dir())]
+        names = [n for n, spec in DATASETS.items() if spec.folder is None or (Path(data_dir) / spec.folder).is_dir()]
         for name in names if item == "auto" else [item]:
             if name not in datasets:
                 datasets.append(name)
@@ -162,9 +147,9 @@ def recipe_path(data: str, config: str | None, study: bool = False) -> Path:
             raise ValueError(f"the study has a default recipe for fashion-mnist only; pass --config for {data}")
         path = Path(STUDY_CONFIG)
         return path if path.exists() else REPO_ROOT / path
-    if data not in DATASET_CONFIGS:
+    if data not in DATASETS:
         raise ValueError(f"no default recipe for --data {data}; pass --config")
-    path = Path(DATASET_CONFIGS[data])
+    path = Path(DATASETS[data].recipe)
     return path if path.exists() else REPO_ROOT / path
 
 
@@ -269,8 +254,8 @@ def _check_out(out: str) -> None:
     Raises:
         UserError: It is a file, or cannot be created or written.
     """
-    from gsanet.train.checkpoint import ensure_writable
-    from gsanet.train.errors import CheckpointError
+    from gsanet.errors import CheckpointError
+    from gsanet.files import ensure_writable
 
     if Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out} is a file, not a directory; give the directory for the tables")
@@ -301,7 +286,7 @@ def _main(argv: list[str]) -> int:
     if args.plan == "study":
         from . import study
 
-        return study.main(args, argv, datasets, ctx)
+        return study.study_command(args, argv, datasets, ctx)
     if args.dry_run:
         _dry_run(plans, specs, datasets, ctx)
         return 0

@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from gsanet.datasets import DATASETS
+
 __all__ = [
-    "CIFAR_FOLDERS",
-    "DATASET_CONFIGS",
     "PLANS",
     "Group",
     "Plan",
@@ -52,15 +52,6 @@ __all__ = [
     "study_plan",
 ]
 
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-"""torchvision's folder of each CIFAR dataset under ``--data-dir``: the experiment runs there when it is present."""
-
-DATASET_CONFIGS = {
-    "fashion-mnist": "configs/experiment_fmnist.yaml",
-    "cifar10": "configs/experiment_cifar.yaml",
-    "cifar100": "configs/experiment_cifar.yaml",
-}
-"""The ``gsanet train --config`` recipe of each dataset (relative to the repository root)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +88,7 @@ class Variant:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key):
             raise ValueError(f"variant key {self.key!r} must be a plain file name ([A-Za-z0-9_.-]+)")
-        reserved = {"model", "model_kwargs", "seed", "output", "name", "data", "data_dir", "config"}
+        reserved = {"model", "model_kwargs", "seed", "out", "name", "data", "data_dir", "config"}
         clash = reserved & set(self.train_args)
         if clash:
             raise ValueError(f"variant {self.key}: train_args cannot set {sorted(clash)}; the runner sets them")
@@ -185,14 +176,14 @@ class RunSpec:
         return f"{self.variant.key}-s{self.seed}"
 
     @property
-    def output(self) -> Path:
-        """Parent of the run directory (``gsanet train --output``): one folder per dataset."""
+    def out(self) -> Path:
+        """Parent of the run directory (``gsanet train --out``): one folder per dataset."""
         return self.runs / data_slug(self.data)
 
     @property
     def run_dir(self) -> Path:
         """The run directory."""
-        return self.output / self.name
+        return self.out / self.name
 
     def expected_config(self, recipe: Mapping[str, Any], epochs: int | None) -> dict[str, Any]:
         """The ``config.yaml`` values this run must have (recipe file values, variant settings, model, seed)."""
@@ -226,7 +217,7 @@ class RunSpec:
         if self.variant.model_kwargs:
             args.append("--model-kwargs")
             args += [f"{k}={format_kwarg(v)}" for k, v in self.variant.model_kwargs.items()]
-        args += ["--output", str(self.output), "--name", self.name, "--no-progress"]
+        args += ["--out", str(self.out), "--name", self.name, "--no-progress"]
         return args
 
 
@@ -247,7 +238,7 @@ def format_kwarg(value: Any) -> str:
 
 def data_slug(data: str) -> str:
     """Folder name of a dataset (an image-folder path becomes its last component)."""
-    return data if data in DATASET_CONFIGS else Path(data).name
+    return data if data in DATASETS else Path(data).name
 
 
 # ------------------------------------------------------------------------------------------------------- plans

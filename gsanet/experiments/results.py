@@ -15,19 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gsanet.commands import UserError
+from gsanet.datasets import DATASETS, dataset_spec
+from gsanet.errors import UserError
 from gsanet.train.rundir import RunDir
 
 from .plans import Plan, RunSpec, Variant
 from .runner import run_status
 
-__all__ = ["DATA_SHAPES", "TEST_IMAGES", "DamagedRunError", "Row", "aggregate", "measured_split", "run_command"]
+__all__ = ["DamagedRunError", "Row", "aggregate", "measured_split", "run_command"]
 
-DATA_SHAPES = {"fashion-mnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
-"""``(num_classes, in_chans, native size)`` of each dataset, for the parameter and MAC counts of the tables."""
-
-TEST_IMAGES = {"fashion-mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000}
-"""Images in the test split of each built-in dataset (the validation set of ``gsanet train`` by default)."""
 
 
 class DamagedRunError(UserError):
@@ -43,8 +39,8 @@ def measured_split(config: Mapping[str, Any]) -> str:
         return f"a fixed {subset:,}-image subset of {held}" if subset and subset < holdout else held
     if subset:
         return f"a fixed {subset:,}-image subset of the test set"
-    if data in TEST_IMAGES:
-        return f"the full test set ({TEST_IMAGES[data]:,} images)"
+    if data in DATASETS:
+        return f"the full test set ({DATASETS[data].test_images:,} images)"
     return f"the full validation split of {data}"
 
 
@@ -164,7 +160,8 @@ def aggregate(
                 row.commands.append(run_command(spec.run_dir))
                 split = measured_split(dict(status.config, data=data))
                 row.measured += [split] if split not in row.measured else []
-        num_classes, in_chans, size = DATA_SHAPES.get(data, (None, 3, 224))
+        spec = dataset_spec(data)
+        num_classes, in_chans, size = (spec.num_classes, spec.in_chans, spec.img_size) if spec else (None, 3, 224)
         size = variant.train_args.get("img_size") or (recipe or {}).get("img_size") or size
         row.input_size = (in_chans, size, size)
         if macs and num_classes is not None:

@@ -37,17 +37,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gsanet.train.cli import Terminated
-from gsanet.train.config import load_yaml
-from gsanet.train.errors import CheckpointError, ConfigError
-from gsanet.train.rundir import RunDir, RunSummary, read_summary
+from gsanet.config import load_yaml, upgrade_config
+from gsanet.errors import CheckpointError, ConfigError
+from gsanet.train.metadata import RunSummary
+from gsanet.train.rundir import RunDir, read_summary
+from gsanet.train.train_cli import Terminated
 
 from .plans import RunSpec, data_slug
 
@@ -114,7 +115,7 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return load_yaml(path)  # the strict loader: no aliases, duplicate keys or non-regular files
+        return upgrade_config(load_yaml(path))  # the strict loader: no aliases, duplicate keys or non-regular files
     except ConfigError as e:
         raise _Damaged(f"config.yaml: {' '.join(str(e).split())}") from e
 
@@ -234,7 +235,7 @@ def run_in_use(run_dir: Path) -> Iterator[bool]:
 @contextlib.contextmanager
 def run_lock(spec: RunSpec) -> Iterator[bool]:
     """An exclusive, non-blocking lock of one run (released when the process dies); yields whether it was taken."""
-    lock_dir = spec.output / "logs"
+    lock_dir = spec.out / "logs"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f".{spec.name}.lock", "w") as f:
         try:
@@ -380,8 +381,8 @@ def _train(command: list[str], log_path: Path, ctx: RunnerContext) -> int:
 
 @contextlib.contextmanager
 def owned_children(ctx: RunnerContext) -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`~gsanet.train.cli.Terminated` (a ``KeyboardInterrupt``) in the main
-    thread, and any ``KeyboardInterrupt`` stops the children (:meth:`RunnerContext.stop_children`) before it
+    """Within the block, SIGTERM raises :class:`~gsanet.train.train_cli.Terminated` (a ``KeyboardInterrupt``) in the
+    main thread, and any ``KeyboardInterrupt`` stops the children (:meth:`RunnerContext.stop_children`) before it
     propagates. The handler is installed only from the main thread (elsewhere the block only stops the children)."""
 
     def terminated(signum: int, frame: Any) -> None:
@@ -413,7 +414,7 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
         if isinstance(resume, RunStatus):
             return resume
         command = train_command(spec, ctx, resume)
-        log_path = spec.output / "logs" / f"{spec.name}.log"
+        log_path = spec.out / "logs" / f"{spec.name}.log"
         say(ctx, f"{'resume' if resume else 'start '} {spec.name} ({spec.data})  log: {log_path}")
         start = time.time()
         code = _train(command, log_path, ctx)
@@ -444,15 +445,39 @@ def interrupted(error: KeyboardInterrupt) -> int:
     return 128 + signal.SIGTERM if isinstance(error, Terminated) else 130
 
 
-def run_all(specs: Sequence[RunSpec], ctx: RunnerContext) -> list[tuple[RunSpec, RunStatus]]:
-    """Run every spec on ``--jobs`` workers, the most expensive first so that the workers finish together."""
-    order = sorted(specs, key=lambda s: -s.variant.cost)
+def run_all(
+    specs: Sequence[RunSpec],
+    ctx: RunnerContext,
+    then: Callable[[Sequence[RunSpec]], Sequence[RunSpec]] | None = None,
+) -> list[tuple[RunSpec, RunStatus]]:
+    """Run every spec on ``--jobs`` workers, the most expensive first so that the workers finish together; the one
+    scheduler of ``gsanet experiment`` (plans and the study).
+
+    Args:
+        specs: The runs to start with.
+        ctx: The invocation.
+        then: Asked at the start and after each finished run, with the runs still pending, for runs that have become
+            ready (e.g. a study family's final seeds once its sweep is done); ``[]`` when none.
+
+    Returns:
+        Every run with its state, in the order they finished.
+    """
     results: list[tuple[RunSpec, RunStatus]] = []
     with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool, owned_children(ctx):  # children stop first
-        futures = [(spec, pool.submit(execute_run, spec, ctx)) for spec in order]
-        for spec, future in futures:
-            results.append((spec, future.result()))
-    return results
+        pending: dict[Future, RunSpec] = {}
+
+        def submit(batch: Sequence[RunSpec]) -> None:
+            for spec in sorted(batch, key=lambda s: -s.variant.cost):
+                pending[pool.submit(execute_run, spec, ctx)] = spec
+
+        submit(specs)
+        while True:
+            if then is not None:
+                submit(then(list(pending.values())))
+            if not pending:
+                return results
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            results += [(pending.pop(future), future.result()) for future in done]
 
 
 def record_invocation(ctx: RunnerContext, argv: Sequence[str], data: str) -> None:

@@ -28,7 +28,6 @@ import shlex
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,9 @@ from .results import Row, aggregate
 from .runner import (
     RunnerContext,
     RunStatus,
-    execute_run,
     interrupted,
-    owned_children,
     record_invocation,
+    run_all,
     run_status,
     say,
     train_command,
@@ -59,6 +57,7 @@ __all__ = [
     "collect",
     "final_specs",
     "run_study",
+    "study_command",
     "sweep_specs",
     "write_report",
 ]
@@ -127,34 +126,26 @@ def run_study(study: Study, data: str, ctx: RunnerContext) -> list[tuple[RunSpec
     """
     runs = Path(ctx.args.runs)
     recipe = expected_recipe(ctx, data)
-    families = sorted(study.families, key=lambda f: -f.cost)
-    results: list[tuple[RunSpec, RunStatus]] = []
-    with ThreadPoolExecutor(max_workers=max(1, ctx.args.jobs)) as pool, owned_children(ctx):  # children stop first
-        pending: dict[Future, RunSpec] = {}
-        for family in families:
-            for spec in sweep_specs(study, data, runs)[family.key]:
-                pending[pool.submit(execute_run, spec, ctx)] = spec
-        waiting = [f.key for f in families]
-        while pending or waiting:
-            for key in list(waiting):
-                family = study.family(key)
-                choice, states = choose(study, family, data, runs, recipe)
-                busy = any(s in pending.values() for s, _ in states)
-                if choice is not None:
-                    waiting.remove(key)
-                    say(ctx, f"chose {key}: lr {choice.lr:g}, weight decay {choice.weight_decay:g} "
-                             f"(held-out top-1 {choice.holdout_top1:.2f}%)")  # fmt: skip
-                    for spec in final_specs(study, family, choice, data, runs):
-                        pending[pool.submit(execute_run, spec, ctx)] = spec
-                elif not busy:  # a sweep run failed or is locked elsewhere: no choice this time
-                    waiting.remove(key)
-                    say(ctx, f"{key}: sweep incomplete, its final runs wait for the next invocation")
-            if not pending:
-                break
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in done:
-                results.append((pending.pop(future), future.result()))
-    return results
+    waiting = [f.key for f in study.families]
+
+    def finals_ready(pending: Sequence[RunSpec]) -> list[RunSpec]:
+        """The final runs of every family whose sweep has just become complete."""
+        ready = []
+        for key in list(waiting):
+            family = study.family(key)
+            choice, states = choose(study, family, data, runs, recipe)
+            if choice is not None:
+                waiting.remove(key)
+                say(ctx, f"chose {key}: lr {choice.lr:g}, weight decay {choice.weight_decay:g} "
+                         f"(held-out top-1 {choice.holdout_top1:.2f}%)")  # fmt: skip
+                ready += final_specs(study, family, choice, data, runs)
+            elif not any(s in pending for s, _ in states):  # a sweep run failed or is locked elsewhere: no choice
+                waiting.remove(key)
+                say(ctx, f"{key}: sweep incomplete, its final runs wait for the next invocation")
+        return ready
+
+    sweep = [spec for family in study.families for spec in sweep_specs(study, data, runs)[family.key]]
+    return run_all(sweep, ctx, then=finals_ready)
 
 
 # ------------------------------------------------------------------------------------------------------ results
@@ -525,7 +516,7 @@ def dry_run(study: Study, data: str, ctx: RunnerContext) -> None:
                 print(f"{status.state:8s} {spec.run_dir}  {status.detail}".rstrip())
 
 
-def main(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerContext) -> int:
+def study_command(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: RunnerContext) -> int:
     """``gsanet experiment study``: train (unless ``--dry-run``/``--table-only``), then write the report.
 
     Returns 0 when every run of the study is finished (or for a dry run / table-only), 1 when a run is not or a train

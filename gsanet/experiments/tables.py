@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gsanet.commands import UserError
+from gsanet.errors import UserError
 from gsanet.tables import csv_text, fixed, markdown_table, mean_std
 
 from .plans import Plan, Variant, data_slug, format_kwarg

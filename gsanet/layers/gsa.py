@@ -47,29 +47,13 @@ from .rel_pos import (
     RelPosModule,
     axis_weights,
     check_rel_pos_extend,
-    extend_rel_pos,
-    fit_rel_pos_state,
     head_keys,
     head_rows,
-    relative_to_absolute,
-    resize_rel_pos,
-    skew,
     table_length,
     uniform_weights,
 )
 
-__all__ = [
-    "GlobalSelfAttention",
-    "auto_heads",
-    # at home in rel_pos, axial_ops and axial_kernel; importable from here too
-    "AxialRelPosAttention",
-    "FusedAxialRelPosAttention",
-    "extend_rel_pos",
-    "fit_rel_pos_state",
-    "relative_to_absolute",
-    "resize_rel_pos",
-    "skew",
-]
+__all__ = ["GlobalSelfAttention", "auto_heads"]
 
 _DEFAULT_MAX_SIZE = 64
 _MAX_AUTO_HEADS, _MIN_AUTO_HEAD_DIM = 8, 8

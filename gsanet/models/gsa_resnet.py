@@ -43,8 +43,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from torch import nn
 
+from ..datasets import DATASETS
 from ..layers import GlobalSelfAttention
-from .pretrained import FMNIST_MEAN, FMNIST_STD, SHIPPED, shipped_cfg
+from .pretrained import SHIPPED, shipped_cfg
 
 __all__ = [
     "BLOCK_WIDTHS",
@@ -324,7 +325,8 @@ def _cfg_s32(**kwargs: Any) -> dict[str, Any]:
 def _cfg_fmnist(**kwargs: Any) -> dict[str, Any]:
     """The tiny members: Fashion-MNIST's 1x28x28 inputs and 10 classes, the dataset they are trained and compared on
     (shipped weights, ``gsanet experiment``); weights only where ``kwargs`` has them."""
-    fmnist = dict(num_classes=10, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD)
+    spec = DATASETS["fashion-mnist"]
+    fmnist = dict(num_classes=spec.num_classes, input_size=spec.input_size, mean=spec.mean, std=spec.std)
     return _cfg_s32(**{**fmnist, **kwargs})
 
 

@@ -22,29 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gsanet.datasets import DATASETS
+
 __all__ = [
-    "FMNIST_CLASSES",
-    "FMNIST_MEAN",
-    "FMNIST_STD",
     "SHIPPED",
     "WEIGHTS_DIR",
     "ShippedWeights",
-    "evaluate_shipped",
-    "export_weights",
     "shipped_cfg",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 """Where the shipped ``.safetensors`` files live (installed as package data)."""
 
-FMNIST_MEAN = (0.2860,)
-"""Fashion-MNIST's per-channel mean of the inputs in [0, 1] (the tiny models' default config)."""
-FMNIST_STD = (0.3530,)
-"""Fashion-MNIST's per-channel standard deviation."""
-FMNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-"""Fashion-MNIST's class names, in label order."""
 _EXPERIMENT = (
     "gsanet experiment compare --config configs/experiment_fmnist_full.yaml --runs runs/experiments-full "
     "--out results/experiment_full_recipe --jobs 1 --threads 1"
@@ -116,23 +105,24 @@ _NOTES = (
 
 _TRAIN = (
     "gsanet train --config configs/experiment_fmnist_full.yaml --model {model} --seed 0 --data fashion-mnist "
-    "--output runs/experiments-full/fashion-mnist --name {model}-s0 --no-progress"
+    "--out runs/experiments-full/fashion-mnist --name {model}-s0 --no-progress"
 )
 
 
 def _fmnist(model: str, **kwargs: Any) -> ShippedWeights:
+    spec = DATASETS["fashion-mnist"]
     return ShippedWeights(
         model=model,
         tag="fmnist",
         file=f"{model}_fmnist.safetensors",
-        dataset="fashion-mnist",
-        num_classes=10,
-        in_chans=1,
-        input_size=(1, 28, 28),
-        mean=FMNIST_MEAN,
-        std=FMNIST_STD,
+        dataset=spec.name,
+        num_classes=spec.num_classes,
+        in_chans=spec.in_chans,
+        input_size=spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
         pool_size=(4, 4),
-        label_names=FMNIST_CLASSES,
+        label_names=spec.class_names,
         command=_TRAIN.format(model=model),
         notes=_NOTES,
         **kwargs,
@@ -147,7 +137,7 @@ SHIPPED: dict[str, ShippedWeights] = {
         "conv_resnet26_tiny", test_top1=92.08, test_top5=99.84, test_top1_first1000=93.6, params=738_298
     ),
 }
-"""Shipped weights by model name; accuracies measured on the exported files (``evaluate_shipped``)."""
+"""Shipped weights by model name; accuracies measured on the exported files (``tests/shipped.py``)."""
 
 
 def shipped_cfg(entry: ShippedWeights) -> dict[str, Any]:
@@ -172,66 +162,3 @@ def shipped_cfg(entry: ShippedWeights) -> dict[str, Any]:
         "description": f"gsanet {entry.model} trained on {entry.dataset}",
         "notes": (f"test top-1 {entry.test_top1:.2f}%, top-5 {entry.test_top5:.2f}% on {entry.dataset}", entry.notes),
     }
-
-
-def export_weights(checkpoint: str | Path, dest: str | Path, *, model_name: str | None = None) -> Path:
-    """Write the model weights of a ``gsanet train`` checkpoint as a plain ``state_dict`` safetensors file.
-
-    This is how the files in :data:`WEIGHTS_DIR` are made. The weights pass the checks of
-    :func:`gsanet.train.rundir.load_model` (they fit the model of the checkpoint's metadata and are finite).
-
-    Args:
-        checkpoint: A gsanet checkpoint (``.safetensors``) or run directory (its ``checkpoints/last.safetensors``).
-        dest: The weight file to write (e.g. ``gsanet/weights/<model>_fmnist.safetensors``).
-        model_name: Expected model name (checked against the checkpoint's).
-
-    Raises:
-        ValueError: The checkpoint holds another model.
-        gsanet.train.errors.TrainError: A missing, malformed or non-finite checkpoint.
-    """
-    import json
-
-    from safetensors.torch import save_file
-
-    from gsanet.train.rundir import RunDir, load_model
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = RunDir(path).last
-    loaded = load_model(path)
-    meta = loaded.meta
-    if model_name is not None and meta.model != model_name:
-        raise ValueError(f"{path} holds {meta.model}, not {model_name}")
-    state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
-    source = {"model": meta.model, "epoch": meta.epoch, "run_id": meta.run_id, "data": meta.data.get("name")}
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dest), metadata={"format": "pt", "gsanet_source": json.dumps(source)})
-    return dest
-
-
-def evaluate_shipped(model: Any, limit: int | None = None, batch_size: int = 500, data_dir: str | None = None) -> float:
-    """Top-1 accuracy (%) of a Fashion-MNIST model on the first ``limit`` test images (all when None).
-
-    The inputs are prepared as ``gsanet train`` evaluates them: ``(x / 255 - mean) / std`` at 28x28, no crop.
-
-    Raises:
-        FileNotFoundError: The Fashion-MNIST idx files are not found.
-    """
-    import torch
-
-    from gsanet.train.data import find_fashion_mnist, idx_file, read_idx
-
-    folder = find_fashion_mnist(data_dir)
-    if folder is None:
-        raise FileNotFoundError("Fashion-MNIST idx files not found (data/ or /usr/share/datasets/fashion-mnist)")
-    images = read_idx(idx_file(folder, "t10k-images-idx3-ubyte"))[:limit]
-    labels = read_idx(idx_file(folder, "t10k-labels-idx1-ubyte"))[:limit].long()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].unsqueeze(1).float() / 255.0
-            x = (x - FMNIST_MEAN[0]) / FMNIST_STD[0]
-            correct += int((model(x).argmax(-1) == labels[i : i + batch_size]).sum())
-    return 100.0 * correct / len(images)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import timm
 
-from gsanet.commands import ArgumentParser, UserError, add_out_flag, bounded_int, check_out_dir, run, setup_logging
+from gsanet.commands import ArgumentParser, add_out_flag, bounded_int, check_out_dir, run, setup_logging
+from gsanet.errors import UserError
 from gsanet.tables import fixed, markdown_table, si, write_csv
 
 from .flops import count_macs, count_params
@@ -286,7 +287,7 @@ def to_csv_rows(rows: Sequence[SummaryRow], img_size: tuple[int, int] | None) ->
 
 
 def _parse_size(text: str) -> tuple[int, int] | None:
-    from gsanet.train.config import MAX_IMG_SIZE
+    from gsanet.config import MAX_IMG_SIZE
 
     if text == "default":
         return None

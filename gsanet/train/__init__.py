@@ -1,9 +1,9 @@
 """Training and evaluation: ``gsanet train`` and ``gsanet eval``.
 
-Modules: ``config`` (typed configs, yaml/flag loading), ``errors`` (the error types), ``data`` (datasets and
+Modules: ``config`` (the typed configs of the two commands), ``data`` (datasets and
 loaders), ``engine`` (:func:`train_one_epoch`, :func:`evaluate`), ``checkpoint`` (safetensors + JSON, atomic),
 ``rundir`` (the run directory and checkpoint metadata contract, :func:`load_model`), ``training`` (the steps of a
-training run), ``distributed`` (torchrun), ``plots`` (curves, confusion matrices), ``cli`` and ``evaluate_cli`` (the
+training run), ``distributed`` (torchrun), ``plots`` (curves, confusion matrices), ``train_cli`` and ``eval_cli`` (the
 two commands).
 """
 
@@ -11,24 +11,19 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import EvalConfig, TrainConfig
 from .data import DataInfo, create_datasets, create_loader, read_idx
 from .engine import EpochOptions, create_model, evaluate, train_one_epoch
-from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainError
-from .rundir import CheckpointMeta, LoadedModel, RunDir, RunSummary, load_model, read_summary
+from .metadata import CheckpointMeta, RunSummary
+from .rundir import LoadedModel, RunDir, load_model, read_summary
 
 __all__ = [
     "Checkpoint",
-    "CheckpointError",
     "CheckpointMeta",
-    "ConfigError",
-    "DataError",
     "DataInfo",
     "EpochOptions",
     "EvalConfig",
     "LoadedModel",
-    "NonFiniteLossError",
     "RunDir",
     "RunSummary",
     "TrainConfig",
-    "TrainError",
     "create_datasets",
     "create_loader",
     "create_model",

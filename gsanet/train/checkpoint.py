@@ -11,10 +11,10 @@ Layout of ``<run>/checkpoints/{last,best}.safetensors``, written together by :fu
   optimizer state dict comes back exactly).
 
 Loading reads safetensors and JSON only: no pickle, no ``torch.load``. The metadata is untrusted input: one reader,
-:func:`read_metadata`, checks every known key's type and bounds against a schema (unknown keys are dropped), and the
-``model_args`` it lets through are exactly the arguments of :func:`gsanet.train.engine.create_model`, with
-``model_kwargs`` checked by :func:`~gsanet.train.config.check_model_kwargs` (no ``checkpoint_path`` or
-``pretrained_cfg`` reaches timm, no input size beyond :data:`~gsanet.train.config.MAX_IMG_SIZE`).
+:func:`read_metadata`, checks the keys of the file format here and hands the rest to the type that owns them,
+:meth:`gsanet.train.metadata.CheckpointMeta.check` (every known key's type and bounds; unknown keys are dropped;
+``model_kwargs`` checked so that no ``checkpoint_path`` or ``pretrained_cfg`` reaches timm). This module keeps the file
+format and the training-state codec only.
 
 A file is written to a temporary name in the same directory, flushed, fsynced, and moved over the old one with
 ``os.replace``: a process killed at any moment leaves either the previous or the new checkpoint, never a torn one.
@@ -30,7 +30,6 @@ eval``/``visualize`` of a run directory) does not use meanwhile: it uses ``last`
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import math
@@ -39,7 +38,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import MAX_IMG_SIZE, check_model_kwargs
-from .errors import CheckpointError, ConfigError
+from gsanet.errors import CheckpointError
+from gsanet.files import write_error
+
+from .metadata import CheckpointMeta
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -63,14 +64,13 @@ __all__ = [
     "clean_stale_tmp",
     "commit_checkpoints",
     "copy_checkpoint",
-    "ensure_writable",
     "json_safe",
     "load_checkpoint",
     "nonfinite_names",
     "pack_state",
+    "read_checkpoint_meta",
     "read_metadata",
     "repair_best",
-    "require_meta",
     "restore_rng_state",
     "save_checkpoint",
     "unpack_state",
@@ -223,43 +223,12 @@ def clean_stale_tmp(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _write_error(path: Path, error: OSError) -> CheckpointError:
-    reason = error.strerror or str(error)
-    if error.errno == errno.ENOSPC:
-        fix = "free disk space (or use another --output)"
-    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        fix = "make the directory writable (or use another --output)"
-    else:
-        fix = "check the disk and the directory"
-    return CheckpointError(f"cannot write {path}: {reason}; {fix}")
-
-
 def _os_error(error: SafetensorError) -> OSError:
     """The OSError a :class:`SafetensorError` of safetensors' writer wraps (its message names the OS error code)."""
     text = str(error)
     match = re.search(r"code: (\d+)", text)
     code = int(match.group(1)) if match else None
     return OSError(code, os.strerror(code)) if code is not None else OSError(None, text)
-
-
-def ensure_writable(folder: str | Path) -> None:
-    """Create ``folder`` if needed and check a file can be written in it (a probe file, then removed).
-
-    Raises:
-        CheckpointError: The folder cannot be created or written (read-only, no permission, not a directory, full).
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
-        try:
-            os.write(fd, b"x")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            Path(probe).unlink(missing_ok=True)
-    except OSError as e:
-        raise _write_error(folder, e) from e
 
 
 def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -276,113 +245,13 @@ def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _is_int(value: Any, low: int = 0, high: int = 2**62) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    return math.isfinite(value) and low <= value <= high
-
-
-def _is_text(value: Any, max_len: int = 4096) -> bool:
-    return isinstance(value, str) and len(value) <= max_len
-
-
-def _model_args_problem(args: Any) -> str | None:
-    keys = {"num_classes", "in_chans", "img_size", "drop_rate", "drop_path_rate", "model_kwargs"}
-    if not isinstance(args, dict) or set(args) != keys:
-        return f"must be a mapping of exactly {', '.join(sorted(keys))}"
-    if not _is_int(args["num_classes"], 1, 1_000_000):
-        return f"num_classes must be an int in 1..1000000, got {args['num_classes']!r}"
-    if not _is_int(args["in_chans"], 1, 1024):
-        return f"in_chans must be an int in 1..1024, got {args['in_chans']!r}"
-    if args["img_size"] is not None and not _is_int(args["img_size"], 1, MAX_IMG_SIZE):
-        return f"img_size must be an int in 1..{MAX_IMG_SIZE}, got {args['img_size']!r}"
-    for key in ("drop_rate", "drop_path_rate"):
-        if not _is_number(args[key], 0.0, 1.0):
-            return f"{key} must be a number in [0, 1], got {args[key]!r}"
-    try:
-        check_model_kwargs(args["model_kwargs"], "model_kwargs")
-    except ConfigError as e:
-        return str(e)
+def _codec_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the keys of the file format itself (the rest is :class:`CheckpointMeta`'s to check)."""
+    if "has_ema" in meta and not isinstance(meta["has_ema"], bool):
+        return "has_ema must be true or false"
+    if "state" in meta and not isinstance(meta["state"], dict):
+        return "state must be a mapping"
     return None
-
-
-def _data_problem(data: Any) -> str | None:
-    if not isinstance(data, dict):
-        return "must be a mapping"
-    if not _is_text(data.get("name")):
-        return "name must be a string"
-    if not _is_int(data.get("num_classes"), 1, 1_000_000) or not _is_int(data.get("in_chans"), 1, 1024):
-        return "num_classes and in_chans must be positive ints"
-    if not _is_int(data.get("img_size"), 1, MAX_IMG_SIZE):
-        return f"img_size must be an int in 1..{MAX_IMG_SIZE}, got {data.get('img_size')!r}"
-    for key, low in (("mean", -math.inf), ("std", 1e-12)):
-        values = data.get(key)
-        if not isinstance(values, list) or len(values) != data["in_chans"] or not all(
-            _is_number(v, low) for v in values
-        ):
-            return f"{key} must be a list of {data['in_chans']} finite numbers" + (" > 0" if key == "std" else "")
-    names = data.get("class_names")
-    if not isinstance(names, list) or not all(_is_text(n, 1000) for n in names):
-        return "class_names must be a list of strings"
-    if names and len(names) != data["num_classes"]:
-        return f"class_names has {len(names)} names for {data['num_classes']} classes"
-    return None
-
-
-def _history_problem(history: Any) -> str | None:
-    if not isinstance(history, list) or len(history) > 1_000_000:
-        return "must be a list of epoch rows"
-    for row in history:
-        if not isinstance(row, dict) or not all(
-            isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
-            for k, v in row.items()
-        ):
-            return "rows must be mappings of metric name to number"
-    return None
-
-
-def _config_problem(config: Any) -> str | None:
-    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-        return "must be a mapping"
-    for key in ("data", "data_dir", "model"):
-        if key in config and not _is_text(config[key]):
-            return f"{key} must be a string"
-    return None
-
-
-def _check(ok: bool, problem: str) -> str | None:
-    return None if ok else problem
-
-
-_SCHEMA: dict[str, Any] = {
-    "format": lambda v: _check(_is_text(v, 100), "must be a string"),
-    "run_id": lambda v: _check(_is_text(v, 200) and bool(v), "must be a non-empty string"),
-    "model": lambda v: _check(_is_text(v, 200) and bool(v), "must be a model name"),
-    "model_args": _model_args_problem,
-    "data": _data_problem,
-    "config": _config_problem,
-    "world_size": lambda v: _check(_is_int(v, 1, 1_000_000), "must be a positive int"),
-    "updates_per_epoch": lambda v: _check(_is_int(v, 1), "must be a positive int"),
-    "versions": lambda v: _check(
-        isinstance(v, dict) and all(_is_text(k, 100) and _is_text(x, 200) for k, x in v.items()), "must map str to str"
-    ),
-    "epoch": lambda v: _check(_is_int(v, 0, 10_000_000), "must be an int >= 0"),
-    "num_updates": lambda v: _check(_is_int(v), "must be an int >= 0"),
-    "train_seconds": lambda v: _check(_is_number(v, 0.0), "must be a finite number >= 0"),
-    "history": _history_problem,
-    "best": lambda v: _check(
-        isinstance(v, dict) and set(v) == {"epoch", "top1"} and _is_int(v["epoch"]) and _is_number(v["top1"]),
-        "must be {epoch: int, top1: number}",
-    ),
-    "saved": lambda v: _check(_is_text(v, 100), "must be a string"),
-    "has_ema": lambda v: _check(isinstance(v, bool), "must be true or false"),
-    "state": lambda v: _check(isinstance(v, dict), "must be a mapping"),
-}
-"""The known metadata keys and a check of each (None = fine, else what is wrong)."""
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -415,27 +284,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{path} has checkpoint format {meta.get('format')!r}, this gsanet reads {CHECKPOINT_FORMAT!r}; "
             "use the gsanet version that wrote it"
         )
-    unknown = sorted(set(meta) - set(_SCHEMA))
-    if unknown:
-        _logger.debug("%s: ignoring unknown metadata keys %s", path, ", ".join(unknown[:10]))
-    checked = {}
-    for key, check in _SCHEMA.items():
-        if key in meta:
-            problem = check(meta[key])
-            if problem is not None:
-                raise CheckpointError(f"{path} has malformed metadata: {key} {problem}; use another checkpoint")
-            checked[key] = meta[key]
-    return checked
+    problem = _codec_problem(meta)
+    if problem is not None:
+        raise CheckpointError(f"{path} has malformed metadata: {problem}; use another checkpoint")
+    codec = {key: meta[key] for key in ("format", "has_ema", "state") if key in meta}
+    return {**codec, **CheckpointMeta.check(meta, path)}
 
 
-def require_meta(meta: dict[str, Any], keys: tuple[str, ...], path: str | Path) -> None:
-    """Raise :class:`CheckpointError` unless ``meta`` (from :func:`read_metadata`) has every one of ``keys``."""
-    missing = [key for key in keys if key not in meta]
-    if missing:
-        raise CheckpointError(
-            f"{path} lacks the metadata {', '.join(missing)} (not a complete gsanet train checkpoint); use one that "
-            "gsanet train wrote"
-        )
+def read_checkpoint_meta(path: str | Path, require: Sequence[str] = ()) -> CheckpointMeta:
+    """The typed metadata of the checkpoint file ``path`` (its header only).
+
+    Raises:
+        CheckpointError: Missing, unreadable or malformed, or a key of ``require`` is missing.
+    """
+    return CheckpointMeta.from_dict(read_metadata(path), path, require)
 
 
 def nonfinite_names(tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -464,7 +326,7 @@ def _guard_overwrite(path: Path, run_id: str) -> None:
     if other != run_id:
         raise CheckpointError(
             f"refusing to overwrite {path}: it belongs to another run ({other or 'not a gsanet checkpoint'}); "
-            "choose another --output or --name, or move the file away"
+            "choose another --out or --name, or move the file away"
         )
 
 
@@ -500,9 +362,9 @@ def save_checkpoint(
         with atomic_path(path) as tmp:
             save_file(_storable(tensors), str(tmp), metadata={"format": "pt", _META_KEY: text})
     except OSError as e:
-        raise _write_error(path, e) from e
+        raise write_error(path, e) from e
     except SafetensorError as e:  # safetensors reports its own I/O errors (a full disk) as SafetensorError
-        raise _write_error(path, _os_error(e)) from e
+        raise write_error(path, _os_error(e)) from e
     return path
 
 
@@ -514,7 +376,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
     except OSError as e:
-        raise _write_error(dst, e) from e
+        raise write_error(dst, e) from e
     return dst
 
 

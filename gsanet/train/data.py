@@ -50,14 +50,13 @@ from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .config import MAX_IMG_SIZE, ConfigError, DataError
+from gsanet.config import MAX_IMG_SIZE
+from gsanet.datasets import DATASETS, DatasetSpec, dataset_spec
+from gsanet.errors import ConfigError, DataError
+
 from .distributed import DistContext, ShardSampler
 
 __all__ = [
-    "CIFAR_STATS",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_STD",
     "SYSTEM_FASHION_MNIST_DIR",
     "CheckedImageDataset",
     "DataInfo",
@@ -72,6 +71,7 @@ __all__ = [
     "find_class_images",
     "find_fashion_mnist",
     "format_bytes",
+    "IDX_DTYPES",
     "idx_file",
     "quiet_worker",
     "read_idx",
@@ -80,35 +80,18 @@ __all__ = [
     "to_8bit",
     "upright_8bit",
     "usable_cpus",
-    "write_idx",
 ]
 
 _logger = logging.getLogger(__name__)
 
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+_FASHION_MNIST = DATASETS["fashion-mnist"]
 _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-CIFAR_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+"""The element types of idx files by their type code (the third byte of the header)."""
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _MAX_IDX_BYTES = 2**34  # 16 GiB: a header asking for more is corrupt (and is refused before anything is read)
 
@@ -153,14 +136,14 @@ def read_idx(path: str | Path) -> torch.Tensor:
     try:
         with opener(path, "rb") as f:
             magic = _read_exactly(f, 4)
-            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
                 raise DataError(f"{path} is not an idx file (bad magic number); {fix}")
             ndim = magic[3]
             dims = _read_exactly(f, 4 * ndim)
             if len(dims) < 4 * ndim:
                 raise DataError(f"{path} is truncated (incomplete header); {fix}")
             shape = struct.unpack(f">{ndim}I", dims)
-            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            dtype = np.dtype(IDX_DTYPES[magic[2]])
             expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
             if expected > _MAX_IDX_BYTES:
                 raise DataError(f"{path} announces {tuple(shape)} {dtype} elements ({expected} bytes): corrupt; {fix}")
@@ -176,20 +159,6 @@ def read_idx(path: str | Path) -> torch.Tensor:
         )
     array = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
-
-
-def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
-    """Write a uint8/int8/int16/int32/float32/float64 tensor as an idx file (gzip if the name ends in ``.gz``)."""
-    path = Path(path)
-    array = tensor.detach().cpu().numpy()
-    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
-    if array.dtype not in codes:
-        raise ValueError(f"idx files hold uint8, int8, int16, int32, float32 or float64, not {array.dtype}")
-    data = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data += array.astype(array.dtype.newbyteorder(">")).tobytes()
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(data)
 
 
 def idx_file(folder: Path, stem: str) -> Path | None:
@@ -487,7 +456,7 @@ def _read_fashion_mnist(
                     "put the four *-ubyte.gz files in --data-dir or run with internet access"
                 ) from e
             images, labels = ds.data, ds.targets
-        if labels.numel() and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= _FASHION_MNIST.num_classes):
             raise DataError(f"Fashion-MNIST {split} labels outside 0..9; replace the label file with an intact copy")
         tensors[split] = (images, labels.long())
     if folder is not None:
@@ -546,7 +515,8 @@ def _fashion_mnist(
         held, rest = stratified_holdout(tensors["train"][1], holdout, "fashion-mnist")
         chosen.update(train=rest, val=held)
     fewer = {"train": "--train-subset", "val": "--holdout/--val-subset" if holdout is not None else "--val-subset"}
-    size = img_size or 28
+    spec = _FASHION_MNIST
+    size = img_size or spec.img_size
     datasets = {}
     for split in splits:
         images, labels = tensors[sources[split]]
@@ -562,15 +532,15 @@ def _fashion_mnist(
             check_resize_memory(f"Fashion-MNIST {split}", len(images), size, 1, fewer[split], 2 if train else 1)
             images = _resize_uint8(images, size)
         datasets[split] = TensorImageDataset(
-            images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=2 if train else 0, hflip=train, seed=seed,
+            images, labels, spec.mean, spec.std, pad=2 if train else 0, hflip=train, seed=seed,
             ids=ids, total=total,
         )  # fmt: skip
-    info = DataInfo("fashion-mnist", 10, 1, size, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_CLASSES)
+    info = DataInfo(spec.name, spec.num_classes, spec.in_chans, size, spec.mean, spec.std, spec.class_names)
     return datasets, info
 
 
-def _cifar(
-    name: str,
+def _torchvision(
+    spec: DatasetSpec,
     splits: Sequence[str],
     data_dir: str,
     download: bool,
@@ -584,9 +554,9 @@ def _cifar(
     from torchvision import datasets as tv_datasets
     from torchvision import transforms as T
 
-    mean, std = CIFAR_STATS[name]
-    size = img_size or 32
-    resize = [T.Resize(size)] if size != 32 else []
+    mean, std = spec.mean, spec.std
+    size = img_size or spec.img_size
+    resize = [T.Resize(size)] if size != spec.img_size else []
     train_tf: list[Any] = list(resize)
     if augment:
         train_tf += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
@@ -597,19 +567,18 @@ def _cifar(
     if reprob > 0:
         train_tf.append(RandomErasing(reprob, mode="pixel", device="cpu"))
     transforms = {"train": T.Compose(train_tf), "val": T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])}
-    cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+    cls = getattr(tv_datasets, spec.torchvision)
     datasets = {}
     for split in splits:
         try:
             datasets[split] = cls(root=data_dir, train=split == "train", transform=transforms[split], download=download)
         except Exception as e:  # missing files (RuntimeError) or network errors
-            folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
             raise DataError(
-                f"{name} not found under {data_dir} ({e}); allow --download (needs internet) or copy torchvision's "
-                f"{folder} folder into --data-dir"
+                f"{spec.name} not found under {data_dir} ({e}); allow --download (needs internet) or copy "
+                f"torchvision's {spec.folder} folder into --data-dir"
             ) from e
-    classes = tuple(next(iter(datasets.values())).classes)
-    return datasets, DataInfo(name, len(classes), 3, size, mean, std, classes)
+    classes = spec.class_names or tuple(next(iter(datasets.values())).classes)
+    return datasets, DataInfo(spec.name, len(classes), spec.in_chans, size, mean, std, classes)
 
 
 def _default_img_size(model_name: str | None) -> int:
@@ -634,8 +603,8 @@ def _image_folder(
 ) -> tuple[dict[str, Dataset], DataInfo]:
     if not root.exists():
         raise DataError(
-            f"dataset directory {root} does not exist; --data is fashion-mnist, cifar10, cifar100 or the path of a "
-            "folder with train/ and val/ subfolders (one folder per class, the ImageNet layout)"
+            f"dataset directory {root} does not exist; --data is {', '.join(DATASETS)} or the path of a folder with "
+            "train/ and val/ subfolders (one folder per class, the ImageNet layout)"
         )
     if not root.is_dir():
         raise DataError(f"--data {root} is a file, not a folder; give a folder with train/ and val/ subfolders")
@@ -785,8 +754,8 @@ def create_datasets(
             data, data_dir, splits, download, img_size, model_name, augment, auto_augment, reprob, seed,
             train_subset, val_subset, holdout, class_names,
         )  # fmt: skip
-    elif data in CIFAR_STATS:
-        datasets, info = _cifar(data, splits, data_dir, download, img_size, augment, auto_augment, reprob)
+    elif (spec := dataset_spec(data)) is not None:
+        datasets, info = _torchvision(spec, splits, data_dir, download, img_size, augment, auto_augment, reprob)
     else:
         datasets, info = _image_folder(
             Path(data), splits, img_size, model_name, augment, auto_augment, reprob, class_names

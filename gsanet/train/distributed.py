@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .config import ConfigError
+from gsanet.errors import ConfigError
 
 __all__ = [
     "DistContext",

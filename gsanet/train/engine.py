@@ -26,10 +26,11 @@ from timm.utils import unwrap_model
 from torch import nn
 from tqdm import tqdm
 
+from gsanet.errors import ConfigError, NonFiniteLossError
+
 from .config import check_model_kwargs
 from .data import available_memory, format_bytes
 from .distributed import DistContext, all_reduce_sum
-from .errors import ConfigError, NonFiniteLossError
 
 __all__ = [
     "check_step_memory",

@@ -1,6 +1,6 @@
 """The run directory of ``gsanet train`` and the metadata of its checkpoints: one contract for every reader.
 
-A run directory ``<output>/<name>`` holds::
+A run directory ``<out>/<name>`` holds::
 
     run.lock                     held (fcntl.flock) by the process that writes the run: pid, host, start time
     config.yaml                  the resolved config (a TrainConfig as a mapping)
@@ -15,7 +15,7 @@ A run directory ``<output>/<name>`` holds::
 :class:`RunDir` names these paths; :class:`CheckpointMeta` and :class:`RunSummary` are the typed forms of the checkpoint
 metadata and of ``summary.json`` (their ``to_dict`` writes the keys the files have always had, in the same order);
 :func:`load_model` builds the model of a run directory or checkpoint, ready for evaluation (``gsanet eval``,
-``gsanet visualize``). Untrusted files are read through the checkpoint schema (:func:`~.checkpoint.read_metadata`)
+``gsanet visualize``). Untrusted files are read through the checks of the metadata types (:mod:`~.metadata`)
 and the type checks of :meth:`RunSummary.from_dict`.
 
 One writer per run directory: :class:`RunLock` is an OS lock (``fcntl.flock``) on ``run.lock``, held for the life of
@@ -27,7 +27,6 @@ device in its place would make a reader or writer block forever.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -36,7 +35,7 @@ import shlex
 import socket
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,20 +43,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from gsanet.config import config_to_dict, load_yaml, save_yaml
+from gsanet.datasets import DATASETS
+from gsanet.errors import CheckpointError, ConfigError
+from gsanet.files import ensure_writable
+
 from .checkpoint import (
     atomic_path,
     best_checkpoint,
     check_finite,
     check_state_dict,
-    ensure_writable,
     json_safe,
     load_checkpoint,
-    read_metadata,
-    require_meta,
+    read_checkpoint_meta,
 )
-from .config import DEFAULT_MAX_PARAMS, TrainConfig, config_to_dict, load_yaml, save_yaml
+from .config import DEFAULT_MAX_PARAMS, TrainConfig
 from .engine import create_model
-from .errors import CheckpointError, ConfigError
+from .metadata import METRIC_KEYS, MODEL_KEYS, CheckpointMeta, ModelArgs, RunSummary
 
 try:  # POSIX; elsewhere (Windows) a run directory has no lock, see RunLock
     import fcntl
@@ -65,17 +67,11 @@ except ImportError:  # pragma: no cover - exercised on platforms without fcntl o
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BUILTIN_DATASETS",
     "MAX_INPUT_ELEMENTS",
-    "METRIC_KEYS",
-    "MODEL_KEYS",
-    "RESUME_KEYS",
-    "CheckpointMeta",
     "LoadedModel",
     "ResumeTarget",
     "RunDir",
     "RunLock",
-    "RunSummary",
     "append_command",
     "atomic_write_text",
     "check_model_size",
@@ -94,28 +90,11 @@ __all__ = [
     "write_summary",
 ]
 
-METRIC_KEYS = (
-    "epoch", "lr", "train_loss", "train_top1", "train_images_per_s", "val_loss", "val_top1", "val_top5",
-    "val_images_per_s", "ema_val_loss", "ema_val_top1", "ema_val_top5", "epoch_seconds", "train_seconds",
-)  # fmt: skip
-"""The columns of ``metrics.csv``, in order (an epoch row of the history has a subset of them)."""
-
-MODEL_KEYS = ("model", "model_args", "data")
-"""The checkpoint metadata a model is built from."""
-
-RESUME_KEYS = (
-    "run_id", "model", "model_args", "data", "config", "epoch", "num_updates", "train_seconds", "history", "best",
-    "updates_per_epoch",
-)  # fmt: skip
-"""The checkpoint metadata ``gsanet train --resume`` continues a run from."""
-
 MAX_INPUT_ELEMENTS = 2**26
 """Largest input of one image (channels x height x width, 256 MiB in float32): larger ones exhaust memory."""
 
 _logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "cifar100")
-"""Dataset names used as they are in run directory names (an image folder contributes its last path component)."""
 
 
 # ----------------------------------------------------------------------------------------------------- paths
@@ -172,131 +151,6 @@ class RunDir:
     def best(self) -> Path:
         """``checkpoints/best.safetensors``: the best epoch."""
         return self.checkpoints / "best.safetensors"
-
-
-# ------------------------------------------------------------------------------------------------ metadata
-@dataclass
-class CheckpointMeta:
-    """The ``gsanet`` metadata of a checkpoint (see :mod:`gsanet.train.checkpoint` for the file format).
-
-    A field is None when the checkpoint does not have it (callers state which they need). ``model_args`` are the
-    arguments of :func:`~gsanet.train.engine.create_model`; ``data`` is a :class:`~gsanet.train.data.DataInfo` as a
-    mapping; ``config`` the resolved :class:`~gsanet.train.config.TrainConfig` as a mapping; ``history`` the epoch
-    rows (``METRIC_KEYS``); ``best`` ``{"epoch": int, "top1": float}``.
-    """
-
-    run_id: str | None = None
-    model: str | None = None
-    model_args: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
-    config: dict[str, Any] | None = None
-    world_size: int | None = None
-    updates_per_epoch: int | None = None
-    versions: dict[str, str] | None = None
-    epoch: int | None = None
-    num_updates: int | None = None
-    train_seconds: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None
-    saved: str | None = None
-
-    @classmethod
-    def from_dict(cls, meta: Mapping[str, Any], path: str | Path, require: Sequence[str] = ()) -> CheckpointMeta:
-        """The typed form of ``meta`` (as :func:`~gsanet.train.checkpoint.read_metadata` checked it).
-
-        Raises:
-            CheckpointError: A key of ``require`` is missing.
-        """
-        require_meta(dict(meta), tuple(require), path)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in meta.items() if k in names and v is not None})
-
-    @classmethod
-    def read(cls, path: str | Path, require: Sequence[str] = ()) -> CheckpointMeta:
-        """The metadata of the checkpoint file ``path`` (its header only).
-
-        Raises:
-            CheckpointError: Missing, unreadable or malformed, or a key of ``require`` is missing.
-        """
-        return cls.from_dict(read_metadata(path), path, require)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The metadata as stored in a checkpoint (the fields that are set, in field order)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
-
-    @property
-    def last_row(self) -> dict[str, Any]:
-        """The last epoch row of the history (empty before the first epoch)."""
-        return self.history[-1] if self.history else {}
-
-
-_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "data": (str,), "epochs": (int,), "epochs_planned": (int,), "finished": (bool,),
-    "val_top1": (float, int), "val_top5": (float, int), "val_loss": (float, int), "weights": (str,),
-    "best_val_top1": (float, int), "best_epoch": (int,), "params": (int,), "train_seconds": (float, int),
-    "images_per_s": (float, int), "eval_images_per_s": (float, int), "world_size": (int,), "device": (str,),
-    "amp": (str,), "run_dir": (str,), "checkpoints": (dict,), "metrics_csv": (str,), "plots": (dict,),
-}  # fmt: skip
-
-
-@dataclass
-class RunSummary:
-    """``summary.json``: what a run ended with (a field is None when the run or an older file does not have it).
-
-    ``val_*`` are the last epoch's validation metrics of the weights the run selects on (``weights``: ``ema`` or
-    ``model``); ``best_*`` the best epoch by top-1; ``checkpoints`` and ``plots`` map names to file paths.
-    """
-
-    model: str | None = None
-    data: str | None = None
-    epochs: int | None = None
-    epochs_planned: int | None = None
-    finished: bool | None = None
-    val_top1: float | None = None
-    val_top5: float | None = None
-    val_loss: float | None = None
-    weights: str | None = None
-    best_val_top1: float | None = None
-    best_epoch: int | None = None
-    params: int | None = None
-    train_seconds: float | None = None
-    images_per_s: float | None = None
-    eval_images_per_s: float | None = None
-    world_size: int | None = None
-    device: str | None = None
-    amp: str | None = None
-    run_dir: str | None = None
-    checkpoints: dict[str, str] | None = None
-    metrics_csv: str | None = None
-    plots: dict[str, str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as ``summary.json`` holds it (``plots`` only once the curves are drawn)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if out["plots"] is None:
-            del out["plots"]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str | Path = "summary") -> RunSummary:
-        """The typed form of a ``summary.json`` document; unknown keys are ignored, known ones type-checked.
-
-        ``finished`` is derived from the epoch counts when the document does not say it.
-
-        Raises:
-            CheckpointError: Not a mapping, or a known key of the wrong type.
-        """
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{source} is not a JSON object; remove it and finish the run again")
-        values = {}
-        for key, types in _SUMMARY_TYPES.items():
-            value = data.get(key)
-            if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
-                raise CheckpointError(f"{source} has a malformed {key} ({value!r}); remove it and finish the run again")
-            values[key] = value
-        if values["finished"] is None and values["epochs"] is not None:
-            values["finished"] = values["epochs"] == values["epochs_planned"]
-        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -456,8 +310,8 @@ class RunLock:
 
 
 # ------------------------------------------------------------------------------------------- creation, resume
-def _make_named(output: Path, name: str) -> Path:
-    run_dir = output / name
+def _make_named(out: Path, name: str) -> Path:
+    run_dir = out / name
     try:
         run_dir.mkdir()
     except FileExistsError:
@@ -469,36 +323,36 @@ def _make_named(output: Path, name: str) -> Path:
     return run_dir
 
 
-def _make_stamped(output: Path, stem: str) -> Path:
+def _make_stamped(out: Path, stem: str) -> Path:
     for suffix in [""] + [f"-{i}" for i in range(2, 100)]:
         try:
-            (output / (stem + suffix)).mkdir()
-            return output / (stem + suffix)
+            (out / (stem + suffix)).mkdir()
+            return out / (stem + suffix)
         except FileExistsError:
             continue
-    raise ConfigError(f"could not create a fresh run directory {output / stem}; pass --name")
+    raise ConfigError(f"could not create a fresh run directory {out / stem}; pass --name")
 
 
 def create_run_dir(cfg: TrainConfig, data_name: str) -> Path:
-    """Create a fresh run directory under ``cfg.output`` (``cfg.name``, or ``<model>-<data>-<timestamp>``) and check
+    """Create a fresh run directory under ``cfg.out`` (``cfg.name``, or ``<model>-<data>-<timestamp>``) and check
     that files can be written in it.
 
     Raises:
-        ConfigError: The directory exists (with ``--name``), or ``--output`` is not a writable directory.
+        ConfigError: The directory exists (with ``--name``), or ``--out`` is not a writable directory.
     """
-    output = Path(cfg.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output} is a file, not a directory; give the directory for the run directories")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; give the directory for the run directories")
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         if cfg.name is not None:
-            run_dir = _make_named(output, cfg.name)
+            run_dir = _make_named(out, cfg.name)
         else:
-            data = data_name if data_name in BUILTIN_DATASETS else Path(data_name).name
-            run_dir = _make_stamped(output, f"{cfg.model}-{data}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+            data = data_name if data_name in DATASETS else Path(data_name).name  # a folder: its last component
+            run_dir = _make_stamped(out, f"{cfg.model}-{data}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     except OSError as e:
         raise ConfigError(
-            f"cannot create a run directory in --output {output}: {e.strerror or e}; give a writable directory"
+            f"cannot create a run directory in --out {out}: {e.strerror or e}; give a writable directory"
         ) from e
     try:
         ensure_writable(RunDir(run_dir).checkpoints)
@@ -580,7 +434,7 @@ def check_resume_lineage(checkpoint: Path, meta: CheckpointMeta, run_dir: Path) 
     last = RunDir(run_dir).last
     if not last.is_file() or (checkpoint.exists() and last.resolve() == checkpoint.resolve()):
         return
-    last_meta = CheckpointMeta.read(last)
+    last_meta = read_checkpoint_meta(last)
     fork = f"fork it into a new run directory with --resume {checkpoint} --name <new name>"
     if last_meta.run_id != meta.run_id:
         raise CheckpointError(f"{checkpoint} is not a checkpoint of the run in {run_dir}; {fork}")
@@ -620,7 +474,7 @@ def checkpoint_file(source: str | Path) -> Path:
     return best_checkpoint(path) if path.is_dir() else path
 
 
-def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, fix: str) -> nn.Module:
+def check_model_size(name: str, model_args: ModelArgs, max_params: int, fix: str) -> nn.Module:
     """Refuse a model that is too large or that its arguments break, before any memory is allocated for it.
 
     The model is built on the ``meta`` device (shapes only), so the parameters are counted exactly at no cost; the
@@ -639,7 +493,7 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
     Raises:
         ConfigError: The model rejects its arguments, or is larger than the limits.
     """
-    img_size, in_chans = model_args.get("img_size"), model_args["in_chans"]
+    img_size, in_chans = model_args.img_size, model_args.in_chans
     if img_size is not None and in_chans * img_size * img_size > MAX_INPUT_ELEMENTS:
         raise ConfigError(
             f"{in_chans} channels at {img_size}x{img_size} is more than {MAX_INPUT_ELEMENTS} input values per image "
@@ -647,11 +501,11 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
         )
     try:
         with torch.device("meta"):
-            model = create_model(name, **model_args)
+            model = create_model(name, **model_args.kwargs())
     except ConfigError:
         raise
     except (ValueError, TypeError, AssertionError, ArithmeticError, RuntimeError, KeyError, IndexError) as e:
-        kwargs = dict(model_args.get("model_kwargs") or {})
+        kwargs = dict(model_args.model_kwargs)
         if "meta" in str(e):  # the model reads tensor values while it is built: it cannot be sized without memory
             raise ConfigError(
                 f"model {name} cannot be built on the meta device to count its parameters before allocating them "
@@ -661,7 +515,7 @@ def check_model_size(name: str, model_args: Mapping[str, Any], max_params: int, 
     params = sum(p.numel() for p in model.parameters())
     if params > max_params:
         raise ConfigError(
-            f"model {name} with {dict(model_args.get('model_kwargs') or {})}, {model_args['num_classes']} classes and "
+            f"model {name} with {dict(model_args.model_kwargs)}, {model_args.num_classes} classes and "
             f"{in_chans} input channels has {params:,} parameters ({params * 4 / 2**30:.1f} GiB in float32), more "
             f"than --max-params {max_params:,}; {fix}, or raise --max-params if it is meant"
         )
@@ -688,13 +542,13 @@ def load_model(
         ConfigError: The model arguments are refused by the model, or the model is too large.
     """
     path = checkpoint_file(source)
-    meta = CheckpointMeta.read(path, (*MODEL_KEYS, *require))
+    meta = read_checkpoint_meta(path, (*MODEL_KEYS, *require))
     skeleton = check_model_size(meta.model, meta.model_args, max_params, f"the checkpoint {path} cannot be used")
     checkpoint = load_checkpoint(path, with_state=ema)
     use_ema = ema and checkpoint.ema_state is not None
     weights = checkpoint.ema_state if use_ema else checkpoint.model_state
     check_state_dict(skeleton.state_dict(), weights, model_name=meta.model, checkpoint_model=meta.model, path=path)
     check_finite(weights, path, "EMA weights" if use_ema else "weights")
-    model = create_model(meta.model, **meta.model_args)
+    model = create_model(meta.model, **meta.model_args.kwargs())
     model.load_state_dict(weights)
     return LoadedModel(model.eval(), meta, path, "ema" if use_ema else "model")

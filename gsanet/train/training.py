@@ -1,10 +1,12 @@
-"""The training run behind ``gsanet train``: four named steps sharing one :class:`TrainingRun`.
+"""The training run behind ``gsanet train``: named steps sharing one :class:`TrainingRun`.
 
-* :func:`resolve`: the config (defaults < ``--config`` < flags, or the resumed checkpoint's config as the base), the
+* :func:`prepare_run`: the config (defaults < ``--config`` < flags, or the resumed checkpoint's config as the base), the
   distributed context, and the resumed checkpoint, read once;
 * :func:`build`: datasets, loaders, model (with the resumed weights), EMA, optimizer, schedule and precision;
-* :func:`restore`: the training state and progress of the resumed checkpoint (or a fresh start), then the run
-  directory (created for a new run or a fork) with its config, command line and first files;
+* :func:`restore_progress`: the training state and progress of the resumed checkpoint (or a fresh start);
+* :func:`wrap_model`: ``torch.compile`` and DDP;
+* :func:`open_run`: the run directory (created for a new run or a fork) with its config, command line and first
+  files;
 * :func:`fit`: the epochs, a checkpoint commit and a metrics row after each; then :func:`finish` writes the curves
   and ``summary.json``.
 
@@ -38,6 +40,9 @@ from timm.utils import ModelEmaV3, unwrap_model
 from torch import nn
 
 import gsanet
+from gsanet.config import config_to_dict, resolve_config
+from gsanet.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, UserError
+from gsanet.files import ensure_writable
 
 from .checkpoint import (
     Checkpoint,
@@ -46,13 +51,13 @@ from .checkpoint import (
     check_state_dict,
     clean_stale_tmp,
     commit_checkpoints,
-    ensure_writable,
     load_checkpoint,
     nonfinite_names,
+    read_checkpoint_meta,
     repair_best,
     restore_rng_state,
 )
-from .config import TrainConfig, config_to_dict, resolve_config
+from .config import TrainConfig
 from .data import DataInfo, check_workers, create_datasets, create_loader, epoch_seed, set_epoch
 from .distributed import DistContext, barrier, broadcast_text, init_distributed
 from .engine import (
@@ -64,15 +69,12 @@ from .engine import (
     seed_everything,
     train_one_epoch,
 )
-from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainError
+from .metadata import RESUME_KEYS, CheckpointMeta, ModelArgs, RunSummary
 from .plots import plot_curves
 from .rundir import (
-    RESUME_KEYS,
-    CheckpointMeta,
     ResumeTarget,
     RunDir,
     RunLock,
-    RunSummary,
     append_command,
     check_model_size,
     check_resume_lineage,
@@ -94,10 +96,12 @@ __all__ = [
     "finish",
     "fit",
     "format_seconds",
-    "resolve",
-    "restore",
+    "open_run",
+    "prepare_run",
+    "restore_progress",
     "run_training",
     "warn_batchnorm",
+    "wrap_model",
 ]
 
 _logger = logging.getLogger("gsanet.train")
@@ -105,32 +109,77 @@ _logger = logging.getLogger("gsanet.train")
 INVOCATION_ONLY = ("config", "resume", "stop_after")
 """``gsanet train`` arguments that are not config fields."""
 
-NOT_FROM_CHECKPOINT = ("output", "name", "data_dir", "max_params")
+NOT_FROM_CHECKPOINT = ("out", "name", "data_dir", "max_params")
 """Config keys a resumed checkpoint (or an empty run's ``config.yaml``) never sets, as they are untrusted: where the
 run is written comes from ``--resume`` (continued in place) or the flags (a fork), the model-size limit from the
 flags, and the data directory from ``--data-dir`` (the checkpoint's is only read, never created or downloaded into:
-see :func:`resolve`)."""
+see :func:`prepare_run`)."""
+
+
+@dataclass
+class RunData:
+    """The data of a run (:func:`build_data`)."""
+
+    info: DataInfo
+    datasets: dict[str, Any]
+    train_loader: Any
+    val_loader: Any
+
+
+@dataclass
+class TrainState:
+    """The model and what trains it (:func:`build_state`); :func:`wrap_model` compiles ``model`` and wraps it for DDP.
+
+    Attributes:
+        model: The model (with the resumed weights).
+        model_args: The arguments it was built with (:func:`~gsanet.train.engine.create_model`).
+        params: Its parameter count.
+        model_ema: Its EMA, if the config keeps one.
+        optimizer, lr_scheduler, amp_dtype, scaler: The optimiser, the schedule (None: constant), the autocast dtype
+            (None: float32) and the float16 gradient scaler.
+    """
+
+    model: nn.Module
+    model_args: ModelArgs
+    params: int
+    model_ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    amp_dtype: torch.dtype | None
+    scaler: Any
+
+
+@dataclass
+class Progress:
+    """How far a run is (fresh, or from the resumed checkpoint's metadata: :func:`restore_progress`); :func:`fit`
+    advances it."""
+
+    run_id: str = ""
+    start_epoch: int = 0
+    num_updates: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "top1": -1.0})
 
 
 @dataclass
 class TrainingRun:
-    """What the steps of a training run share; each step fills its part.
+    """A training run: the invocation, and the typed products of its steps.
 
     Attributes:
         cfg: The resolved config.
         argv: The command line (for ``command.txt``).
         ctx: The distributed context.
         stop_after: Epochs to run in this invocation (None: to the end).
-        run_dir: The run directory (None until :func:`restore` makes a new one).
-        checkpoint: The checkpoint resumed from (released by :func:`restore`).
+        run_dir: The run directory (None until :func:`open_run` makes a new one).
+        checkpoint: The checkpoint resumed from (released by :func:`restore_progress`).
         resume_from: Its file.
         fork: Whether the resumed run continues in a new run directory.
         lock: The lock of the run directory held by this process (rank 0), released by :func:`run_training`.
         read_only_data: The data directory comes from the checkpoint: read it, never download into it.
-        info, datasets, train_loader, val_loader: The data (:func:`build`).
-        model, model_args, params, model_ema, optimizer, lr_scheduler, amp_dtype, scaler: The model and its
-            training (:func:`build`).
-        run_id, start_epoch, num_updates, train_seconds, history, best: The progress (:func:`restore`, :func:`fit`).
+        data: The data (:func:`build`).
+        state: The model and its training state (:func:`build`).
+        progress: The progress (:func:`restore_progress`, :func:`fit`).
         writer: The TensorBoard writer of rank 0, if any.
     """
 
@@ -144,24 +193,9 @@ class TrainingRun:
     fork: bool = False
     lock: RunLock | None = None
     read_only_data: bool = False
-    info: DataInfo | None = None
-    datasets: dict[str, Any] = field(default_factory=dict)
-    train_loader: Any = None
-    val_loader: Any = None
-    model: nn.Module | None = None
-    model_args: dict[str, Any] = field(default_factory=dict)
-    params: int = 0
-    model_ema: ModelEmaV3 | None = None
-    optimizer: torch.optim.Optimizer | None = None
-    lr_scheduler: Any = None
-    amp_dtype: torch.dtype | None = None
-    scaler: Any = None
-    run_id: str = ""
-    start_epoch: int = 0
-    num_updates: int = 0
-    train_seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "top1": -1.0})
+    data: RunData | None = None
+    state: TrainState | None = None
+    progress: Progress = field(default_factory=Progress)
     writer: Any = None
 
     @property
@@ -173,19 +207,19 @@ class TrainingRun:
     def meta(self, epoch: int) -> CheckpointMeta:
         """The checkpoint metadata after ``epoch`` epochs."""
         return CheckpointMeta(
-            run_id=self.run_id,
+            run_id=self.progress.run_id,
             model=self.cfg.model,
-            model_args=self.model_args,
-            data=dataclasses.asdict(self.info),
+            model_args=self.state.model_args,
+            data=dataclasses.asdict(self.data.info),
             config=config_to_dict(self.cfg),
             world_size=self.ctx.world_size,
-            updates_per_epoch=len(self.train_loader),
+            updates_per_epoch=len(self.data.train_loader),
             versions={"gsanet": gsanet.__version__, "torch": torch.__version__, "timm": timm.__version__},
             epoch=epoch,
-            num_updates=self.num_updates,
-            train_seconds=self.train_seconds,
-            history=self.history,
-            best=self.best,
+            num_updates=self.progress.num_updates,
+            train_seconds=self.progress.train_seconds,
+            history=self.progress.history,
+            best=self.progress.best,
             saved=datetime.now().isoformat(timespec="seconds"),
         )
 
@@ -194,24 +228,26 @@ class TrainingRun:
         commit_checkpoints(
             self.paths.checkpoints,
             self.meta(epoch).to_dict(),
-            unwrap_model(self.model).state_dict(),
-            ema_state=self.model_ema.module.state_dict() if self.model_ema is not None else None,
-            state=_training_state(self.optimizer, self.scaler),
+            unwrap_model(self.state.model).state_dict(),
+            ema_state=self.state.model_ema.module.state_dict() if self.state.model_ema is not None else None,
+            state=_training_state(self.state.optimizer, self.state.scaler),
         )
 
 
-def run_training(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+def run_training(args: argparse.Namespace, argv: Sequence[str]) -> RunSummary:
     """Train as ``args`` say; return the summary (also written to ``summary.json`` by rank 0).
 
     Raises:
-        TrainError: Bad config, data or checkpoint, a run directory that cannot be written, or divergence.
+        UserError: Bad config, data or checkpoint, a run directory that cannot be written, or divergence.
         KeyboardInterrupt: Ctrl-C or SIGTERM; its ``run_dir`` attribute is the run directory (None before it exists).
     """
     run: TrainingRun | None = None
     try:
-        run = resolve(args, argv)
+        run = prepare_run(args, argv)
         build(run)
-        restore(run)
+        restore_progress(run)
+        wrap_model(run)
+        open_run(run)
         fit(run)
         return finish(run)
     except KeyboardInterrupt as e:
@@ -222,7 +258,7 @@ def run_training(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any
             run.lock.release()
 
 
-# -------------------------------------------------------------------------------------------------- resolve
+# ---------------------------------------------------------------------------------------------- prepare_run
 def _is_rank0() -> bool:
     """Whether this process is rank 0 (``torchrun`` sets ``RANK``; read before the process group exists)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -230,8 +266,8 @@ def _is_rank0() -> bool:
 
 @dataclass
 class _Resumed:
-    """What ``--resume`` brings into :func:`resolve`: the target, its metadata (None for an empty run) and the config
-    it was trained with (``source``), before the untrusted keys are dropped."""
+    """What ``--resume`` brings into :func:`prepare_run`: the target, its metadata (None for an empty run) and the
+    config it was trained with (``source``), before the untrusted keys are dropped."""
 
     target: ResumeTarget
     fork: bool
@@ -244,12 +280,12 @@ class _Resumed:
         name of the run directory itself, as recorded when they name it)."""
         base = {k: v for k, v in self.source.items() if k not in NOT_FROM_CHECKPOINT}
         if not self.fork:
-            run_dir, output, name = self.target.run_dir, self.source.get("output"), self.source.get("name")
-            recorded = isinstance(output, str) and isinstance(name, str) and bool(name)
-            if recorded and (Path(output) / name).resolve() == run_dir.resolve():
-                base.update(output=output, name=name)
+            run_dir, out, name = self.target.run_dir, self.source.get("out"), self.source.get("name")
+            recorded = isinstance(out, str) and isinstance(name, str) and bool(name)
+            if recorded and (Path(out) / name).resolve() == run_dir.resolve():
+                base.update(out=out, name=name)
             else:
-                base.update(output=str(run_dir.parent), name=run_dir.name)
+                base.update(out=str(run_dir.parent), name=run_dir.name)
         return base
 
 
@@ -258,10 +294,10 @@ def _read_resumed(args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[_
     change between this read and the end of the run.
 
     Raises:
-        TrainError: A bad target, a live run (locked by another process), or a malformed checkpoint.
+        UserError: A bad target, a live run (locked by another process), or a malformed checkpoint.
     """
     target = resume_target(args.resume)
-    fork = "name" in explicit or "output" in explicit or target.run_dir is None
+    fork = "name" in explicit or "out" in explicit or target.run_dir is None
     if target.empty and fork:
         raise CheckpointError(
             f"{target.run_dir} has no checkpoint to fork (it stopped before its first epoch ended); start it again "
@@ -274,7 +310,7 @@ def _read_resumed(args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[_
         if target.empty:
             _logger.info("%s has no checkpoint yet: starting it from scratch with its config.yaml", target.run_dir)
             return _Resumed(target, fork, None, read_run_config(target.run_dir)), lock
-        meta = CheckpointMeta.read(target.checkpoint, RESUME_KEYS)
+        meta = read_checkpoint_meta(target.checkpoint, RESUME_KEYS)
         if not fork:
             check_resume_lineage(target.checkpoint, meta, target.run_dir)
         elif target.run_dir is None:
@@ -318,7 +354,7 @@ def _check_resumed_config(cfg: TrainConfig, resumed: _Resumed) -> None:
         )
 
 
-def resolve(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
+def prepare_run(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
     """The config, the distributed context and the resumed checkpoint (read once) of a ``gsanet train`` command.
 
     A run continued in place is locked (:class:`RunLock`) before its checkpoint is read. The resumed checkpoint's
@@ -326,7 +362,7 @@ def resolve(args: argparse.Namespace, argv: Sequence[str]) -> TrainingRun:
     directory is used for reading only (no download into it).
 
     Raises:
-        TrainError: A bad config or flag, an unusable checkpoint, a live run, or a run directory that cannot be
+        UserError: A bad config or flag, an unusable checkpoint, a live run, or a run directory that cannot be
             written.
     """
     explicit = {k: v for k, v in vars(args).items() if k not in INVOCATION_ONLY}
@@ -372,26 +408,43 @@ def _resolve_run(
 
 
 # ---------------------------------------------------------------------------------------------------- build
-def _model_args(cfg: TrainConfig, info: DataInfo) -> dict[str, Any]:
-    return {
-        "num_classes": info.num_classes,
-        "in_chans": info.in_chans,
-        "img_size": info.img_size,
-        "drop_rate": cfg.drop_rate,
-        "drop_path_rate": cfg.drop_path_rate,
-        "model_kwargs": dict(cfg.model_kwargs),
-    }
+def _model_args(cfg: TrainConfig, info: DataInfo) -> ModelArgs:
+    return ModelArgs(
+        num_classes=info.num_classes,
+        in_chans=info.in_chans,
+        img_size=info.img_size,
+        drop_rate=cfg.drop_rate,
+        drop_path_rate=cfg.drop_path_rate,
+        model_kwargs=dict(cfg.model_kwargs),
+    )
 
 
-def _build_data(run: TrainingRun) -> None:
-    cfg, ctx = run.cfg, run.ctx
+def build_data(cfg: TrainConfig, ctx: DistContext, read_only_data: bool = False) -> RunData:
+    """The datasets and loaders of a run (rank 0 downloads first; the others then find the files).
+
+    Raises:
+        DataError: The data is missing, empty or unreadable.
+    """
     if ctx.distributed and not ctx.is_main:
-        barrier(ctx)  # rank 0 downloads first; the others then find the files
+        barrier(ctx)
     check_workers(cfg.workers)  # before the data is read
     try:
-        run.datasets, run.info = _create_datasets(run)
+        datasets, info = create_datasets(
+            cfg.data,
+            cfg.data_dir,
+            download=cfg.download and ctx.is_main and not read_only_data,
+            img_size=cfg.img_size,
+            model_name=cfg.model,
+            augment=cfg.augment,
+            auto_augment=cfg.auto_augment,
+            reprob=cfg.reprob,
+            seed=cfg.seed,
+            train_subset=cfg.train_subset,
+            val_subset=cfg.val_subset,
+            holdout=cfg.holdout,
+        )
     except DataError as e:
-        if not run.read_only_data:
+        if not read_only_data:
             raise
         raise DataError(
             f"{e} (the data directory {cfg.data_dir} is the checkpoint's, which is only read, never downloaded into: "
@@ -400,32 +453,15 @@ def _build_data(run: TrainingRun) -> None:
     if ctx.distributed and ctx.is_main:
         barrier(ctx)
     kwargs = {"ctx": ctx, "seed": cfg.seed, "workers": cfg.workers}
-    run.train_loader = create_loader(run.datasets["train"], cfg.batch_size, train=True, **kwargs)
-    run.val_loader = create_loader(run.datasets["val"], cfg.batch_size, train=False, **kwargs)
+    train_loader = create_loader(datasets["train"], cfg.batch_size, train=True, **kwargs)
+    val_loader = create_loader(datasets["val"], cfg.batch_size, train=False, **kwargs)
+    return RunData(info, datasets, train_loader, val_loader)
 
 
-def _create_datasets(run: TrainingRun) -> tuple[dict[str, Any], DataInfo]:
-    cfg, ctx = run.cfg, run.ctx
-    return create_datasets(
-        cfg.data,
-        cfg.data_dir,
-        download=cfg.download and ctx.is_main and not run.read_only_data,
-        img_size=cfg.img_size,
-        model_name=cfg.model,
-        augment=cfg.augment,
-        auto_augment=cfg.auto_augment,
-        reprob=cfg.reprob,
-        seed=cfg.seed,
-        train_subset=cfg.train_subset,
-        val_subset=cfg.val_subset,
-        holdout=cfg.holdout,
-    )
-
-
-def _build_model(run: TrainingRun) -> nn.Module:
-    cfg, checkpoint = run.cfg, run.checkpoint
-    run.model_args = _model_args(cfg, run.info)
-    skeleton = check_model_size(cfg.model, run.model_args, cfg.max_params, "fix --model or --model-kwargs")
+def _build_model(
+    cfg: TrainConfig, ctx: DistContext, info: DataInfo, model_args: ModelArgs, checkpoint: Checkpoint | None
+) -> nn.Module:
+    skeleton = check_model_size(cfg.model, model_args, cfg.max_params, "fix --model or --model-kwargs")
     if checkpoint is not None:  # checked on the meta-device skeleton: nothing is allocated for weights that do not fit
         check_state_dict(
             skeleton.state_dict(),
@@ -435,47 +471,65 @@ def _build_model(run: TrainingRun) -> nn.Module:
             path=checkpoint.path,
         )
         check_finite(checkpoint.model_state, checkpoint.path)
-    model = create_model(cfg.model, **run.model_args)
-    check_step_memory(model, run.info.in_chans, run.info.img_size, cfg.batch_size, run.ctx.device)  # before a step
+    model = create_model(cfg.model, **model_args.kwargs())
+    check_step_memory(model, info.in_chans, info.img_size, cfg.batch_size, ctx.device)  # before a step
     if checkpoint is not None:
         model.load_state_dict(checkpoint.model_state)
-    if cfg.sync_bn and run.ctx.distributed:
+    if cfg.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    warn_batchnorm(model, cfg, run.ctx)
-    model.to(run.ctx.device)
+    warn_batchnorm(model, cfg, ctx)
+    model.to(ctx.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
 
-def build(run: TrainingRun) -> None:
-    """Seed, then build the datasets, loaders, model (with the resumed weights), EMA, optimizer, schedule, precision.
+def build_state(
+    cfg: TrainConfig, ctx: DistContext, info: DataInfo, updates_per_epoch: int, checkpoint: Checkpoint | None = None
+) -> TrainState:
+    """The model (with the resumed weights of ``checkpoint``), its EMA, optimizer, schedule and precision.
 
     Raises:
-        TrainError: Missing or unreadable data, an unknown model, or resumed weights that do not fit it.
+        UserError: An unknown model, or resumed weights that do not fit it.
     """
-    cfg = run.cfg
-    seed_everything(cfg.seed)
-    _build_data(run)
-    run.model = _build_model(run)
-    run.params = sum(p.numel() for p in run.model.parameters())
-    run.model_ema = ModelEmaV3(run.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-    run.optimizer = create_optimizer_v2(
-        run.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
-    )
+    model_args = _model_args(cfg, info)
+    model = _build_model(cfg, ctx, info, model_args, checkpoint)
+    model_ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    lr_scheduler = None
     if cfg.sched != "none":
-        run.lr_scheduler, _ = create_scheduler_v2(
-            run.optimizer,
+        lr_scheduler, _ = create_scheduler_v2(
+            optimizer,
             sched=cfg.sched,
             num_epochs=cfg.epochs,
             warmup_epochs=cfg.warmup_epochs,
             warmup_lr=cfg.warmup_lr,
             min_lr=cfg.min_lr,
             step_on_epochs=False,
-            updates_per_epoch=len(run.train_loader),
+            updates_per_epoch=updates_per_epoch,
         )
-    run.amp_dtype = resolve_amp(cfg.amp, run.ctx.device)
-    run.scaler = torch.amp.GradScaler("cuda") if run.amp_dtype == torch.float16 else None
+    amp_dtype = resolve_amp(cfg.amp, ctx.device)
+    return TrainState(
+        model=model,
+        model_args=model_args,
+        params=sum(p.numel() for p in model.parameters()),
+        model_ema=model_ema,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+    )
+
+
+def build(run: TrainingRun) -> None:
+    """Seed, then build the run's data (:func:`build_data`) and training state (:func:`build_state`).
+
+    Raises:
+        UserError: Missing or unreadable data, an unknown model, or resumed weights that do not fit it.
+    """
+    seed_everything(run.cfg.seed)
+    run.data = build_data(run.cfg, run.ctx, run.read_only_data)
+    run.state = build_state(run.cfg, run.ctx, run.data.info, len(run.data.train_loader), run.checkpoint)
 
 
 def warn_batchnorm(model: nn.Module, cfg: TrainConfig, ctx: DistContext) -> str | None:
@@ -500,7 +554,7 @@ def warn_batchnorm(model: nn.Module, cfg: TrainConfig, ctx: DistContext) -> str 
     return message
 
 
-# -------------------------------------------------------------------------------------------------- restore
+# --------------------------------------------------------------------------------------------- restore_progress
 def _training_state(optimizer: torch.optim.Optimizer, scaler: Any) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs (the schedule is a function of the config and the
     update count, so it is rebuilt, not stored)."""
@@ -520,74 +574,81 @@ def _restore_state(run: TrainingRun, checkpoint: Checkpoint) -> None:
     Raises:
         CheckpointError: The training state does not fit the optimizer.
     """
-    meta, state = checkpoint.meta, checkpoint.state
+    meta, state = CheckpointMeta.from_dict(checkpoint.meta, checkpoint.path, RESUME_KEYS), checkpoint.state
     try:
-        run.optimizer.load_state_dict(state["optimizer"])
-        if run.scaler is not None and "scaler" in state:
-            run.scaler.load_state_dict(state["scaler"])
-        if run.model_ema is not None and checkpoint.ema_state is not None:
-            run.model_ema.module.load_state_dict(checkpoint.ema_state)
+        run.state.optimizer.load_state_dict(state["optimizer"])
+        if run.state.scaler is not None and "scaler" in state:
+            run.state.scaler.load_state_dict(state["scaler"])
+        if run.state.model_ema is not None and checkpoint.ema_state is not None:
+            run.state.model_ema.module.load_state_dict(checkpoint.ema_state)
         restore_rng_state(state["rng"])
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
         raise CheckpointError(
             f"{checkpoint.path} has an unusable training state ({type(e).__name__}: {e}); resume from another "
             "checkpoint or start a new run"
         ) from e
-    num_updates, updates_per_epoch = meta["num_updates"], len(run.train_loader)
-    if meta["updates_per_epoch"] != updates_per_epoch:
-        rescaled = meta["epoch"] * updates_per_epoch
+    num_updates, updates_per_epoch = meta.num_updates, len(run.data.train_loader)
+    if meta.updates_per_epoch != updates_per_epoch:
+        rescaled = meta.epoch * updates_per_epoch
         _logger.warning(
             "updates per epoch changed from %d to %d (another world size, batch size or subset): the schedule "
             "continues at epoch %d (update %d instead of %d)",
-            meta["updates_per_epoch"], updates_per_epoch, meta["epoch"], rescaled, num_updates,
+            meta.updates_per_epoch, updates_per_epoch, meta.epoch, rescaled, num_updates,
         )  # fmt: skip
         num_updates = rescaled
-    if run.lr_scheduler is not None:
-        run.lr_scheduler.step_update(num_updates=num_updates)
-    run.start_epoch, run.num_updates, run.train_seconds = meta["epoch"], num_updates, meta["train_seconds"]
-    run.history, run.best, run.run_id = meta["history"], meta["best"], meta["run_id"]
+    if run.state.lr_scheduler is not None:
+        run.state.lr_scheduler.step_update(num_updates=num_updates)
+    run.progress = Progress(meta.run_id, meta.epoch, num_updates, meta.train_seconds, meta.history, meta.best)
 
 
-def _restore_progress(run: TrainingRun) -> None:
-    run.run_id = uuid.uuid4().hex
+def restore_progress(run: TrainingRun) -> None:
+    """The training state and progress of the resumed checkpoint (released afterwards), or a fresh start.
+
+    Raises:
+        CheckpointError: The checkpoint's training state does not fit the optimizer.
+    """
+    run.progress.run_id = uuid.uuid4().hex
     checkpoint, run.checkpoint = run.checkpoint, None  # released: the weights and state are in the model now
     if checkpoint is None:
         return
     _restore_state(run, checkpoint)
-    _logger.info("resumed %s at epoch %d/%d", checkpoint.path, run.start_epoch, run.cfg.epochs)
+    _logger.info("resumed %s at epoch %d/%d", checkpoint.path, run.progress.start_epoch, run.cfg.epochs)
     if run.fork:  # a new run: its own id, and its best starts at the fork point (the old best file stays there)
-        run.run_id = uuid.uuid4().hex
-        row = run.history[-1] if run.history else {}
+        run.progress.run_id = uuid.uuid4().hex
+        row = run.progress.history[-1] if run.progress.history else {}
         top1 = row.get("ema_val_top1" if run.cfg.model_ema else "val_top1", -1.0)
-        run.best = {"epoch": run.start_epoch, "top1": -1.0 if top1 is None else float(top1)}
+        run.progress.best = {"epoch": run.progress.start_epoch, "top1": -1.0 if top1 is None else float(top1)}
 
 
-def restore(run: TrainingRun) -> None:
-    """Restore the resumed training state and progress (or start fresh), wrap the model for compilation and DDP, and
-    open the run directory (a new one for a new run or a fork).
+def wrap_model(run: TrainingRun) -> None:
+    """Compile the model (``--compile``) and wrap it for DDP (under ``torchrun``), after its state was restored."""
+    if run.cfg.compile:
+        run.state.model = torch.compile(run.state.model)
+    if run.ctx.distributed:
+        device = run.ctx.device
+        run.state.model = nn.parallel.DistributedDataParallel(
+            run.state.model, device_ids=[device] if device.type == "cuda" else None
+        )
+
+
+def open_run(run: TrainingRun) -> None:
+    """Create and lock the run directory of a new run or a fork (rank 0 decides, every rank learns it), then write its
+    first files.
 
     Raises:
-        TrainError: An unusable training state, or a run directory that cannot be created or written.
+        UserError: The run directory cannot be created or written.
     """
-    _restore_progress(run)
     cfg, ctx = run.cfg, run.ctx
-    if cfg.compile:
-        run.model = torch.compile(run.model)
-    if ctx.distributed:
-        device = ctx.device
-        run.model = nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[device] if device.type == "cuda" else None
-        )
     if run.run_dir is None:
 
         def create_and_lock() -> Path:
-            run_dir = create_run_dir(cfg, run.info.name)
+            run_dir = create_run_dir(cfg, run.data.info.name)
             run.lock = RunLock.acquire(run_dir)
             return run_dir
 
         run.run_dir = Path(_broadcast_outcome(create_and_lock, ctx))
         if run.fork:
-            _logger.info("forked %s (epoch %d) into %s", run.resume_from, run.start_epoch, run.run_dir)
+            _logger.info("forked %s (epoch %d) into %s", run.resume_from, run.progress.start_epoch, run.run_dir)
     if ctx.is_main:
         _open_run_dir(run)
 
@@ -598,7 +659,7 @@ def _broadcast_outcome(fn: Callable[[], object], ctx: DistContext) -> str:
     if ctx.is_main:
         try:
             text = "ok:" + str(fn())
-        except TrainError as e:
+        except UserError as e:
             if not ctx.distributed:
                 raise
             text = f"error:{e}"
@@ -625,7 +686,7 @@ def _check_disk_space(folder: Path, model: nn.Module, model_ema: Any) -> None:
     if free < needed:
         raise CheckpointError(
             f"{folder} has {free / 2**20:.1f} MiB free, the checkpoints need about {needed / 2**20:.1f} MiB; free "
-            "disk space or use another --output"
+            "disk space or use another --out"
         )
 
 
@@ -636,9 +697,9 @@ def _open_run_dir(run: TrainingRun) -> None:
     for folder in (paths.path, paths.checkpoints):
         for stale in clean_stale_tmp(folder):  # left by a process killed while writing
             _logger.info("removed %s, left by an interrupted write", stale)
-    _check_disk_space(paths.checkpoints, unwrap_model(run.model), run.model_ema)
+    _check_disk_space(paths.checkpoints, unwrap_model(run.state.model), run.state.model_ema)
     if run.fork:
-        run.commit(run.start_epoch)  # the fork point, so that the new run is resumable and has a best file at once
+        run.commit(run.progress.start_epoch)  # the fork point: the new run is resumable and has a best file at once
     else:
         repair_best(paths.checkpoints)
     try:
@@ -646,19 +707,19 @@ def _open_run_dir(run: TrainingRun) -> None:
         append_command(paths.command, run.argv)
     except OSError as e:
         raise CheckpointError(f"cannot write in {paths.path}: {e.strerror or e}; make it writable") from e
-    if run.history:
-        write_metrics_csv(run.history, paths.metrics)
+    if run.progress.history:
+        write_metrics_csv(run.progress.history, paths.metrics)
     try:
         from torch.utils.tensorboard import SummaryWriter
 
-        purge_step = run.start_epoch + 1 if run.start_epoch else None
+        purge_step = run.progress.start_epoch + 1 if run.progress.start_epoch else None
         run.writer = SummaryWriter(str(paths.tensorboard), purge_step=purge_step)
     except ImportError:
         _logger.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
     _logger.info(
         "run %s: %s (%.2fM params) on %s, %d train / %d val images, %d x %d process(es), device %s",
-        paths.path, cfg.model, run.params / 1e6, run.info.name, len(run.datasets["train"]), len(run.datasets["val"]),
-        cfg.batch_size, run.ctx.world_size, run.ctx.device,
+        paths.path, cfg.model, run.state.params / 1e6, run.data.info.name, len(run.data.datasets["train"]),
+        len(run.data.datasets["val"]), cfg.batch_size, run.ctx.world_size, run.ctx.device,
     )  # fmt: skip
 
 
@@ -683,11 +744,11 @@ def _epoch_options(run: TrainingRun) -> EpochOptions:
         criterion=_criterion(cfg),
         device=ctx.device,
         ctx=ctx,
-        lr_scheduler=run.lr_scheduler,
-        amp_dtype=run.amp_dtype,
-        scaler=run.scaler,
-        mixup_fn=_mixup(cfg, run.info.num_classes),
-        model_ema=run.model_ema,
+        lr_scheduler=run.state.lr_scheduler,
+        amp_dtype=run.state.amp_dtype,
+        scaler=run.state.scaler,
+        mixup_fn=_mixup(cfg, run.data.info.num_classes),
+        model_ema=run.state.model_ema,
         clip_grad=cfg.clip_grad,
         channels_last=cfg.channels_last,
         progress=cfg.progress and ctx.is_main,
@@ -697,21 +758,21 @@ def _epoch_options(run: TrainingRun) -> EpochOptions:
 def _validate(run: TrainingRun, row: dict[str, Any]) -> dict[str, Any]:
     """Add the validation metrics (and the EMA's) to ``row``; return those the run selects its best epoch on."""
     eval_kwargs = {
-        "num_classes": run.info.num_classes,
+        "num_classes": run.data.info.num_classes,
         "ctx": run.ctx,
-        "amp_dtype": run.amp_dtype,
+        "amp_dtype": run.state.amp_dtype,
         "channels_last": run.cfg.channels_last,
         "progress": run.cfg.progress and run.ctx.is_main,
     }
     device = run.ctx.device
-    val_stats = evaluate(run.model, run.val_loader, device, desc="validate", **eval_kwargs)
+    val_stats = evaluate(run.state.model, run.data.val_loader, device, desc="validate", **eval_kwargs)
     row.update(
         val_loss=val_stats["loss"], val_top1=val_stats["top1"], val_top5=val_stats["top5"],
         val_images_per_s=val_stats["images_per_s"],
     )  # fmt: skip
-    if run.model_ema is None:
+    if run.state.model_ema is None:
         return val_stats
-    ema_stats = evaluate(run.model_ema.module, run.val_loader, device, desc="validate EMA", **eval_kwargs)
+    ema_stats = evaluate(run.state.model_ema.module, run.data.val_loader, device, desc="validate EMA", **eval_kwargs)
     row.update(ema_val_loss=ema_stats["loss"], ema_val_top1=ema_stats["top1"], ema_val_top5=ema_stats["top5"])
     return ema_stats
 
@@ -737,12 +798,12 @@ def _run_epoch(run: TrainingRun, epoch: int, options: EpochOptions) -> tuple[dic
     """Train and validate one epoch; return its metrics row and the metrics the best epoch is chosen on."""
     cfg, ctx = run.cfg, run.ctx
     seed_everything(epoch_seed(cfg.seed, epoch, ctx.rank))
-    set_epoch(run.train_loader, epoch, cfg.seed, ctx.rank)
+    set_epoch(run.data.train_loader, epoch, cfg.seed, ctx.rank)
     train_stats = train_one_epoch(
-        run.model, run.train_loader, run.optimizer, options, epoch,
-        num_updates=run.num_updates, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        run.state.model, run.data.train_loader, run.state.optimizer, options, epoch,
+        num_updates=run.progress.num_updates, desc=f"epoch {epoch + 1}/{cfg.epochs}",
     )  # fmt: skip
-    run.num_updates = int(train_stats["num_updates"])
+    run.progress.num_updates = int(train_stats["num_updates"])
     row: dict[str, Any] = {
         "epoch": epoch + 1,
         "lr": train_stats["lr"],
@@ -751,14 +812,14 @@ def _run_epoch(run: TrainingRun, epoch: int, options: EpochOptions) -> tuple[dic
         "train_images_per_s": train_stats["images_per_s"],
     }
     selected = _validate(run, row)
-    _check_diverged(epoch, row, unwrap_model(run.model), run.model_ema)
+    _check_diverged(epoch, row, unwrap_model(run.state.model), run.state.model_ema)
     return row, selected
 
 
 def _record_epoch(run: TrainingRun, row: dict[str, Any], remaining_seconds: float) -> None:
     """Rank 0: commit the checkpoints, rewrite metrics.csv, log to TensorBoard and print the epoch line."""
     run.commit(row["epoch"])
-    write_metrics_csv(run.history, run.paths.metrics)
+    write_metrics_csv(run.progress.history, run.paths.metrics)
     if run.writer is not None:
         for key, value in row.items():
             if key != "epoch":
@@ -771,14 +832,14 @@ def fit(run: TrainingRun) -> None:
     """Run the epochs from the start epoch to ``cfg.epochs`` (or ``--stop-after`` of them), committing after each.
 
     Raises:
-        TrainError: The training diverged or a file cannot be written; the message names the last good checkpoint.
+        UserError: The training diverged or a file cannot be written; the message names the last good checkpoint.
     """
     cfg = run.cfg
     options = _epoch_options(run)
     epoch_times: list[float] = []
     try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            if run.stop_after is not None and epoch - run.start_epoch >= run.stop_after:
+        for epoch in range(run.progress.start_epoch, cfg.epochs):
+            if run.stop_after is not None and epoch - run.progress.start_epoch >= run.stop_after:
                 _logger.info(
                     "stopping after %d epoch(s) as asked; continue with --resume %s", run.stop_after, run.run_dir
                 )
@@ -787,14 +848,14 @@ def fit(run: TrainingRun) -> None:
             row, selected = _run_epoch(run, epoch, options)
             epoch_seconds = time.perf_counter() - start
             epoch_times.append(epoch_seconds)
-            run.train_seconds += epoch_seconds
-            row.update(epoch_seconds=epoch_seconds, train_seconds=run.train_seconds)
-            run.history.append(row)
-            if selected["top1"] > run.best["top1"]:
-                run.best = {"epoch": epoch + 1, "top1": selected["top1"]}
+            run.progress.train_seconds += epoch_seconds
+            row.update(epoch_seconds=epoch_seconds, train_seconds=run.progress.train_seconds)
+            run.progress.history.append(row)
+            if selected["top1"] > run.progress.best["top1"]:
+                run.progress.best = {"epoch": epoch + 1, "top1": selected["top1"]}
             if run.ctx.is_main:
                 _record_epoch(run, row, sum(epoch_times) / len(epoch_times) * (cfg.epochs - epoch - 1))
-    except TrainError as e:
+    except UserError as e:
         last = run.paths.last
         if last.is_file():
             raise type(e)(
@@ -809,12 +870,12 @@ def fit(run: TrainingRun) -> None:
 
 # ---------------------------------------------------------------------------------------------------- finish
 def _summary(run: TrainingRun) -> RunSummary:
-    cfg, history, best, paths = run.cfg, run.history, run.best, run.paths
+    cfg, history, best, paths = run.cfg, run.progress.history, run.progress.best, run.paths
     last = history[-1] if history else {}
     prefix = "ema_val_" if cfg.model_ema else "val_"
     return RunSummary(
         model=cfg.model,
-        data=run.info.name,
+        data=run.data.info.name,
         epochs=len(history),
         epochs_planned=cfg.epochs,
         finished=len(history) >= cfg.epochs,
@@ -824,36 +885,37 @@ def _summary(run: TrainingRun) -> RunSummary:
         weights="ema" if cfg.model_ema else "model",
         best_val_top1=best["top1"] if history else None,
         best_epoch=best["epoch"] if history else None,
-        params=run.params,
-        train_seconds=run.train_seconds,
+        params=run.state.params,
+        train_seconds=run.progress.train_seconds,
         images_per_s=last.get("train_images_per_s"),
         eval_images_per_s=last.get("val_images_per_s"),
         world_size=run.ctx.world_size,
         device=str(run.ctx.device),
-        amp=str(run.amp_dtype).removeprefix("torch.") if run.amp_dtype else "none",
+        amp=str(run.state.amp_dtype).removeprefix("torch.") if run.state.amp_dtype else "none",
         run_dir=str(paths.path),
         checkpoints={"last": str(paths.last), "best": str(paths.best)},
         metrics_csv=str(paths.metrics),
     )
 
 
-def finish(run: TrainingRun) -> dict[str, Any]:
+def finish(run: TrainingRun) -> RunSummary:
     """Rank 0 (after at least one epoch): draw the curves and write ``summary.json``; return the summary.
 
     Raises:
         CheckpointError: The plots or the summary cannot be written.
     """
     summary = _summary(run)
-    if run.ctx.is_main and run.history:
+    if run.ctx.is_main and run.progress.history:
         try:
-            paths = plot_curves(run.history, run.run_dir, title=f"{run.cfg.model} on {Path(run.info.name).name}")
+            title = f"{run.cfg.model} on {Path(run.data.info.name).name}"
+            paths = plot_curves(run.progress.history, run.run_dir, title=title)
         except OSError as e:
             raise CheckpointError(
                 f"cannot write the plots in {run.run_dir}: {e.strerror or e}; make it writable"
             ) from e
         summary.plots = {name: str(path) for name, path in paths.items()}
         write_summary(summary, run.paths.summary)
-    return summary.to_dict()
+    return summary
 
 
 def epoch_line(row: dict[str, Any], epochs: int, remaining_seconds: float) -> str:

@@ -7,7 +7,7 @@ Usage::
     gsanet train --resume runs/<run>               # continue an interrupted run (same final weights)
     torchrun --nproc_per_node 2 -m gsanet.cli train --config configs/fashion_mnist.yaml
 
-A run directory ``<output>/<name>`` (default ``<model>-<data>-<timestamp>``) receives ``config.yaml`` (the resolved
+A run directory ``<out>/<name>`` (default ``<model>-<data>-<timestamp>``) receives ``config.yaml`` (the resolved
 config), ``command.txt``, ``checkpoints/{last,best}.safetensors``, ``metrics.csv``, ``tensorboard/``, ``loss.png``,
 ``accuracy.png`` and ``summary.json``. An existing directory is never reused except by ``--resume``, and only while no
 other process writes it: the process that trains a run holds its ``run.lock`` (:class:`~.rundir.RunLock`). A
@@ -15,7 +15,7 @@ checkpoint outside a run directory is forked into a new one; a run directory wit
 again from scratch by ``--resume``.
 
 Nothing is lost or wrong in silence: ``--resume`` continues a run only from a checkpoint at least as recent as its
-``last`` (an older one, e.g. ``best``, is forked into a new directory with ``--name``/``--output``); a run whose
+``last`` (an older one, e.g. ``best``, is forked into a new directory with ``--name``/``--out``); a run whose
 weights or losses become NaN/infinite stops with an error and keeps its last finite checkpoint; SIGTERM is handled
 like Ctrl-C; the run directory is checked for writing (and for room for the checkpoints) before the first epoch.
 
@@ -37,14 +37,15 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gsanet.commands import run, setup_logging
+from gsanet.commands import build_parser, run, setup_logging
 
-from .config import TrainConfig, build_parser
+from .config import TrainConfig
 from .distributed import cleanup_distributed
+from .metadata import RunSummary
 from .rundir import RunDir
 from .training import format_seconds, run_training
 
-__all__ = ["Terminated", "build_train_parser", "configure_logging", "main", "run_training"]
+__all__ = ["Terminated", "build_train_parser", "main", "run_training"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -62,7 +63,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR_OR_CKPT",
         help="continue a run from its last checkpoint (or the given .safetensors); its config is the base. With "
-        "--name/--output: fork it into a new run directory (needed for a checkpoint older than the run's last)",
+        "--name/--out: fork it into a new run directory (needed for a checkpoint older than the run's last)",
     )
     parser.add_argument(
         "--stop-after",
@@ -71,12 +72,6 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="stop after N epochs in this invocation (the schedule still spans --epochs); continue with --resume",
     )
     return parser
-
-
-def configure_logging(level: int = logging.INFO, prefix: str = "") -> logging.Logger:
-    """Send the ``gsanet`` loggers to stderr (:func:`gsanet.commands.setup_logging`, the one set-up of every
-    command); ``prefix`` goes before every message."""
-    return setup_logging(level=level, prefix=prefix)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -110,7 +105,7 @@ def _main(argv: list[str]) -> int:
     args = build_train_parser().parse_args(argv)
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"[rank {rank}] " if world_size > 1 else ""
-    logger = configure_logging(logging.INFO if rank == 0 else logging.WARNING, prefix)
+    logger = setup_logging(level=logging.INFO if rank == 0 else logging.WARNING, prefix=prefix)
     previous = _handle_sigterm()
     try:
         with logging_redirect_tqdm([logger]):
@@ -122,17 +117,24 @@ def _main(argv: list[str]) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         cleanup_distributed()
-    if rank == 0 and summary["epochs"]:
-        s = summary
-        print(f"run directory: {s['run_dir']}")
-        print(
-            f"final val top-1 {s['val_top1']:.2f}%  top-5 {s['val_top5']:.2f}%  loss {s['val_loss']:.4f}  (best top-1 "
-            f"{s['best_val_top1']:.2f}% at epoch {s['best_epoch']}; {s['epochs']}/{s['epochs_planned']} epochs, "
-            f"{format_seconds(s['train_seconds'])})"
-        )
-        print(f"plots: {summary['plots']['loss']}  {summary['plots']['accuracy']}")
-        print(f"summary: {RunDir(Path(summary['run_dir'])).summary}")
-        print(f"checkpoints: {summary['checkpoints']['last']}  {summary['checkpoints']['best']}")
+    if rank == 0 and summary.epochs:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: RunSummary) -> None:
+    """Where the results of a finished invocation are, and what it ended with."""
+    print(f"run directory: {s.run_dir}")
+    print(
+        f"final val top-1 {s.val_top1:.2f}%  top-5 {s.val_top5:.2f}%  loss {s.val_loss:.4f}  (best top-1 "
+        f"{s.best_val_top1:.2f}% at epoch {s.best_epoch}; {s.epochs}/{s.epochs_planned} epochs, "
+        f"{format_seconds(s.train_seconds)})"
+    )
+    if s.plots:
+        print(f"plots: {s.plots['loss']}  {s.plots['accuracy']}")
+    print(f"summary: {RunDir(Path(s.run_dir)).summary}")
+    if s.checkpoints:
+        print(f"checkpoints: {s.checkpoints['last']}  {s.checkpoints['best']}")
     return 0
 
 

@@ -3,16 +3,16 @@
 Usage::
 
     gsanet eval --checkpoint runs/<run>                       # its best checkpoint, on the data it was trained on
-    gsanet eval --checkpoint runs/<run>/checkpoints/last.safetensors --data-dir data --output reports/
+    gsanet eval --checkpoint runs/<run>/checkpoints/last.safetensors --data-dir data --out reports/
 
 The model name and arguments (classes, channels, input size, extra kwargs) come from the checkpoint's metadata and
 are refused beyond ``--max-params`` before the model is built; without ``--data-dir`` the checkpoint's data directory
 is read but never created or downloaded into (a checkpoint is untrusted: it chooses no path that is written);
 the EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). Writes
-``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--output``.
+``<checkpoint stem>-eval.json`` and ``<checkpoint stem>-confusion.png`` next to the checkpoint or into ``--out``.
 A checkpoint with NaN or infinite weights is refused, and so is data whose class names differ from the checkpoint's
 (an image folder's classes are mapped by name; one with a class folder the checkpoint does not know is refused).
-An explicit ``--output`` is checked for writing before the evaluation; when the default place (next to the
+An explicit ``--out`` is checked for writing before the evaluation; when the default place (next to the
 checkpoint, e.g. a read-only run) cannot be written, the results are still printed, with a warning that the report
 was not saved.
 """
@@ -28,15 +28,16 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gsanet.commands import resolve, run
+from gsanet.commands import build_parser, resolve, run, setup_logging
+from gsanet.datasets import DATASETS
+from gsanet.errors import CheckpointError, ConfigError, DataError
+from gsanet.files import ensure_writable
 
-from .checkpoint import ensure_writable, json_safe
-from .cli import configure_logging
-from .config import EvalConfig, TrainConfig, build_parser
-from .data import CIFAR_STATS, DataInfo, check_workers, create_datasets, create_loader
+from .checkpoint import json_safe
+from .config import EvalConfig, TrainConfig
+from .data import DataInfo, check_workers, create_datasets, create_loader
 from .distributed import DistContext, resolve_device
 from .engine import evaluate, resolve_amp
-from .errors import CheckpointError, ConfigError, DataError
 from .plots import plot_confusion_matrix
 from .rundir import LoadedModel, check_regular_file, load_model
 
@@ -64,8 +65,7 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
     train_cfg, model_args = meta.config, meta.model_args
     data = cfg.data or train_cfg["data"]
     trained_names = tuple(meta.data["class_names"])
-    builtin = ("fashion-mnist", *CIFAR_STATS)
-    by_name = data == train_cfg["data"] or (data not in builtin and train_cfg["data"] not in builtin)  # two folders
+    by_name = data == train_cfg["data"] or (data not in DATASETS and train_cfg["data"] not in DATASETS)  # two folders
     # the checkpoint's data directory (unless it is the default one) is read, never created or downloaded into
     data_dir = cfg.data_dir or train_cfg["data_dir"]
     try:
@@ -74,7 +74,7 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
             data_dir,
             splits=("val",),
             download=cfg.download and (bool(cfg.data_dir) or data_dir == TrainConfig.data_dir),
-            img_size=model_args["img_size"],
+            img_size=model_args.img_size,
             model_name=meta.model,
             val_subset=cfg.val_subset,
             class_names=trained_names if by_name else None,  # an image folder's classes are then mapped by name
@@ -86,9 +86,9 @@ def _val_data(cfg: EvalConfig, loaded: LoadedModel) -> tuple[Any, DataInfo]:
             f"{e} (the data directory {data_dir} is the checkpoint's, which is only read, never downloaded into: "
             "pass --data-dir to choose one)"
         ) from e
-    if info.num_classes != model_args["num_classes"] or info.in_chans != model_args["in_chans"]:
+    if info.num_classes != model_args.num_classes or info.in_chans != model_args.in_chans:
         raise DataError(
-            f"{path} was trained for {model_args['num_classes']} classes of {model_args['in_chans']}-channel images, "
+            f"{path} was trained for {model_args.num_classes} classes of {model_args.in_chans}-channel images, "
             f"but {data} has {info.num_classes} classes of {info.in_chans}-channel images; evaluate on "
             f"--data {train_cfg['data']} (or a dataset with the same classes)"
         )
@@ -129,7 +129,7 @@ def _write_report(report: dict[str, Any], confusion: Any, info: DataInfo, out_di
         report["report"] = str(report_path)
     except OSError as e:
         _logger.warning(
-            "could not write the report and confusion matrix in %s (%s); pass --output DIR to keep them",
+            "could not write the report and confusion matrix in %s (%s); pass --out DIR to keep them",
             out_dir, e.strerror or e,
         )  # fmt: skip
 
@@ -138,13 +138,13 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write the report and confusion matrix; return the report.
 
     Raises:
-        TrainError: Bad checkpoint, data that does not match it, or a bad config.
+        UserError: Bad checkpoint, data that does not match it, or a bad config.
     """
     check_workers(cfg.workers)
     loaded = _load(cfg)
-    if cfg.output:
-        ensure_writable(cfg.output)  # before the work: an explicit --output must take the report
-    out_dir = Path(cfg.output) if cfg.output else loaded.path.parent
+    if cfg.out:
+        ensure_writable(cfg.out)  # before the work: an explicit --out must take the report
+    out_dir = Path(cfg.out) if cfg.out else loaded.path.parent
     for name in (f"{loaded.path.stem}-eval.json", f"{loaded.path.stem}-confusion.png"):
         check_regular_file(out_dir / name)  # a FIFO in their place would block the writer forever
     device = resolve_device(cfg.device)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser(EvalConfig, "gsanet eval", "Evaluate a checkpoint written by gsanet train.").parse_args(argv)
     cfg = resolve(EvalConfig, args)
-    with logging_redirect_tqdm([configure_logging()]):
+    with logging_redirect_tqdm([setup_logging()]):
         report = run_evaluation(cfg)
     print(
         f"{report['model']} ({report['weights']} weights, epoch {report['epoch']}) on {report['data']}, "
