@@ -6,7 +6,7 @@ policy when the checkout has one (``GSANET_MALLOC=default`` turns it off).
 
 Usage::
 
-    python scripts/profile_step.py gsa_resnet26_tiny conv_resnet26_tiny --batch 128 --img-size 28 --in-chans 1 \\
+    python scripts/profile_step.py gsa_resnet26_tiny conv_resnet26_tiny --batch-size 128 --img-size 28 --in-chans 1 \\
         --num-classes 10 --threads 2 --out results/profile_step_avx512.txt
 """
 
@@ -29,7 +29,7 @@ import gsanet  # noqa: F401  (registers the models)
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--img-size", type=int, default=28)
     p.add_argument("--in-chans", type=int, default=1)
     p.add_argument("--num-classes", type=int, default=10)
@@ -50,14 +50,14 @@ def main() -> int:
         f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, threads {args.threads}, "
         f"malloc {policy}, ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '')}, "
         f"gsanet from {Path(gsanet.__file__).parent}",
-        f"batch {args.batch}, {args.in_chans}x{args.img_size}x{args.img_size}, {args.num_classes} classes, AdamW step",
+        f"batch {args.batch_size}, {args.in_chans}x{args.img_size}x{args.img_size}, {args.num_classes} classes, AdamW step",
         "",
     ]
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name, num_classes=args.num_classes, in_chans=args.in_chans).train()
-        x = torch.randn(args.batch, args.in_chans, args.img_size, args.img_size)
-        y = torch.randint(0, args.num_classes, (args.batch,))
+        x = torch.randn(args.batch_size, args.in_chans, args.img_size, args.img_size)
+        y = torch.randint(0, args.num_classes, (args.batch_size,))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def step(model=model, opt=opt, x=x, y=y) -> None:
@@ -78,7 +78,7 @@ def main() -> int:
                 step()
         events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
         total = sum(e.self_cpu_time_total for e in events)
-        lines.append(f"{name}: {args.batch / median:.1f} images/s (median step {median * 1e3:.0f} ms of {args.steps})")
+        lines.append(f"{name}: {args.batch_size / median:.1f} images/s (median step {median * 1e3:.0f} ms of {args.steps})")
         lines.append(f"  profiled (3 steps, profiler overhead included): {total / 3e3:.0f} ms/step")
         for e in events[: args.rows]:
             share = 100 * e.self_cpu_time_total / total

@@ -27,7 +27,6 @@ import torch
 
 from gsanet.commands import (
     ArgumentParser,
-    UserError,
     add_batch_size_flag,
     add_config_flag,
     add_out_flag,
@@ -35,6 +34,7 @@ from gsanet.commands import (
     run,
     setup_logging,
 )
+from gsanet.errors import UserError
 
 from .config import BenchConfig
 from .environment import ISA_ENV, cpu_isa

@@ -274,7 +274,7 @@ def run_model_bench(cfg: BenchConfig, *, models: Sequence[tuple] | None = None) 
 
     Args:
         cfg: shared options; defaults here are batch 8, 10 repeats, 1 warm-up step after the FLOP-counting step.
-            An explicit ``--batch`` (or ``--quick``'s) applies to the training and inference of every model;
+            An explicit ``--batch-size`` (or ``--quick``'s) applies to the training and inference of every model;
             otherwise a case's own batches (the tiny pair's 128 and 256, the ResNet-50 pair's inference 16) win.
         models: :class:`ModelCase` tuples (at least name, input side, note); default :data:`MODELS`.
 
