@@ -50,7 +50,8 @@ def main() -> int:
         f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, threads {args.threads}, "
         f"malloc {policy}, ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '')}, "
         f"gsanet from {Path(gsanet.__file__).parent}",
-        f"batch {args.batch_size}, {args.in_chans}x{args.img_size}x{args.img_size}, {args.num_classes} classes, AdamW step",
+        f"batch {args.batch_size}, {args.in_chans}x{args.img_size}x{args.img_size}, {args.num_classes} classes, "
+        "AdamW step",
         "",
     ]
     for name in args.models:
@@ -78,7 +79,8 @@ def main() -> int:
                 step()
         events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
         total = sum(e.self_cpu_time_total for e in events)
-        lines.append(f"{name}: {args.batch_size / median:.1f} images/s (median step {median * 1e3:.0f} ms of {args.steps})")
+        rate = args.batch_size / median
+        lines.append(f"{name}: {rate:.1f} images/s (median step {median * 1e3:.0f} ms of {args.steps})")
         lines.append(f"  profiled (3 steps, profiler overhead included): {total / 3e3:.0f} ms/step")
         for e in events[: args.rows]:
             share = 100 * e.self_cpu_time_total / total

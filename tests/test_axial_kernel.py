@@ -342,8 +342,8 @@ def test_inference_folds_the_batch_norm_into_the_row_pass(
 
 def test_projection_as_a_matrix_product_equals_the_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
     """The q/k/v projection's matrix-product form equals the 1x1 convolution, with and without bias, in float64;
-    the dispatch takes it for float32 at small widths and, where this CPU has AMX, for bf16 autocast (close to
-    float32 there), never for too few pixels, float64, or a channels-last input."""
+    the dispatch takes it for float32 and, where this CPU has AMX, for bf16 autocast (close to float32 there) at up
+    to 64 channels or as many as the pixels, never for float64 or a channels-last input."""
     from gsanet.layers import gsa
 
     torch.manual_seed(0)
@@ -359,13 +359,16 @@ def test_projection_as_a_matrix_product_equals_the_convolution(monkeypatch: pyte
     x = x.float()
     capability = torch.backends.cpu.get_cpu_capability()
     assert (gsa._projection_as_bmm(x, 12) == torch.float32) == (capability in ("AVX2", "AVX512"))
-    assert gsa._projection_as_bmm(x, 36) is None  # more channels than pixels
+    assert gsa._projection_as_bmm(x, 64) == gsa._projection_as_bmm(x, 12)  # up to 64 channels on any map
+    assert gsa._projection_as_bmm(x, 65) is None  # more than 64 channels and more than the 35 pixels
+    assert gsa._projection_as_bmm(torch.randn(1, 100, 10, 10), 100) == gsa._projection_as_bmm(x, 12)
     assert gsa._projection_as_bmm(x.double(), 12) is None
     assert gsa._projection_as_bmm(x.to(memory_format=torch.channels_last), 12) is None
     m = GlobalSelfAttention(12, 16, heads=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         taken = gsa._projection_as_bmm(x, 12)
         out = m._project(x)
+        assert gsa._projection_as_bmm(x, 65) is None
     amx = capability == "AVX512" and axial_kernel.cpu_has("amx_bf16", "amx_tile")
     assert taken == (torch.bfloat16 if amx else None)
     assert out.dtype == torch.bfloat16 and rel_error(out.double(), m._project(x).double()) < 1e-2

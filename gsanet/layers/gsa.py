@@ -385,21 +385,20 @@ class GlobalSelfAttention(RelPosModule):
         return out
 
 
-_BMM_PROJECTION_MAX_DIM_FP32 = 64
-
-
 def _projection_as_bmm(x: torch.Tensor, dim: int) -> torch.dtype | None:
     """The dtype in which the projection runs as a batched matrix product (``GlobalSelfAttention._project``), or None
     for the convolution: only where that was measured faster, forward and forward+backward, side by side
-    (``docs/benchmarks.md``, "The projection"):
+    (``scripts/bench_projection.py``; ``docs/benchmarks.md``, "The projection"):
 
-    * a contiguous NCHW CPU tensor in eager mode with at least as many pixels per image as channels (with fewer, the
-      weight gradient summed over images costs more than the activations);
-    * float32 without autocast, at most 64 input channels, PyTorch at AVX2 or AVX-512 (at 128 and more the two
-      tie at AVX2);
+    * a contiguous NCHW CPU tensor in eager mode, with at most 64 input channels or at most as many as an image has
+      pixels (beyond, e.g. 128 channels on 4x4 or 512 on 7x7, the weight gradient summed over the images costs
+      more than the convolution);
+    * float32 without autocast, PyTorch at AVX2 or AVX-512;
     * bfloat16, or float32 under bfloat16 CPU autocast, on a CPU with AMX's bfloat16 tiles, PyTorch at AVX-512.
     """
-    if x.device.type != "cpu" or not x.is_contiguous() or axial_ops.plain_graph() or dim > x.shape[2] * x.shape[3]:
+    if x.device.type != "cpu" or not x.is_contiguous() or axial_ops.plain_graph():
+        return None
+    if dim > max(64, x.shape[2] * x.shape[3]):
         return None
     capability = torch.backends.cpu.get_cpu_capability()
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -407,8 +406,7 @@ def _projection_as_bmm(x: torch.Tensor, dim: int) -> torch.dtype | None:
         amx = capability == "AVX512" and axial_kernel.cpu_has("amx_bf16", "amx_tile")
         return torch.bfloat16 if amx else None
     if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
-        fast = capability in ("AVX2", "AVX512") and dim <= _BMM_PROJECTION_MAX_DIM_FP32
-        return torch.float32 if fast else None
+        return torch.float32 if capability in ("AVX2", "AVX512") else None
     return None
 
 
