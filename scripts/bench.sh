@@ -5,6 +5,7 @@
 # beside its target (`gsanet bench summary`). Run it on an otherwise idle machine: each table is measured side by side
 # in one process, but nothing else should share the cores. Writes results/bench_*_<precision>_<isa>.* and
 # results/bench_summary_*.{md,csv}.
+# Also the A/B tables of the stride-2 pool and the q/k/v projection (scripts/bench_pool.py, bench_projection.py).
 #   bash scripts/bench.sh            # all of it, about 20 minutes on 2 cores (about 30 with bf16)
 #   ISAS="avx2" BF16=0 bash scripts/bench.sh
 set -euo pipefail
@@ -19,7 +20,14 @@ for isa in ${ISAS:-native avx2}; do
     "${BENCH[@]}" "${MODULE[@]}" --isa "$isa"
     "${BENCH[@]}" "${MODEL[@]}" --isa "$isa"
 done
+AVX2=(env ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)
+.venv/bin/python scripts/bench_pool.py --threads 2  # the A/B tables behind the pool's and the projection's dispatch
+"${AVX2[@]}" .venv/bin/python scripts/bench_pool.py --threads 2
+.venv/bin/python scripts/bench_projection.py --threads 2
+"${AVX2[@]}" .venv/bin/python scripts/bench_projection.py --threads 2
 if [[ "${BF16:-auto}" != 0 ]] && grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo 2>/dev/null; then
+    "${BENCH[@]}" axial --threads 2 --precision bf16
+    "${BENCH[@]}" axial --threads 2 --precision bf16 --isa avx2
     "${BENCH[@]}" "${MODULE[@]}" --precision bf16
     "${BENCH[@]}" "${MODEL[@]}" --precision bf16
 elif [[ "${BF16:-auto}" != 0 ]]; then

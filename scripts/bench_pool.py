@@ -74,8 +74,8 @@ def main() -> int:
     print(head + "\n\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_pool_torch{torch.__version__.split('+')[0]}_{cpu_isa()}_{variant}"
-    stem.with_suffix(".md").write_text(f"Command: python {' '.join(sys.argv)}\n\n{head}\n\n{table}\n")
-    write_csv(stem.with_suffix(".csv"), COLUMNS, rows)
+    Path(f"{stem}.md").write_text(f"Command: python {' '.join(sys.argv)}\n\n{head}\n\n{table}\n")
+    write_csv(f"{stem}.csv", COLUMNS, rows)
     return 0
 
 

@@ -23,10 +23,10 @@ from gsanet.bench.measure import time_interleaved
 from gsanet.layers import axial_kernel
 from gsanet.tables import markdown_table, write_csv
 
-SHAPES = [(128, 16, 28), (128, 32, 14), (128, 64, 7), (128, 128, 4)]
-SHAPES += [(8, 64, 56), (8, 128, 28), (8, 256, 14), (8, 512, 7)]
-"""(batch, channels, side): the GSA modules' inputs in ``gsa_resnet26_tiny`` (batch 128) and ``gsa_resnet50``
-(batch 8); the projection writes 3x the channels."""
+SHAPES = [(128, 16, 28), (128, 32, 28), (128, 32, 14), (128, 64, 14), (128, 64, 7), (128, 128, 7), (128, 128, 4)]
+SHAPES += [(8, 64, 56), (8, 128, 56), (8, 128, 28), (8, 256, 28), (8, 256, 14), (8, 512, 14), (8, 512, 7)]
+"""(batch, channels, side): every GSA module input in ``gsa_resnet26_tiny`` (batch 128) and ``gsa_resnet50`` (batch
+8), the stride-2 first blocks' at the larger side; the projection writes 3x the channels."""
 COLUMNS = ["precision", "shape", "conv_train_ms", "bmm_train_ms", "train_ratio", "conv_infer_ms", "bmm_infer_ms",
            "infer_ratio"]
 
@@ -87,8 +87,8 @@ def main() -> int:
     print(head + "\n\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_projection_torch{torch.__version__.split('+')[0]}_{cpu_isa()}"
-    stem.with_suffix(".md").write_text(f"Command: python {' '.join(sys.argv)}\n\n{head}\n\n{table}\n")
-    write_csv(stem.with_suffix(".csv"), COLUMNS, rows)
+    Path(f"{stem}.md").write_text(f"Command: python {' '.join(sys.argv)}\n\n{head}\n\n{table}\n")
+    write_csv(f"{stem}.csv", COLUMNS, rows)
     return 0
 
 

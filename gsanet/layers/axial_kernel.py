@@ -128,10 +128,12 @@ VARIANTS: dict[str, Variant] = {  # best first
 # won, and the machine architectures it was measured on. The kernel runs only inside these bounds; elsewhere (an
 # unmeasured variant, precision, size or architecture: float16 anywhere, ARM for every build) the GEMM path does.
 MEASURED: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {
-    ("avx512_bf16", "fp32"): (56, ("x86_64",)),
+    ("avx512_bf16", "fp32"): (224, ("x86_64",)),
     ("avx512_bf16", "bf16"): (224, ("x86_64",)),
     ("avx512", "fp32"): (112, ("x86_64",)),
+    ("avx512", "bf16"): (224, ("x86_64",)),
     ("avx2", "fp32"): (224, ("x86_64",)),
+    ("avx2", "bf16"): (224, ("x86_64",)),
     ("generic", "fp32"): (224, ("x86_64",)),
 }
 PRECISION_OF = {torch.float32: "fp32", torch.float64: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
