@@ -16,13 +16,22 @@ Elsewhere than glibc (macOS, musl) it does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import platform
+from typing import Any
 
-__all__ = ["MALLOC_POLICIES", "allocator_policy", "check_environment", "keep_freed_memory", "malloc_setting"]
+__all__ = [
+    "MALLOC_POLICIES",
+    "allocator_policy",
+    "autocast",
+    "check_environment",
+    "keep_freed_memory",
+    "malloc_setting",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -92,3 +101,13 @@ def keep_freed_memory() -> bool:
 def allocator_policy() -> str:
     """``"keep"`` when :func:`keep_freed_memory` is in force, else ``"default"`` with the reason (for result tables)."""
     return _policy[0] if _policy else "default (glibc thresholds)"
+
+
+def autocast(device: Any, dtype: Any) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device``'s type (a device or its name) in ``dtype``, or a no-op context when ``dtype`` is
+    None: the one precision switch of training, evaluation and the benchmarks."""
+    import torch  # here, so that the command's start (check_environment) does not load torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

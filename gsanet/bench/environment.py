@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
 import os
 import platform
 from pathlib import Path
@@ -77,17 +75,13 @@ def environment(device: str, precision: str) -> dict[str, Any]:
 
 
 def _source_digest() -> str:
-    """First 12 hex digits of the SHA-256 of the layer's sources (the module, its relative tables, its GEMM path, the
-    kernel's loader and its C++): which version of the layer was measured."""
-    try:
-        from gsanet.layers import axial_kernel, axial_ops, gsa, rel_pos
+    """First 12 hex digits of the SHA-256 of the layer's sources (``axial_kernel.layer_sources``): which version of
+    the layer was measured."""
+    from gsanet.layers import axial_kernel
 
-        digest = hashlib.sha256()
-        modules = (gsa, rel_pos, axial_ops, axial_kernel)
-        for path in (*(Path(inspect.getfile(m)) for m in modules), axial_kernel.SOURCE):
-            digest.update(path.read_bytes())
-        return digest.hexdigest()[:12]
-    except (ImportError, OSError, TypeError):
+    try:
+        return axial_kernel.source_digest(axial_kernel.layer_sources(), length=12)
+    except OSError:
         return "unknown"
 
 

@@ -30,6 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from gsanet import runtime
+
 from .config import PRECISIONS
 
 __all__ = [
@@ -80,11 +82,9 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast(device, bfloat16)`` for ``bf16``; a null context for ``fp32``."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    """``torch.autocast(device, bfloat16)`` for ``bf16``; a null context for ``fp32`` (``gsanet.runtime.autocast`` for a
+    ``--precision`` name)."""
+    return runtime.autocast(device, PRECISIONS[precision])
 
 
 def time_interleaved(

@@ -48,7 +48,7 @@ import platform
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +73,7 @@ __all__ = [
     "cpu_has",
     "host_variants",
     "kernel_enabled",
+    "layer_sources",
     "ops",
     "prefer_kernel",
     "selected_variant",
@@ -219,9 +220,19 @@ def selected_variant() -> str:
     return next(name for name in executable if VARIANTS[name].capability <= cap)
 
 
-def source_digest() -> str:
-    """First 10 hex digits of the SHA-256 of the kernel's C++ source."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:10]
+def source_digest(paths: Sequence[Path] = (SOURCE,), length: int = 10) -> str:
+    """The first ``length`` hex digits of the SHA-256 of the files ``paths``, in order: by default the kernel's C++
+    source (its builds are cached under this digest); :func:`layer_sources` for the whole layer (the benchmarks
+    record which version they measured)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:length]
+
+
+def layer_sources() -> list[Path]:
+    """Every source file of the GSA layer: the Python modules of ``gsanet/layers`` and the kernel's C++."""
+    return [*sorted(Path(__file__).parent.glob("*.py")), SOURCE]
 
 
 def _namespace(variant: str) -> str:

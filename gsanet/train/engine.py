@@ -14,7 +14,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gsanet.errors import ConfigError, NonFiniteLossError
+from gsanet.runtime import autocast
 
 from .config import check_model_kwargs
 from .data import available_memory, format_bytes
@@ -128,13 +128,6 @@ def create_model(
         return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model {name} rejected its arguments {sorted(kwargs)}: {e}; fix --model-kwargs") from e
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
-    """``torch.autocast`` for ``amp_dtype``, or a no-op context when it is None."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def _batch_to(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool) -> tuple:
