@@ -20,6 +20,7 @@ __all__ = [
     "fixed",
     "markdown_table",
     "mean_std",
+    "save_table",
     "si",
     "write_csv",
 ]
@@ -95,3 +96,15 @@ def mean_std(mean: float, std: float | None, n: int, missing: Sequence[int] = ()
     seeds, and the seeds without a result (``", missing seeds [1, 2]"``)."""
     text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" (n={n})"
     return text + (f", missing seeds {list(missing)}" if missing else "")
+
+
+def save_table(
+    stem: str | Path, command: str, head: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> str:
+    """Writes ``rows`` as ``<stem>.md`` (the command, ``head`` and a markdown table) and ``<stem>.csv``, creating the
+    folder; returns the head and table, for printing."""
+    text = head + "\n\n" + markdown_table(columns, [[r[c] for c in columns] for r in rows])
+    Path(stem).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.md").write_text(f"Command: {command}\n\n{text}\n")
+    write_csv(f"{stem}.csv", columns, rows)
+    return text

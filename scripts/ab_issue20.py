@@ -26,7 +26,7 @@ import gsanet  # noqa: F401  (registers the models)
 from gsanet.bench.environment import cpu_isa, load_average
 from gsanet.layers import axial_kernel
 from gsanet.layers.gsa import GlobalSelfAttention
-from gsanet.tables import markdown_table, write_csv
+from gsanet.tables import save_table
 
 CASES = [("gsa_resnet26_tiny", 1, 28, 128, 256), ("gsa_resnet50", 3, 224, 8, 16)]
 """(model, input channels, side, training batch, inference batch): the two benchmarked networks."""
@@ -114,12 +114,8 @@ def main() -> int:
         f"torch {torch.__version__}, isa {cpu_isa()}, {args.threads} threads, median of {args.repeats} alternating "
         f"rounds, load {load_average()}; now_over_before < 1: the current module is faster"
     )
-    table = markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
-    print(head + "\n\n" + table)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"ab_issue20_{cpu_isa()}"
-    stem.with_suffix(".md").write_text(f"Command: python {' '.join(sys.argv)}\n\n{head}\n\n{table}\n")
-    write_csv(stem.with_suffix(".csv"), COLUMNS, rows)
+    print(save_table(stem, "python " + " ".join(sys.argv), head, COLUMNS, rows))
     return 0
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from gsanet.bench.environment import cpu_isa, load_average
 from gsanet.bench.measure import time_interleaved
 from gsanet.layers import axial_kernel
-from gsanet.tables import markdown_table, write_csv
+from gsanet.tables import save_table
 
 SHAPES = [(256, 32, 28, 28), (256, 64, 14, 14), (256, 128, 7, 7), (8, 128, 56, 56), (8, 256, 28, 28), (8, 512, 14, 14)]
 """(batch, channels, H, W) before the pool: the stride-2 modules of ``gsa_resnet26_tiny`` at its inference batch and
@@ -70,12 +70,8 @@ def main() -> int:
         f"torch {torch.__version__}, isa {cpu_isa()}, extension build {variant}, {args.threads} threads, median of "
         f"{args.repeats} round-robin rounds, load {load_average()}; ratio = ATen time / Pool2 time (> 1: Pool2 faster)"
     )
-    table = markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
-    print(head + "\n\n" + table)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_pool_torch{torch.__version__.split('+')[0]}_{cpu_isa()}_{variant}"
-    Path(f"{stem}.md").write_text(f"Command: python {' '.join(sys.argv)}\n\n{head}\n\n{table}\n")
-    write_csv(f"{stem}.csv", COLUMNS, rows)
+    print(save_table(stem, "python " + " ".join(sys.argv), head, COLUMNS, rows))
     return 0
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from gsanet.bench.environment import cpu_isa, load_average
 from gsanet.bench.measure import time_interleaved
 from gsanet.layers import axial_kernel
-from gsanet.tables import markdown_table, write_csv
+from gsanet.tables import save_table
 
 SHAPES = [(128, 16, 28), (128, 32, 28), (128, 32, 14), (128, 64, 14), (128, 64, 7), (128, 128, 7), (128, 128, 4)]
 SHAPES += [(8, 64, 56), (8, 128, 56), (8, 128, 28), (8, 256, 28), (8, 256, 14), (8, 512, 14), (8, 512, 7)]
@@ -83,12 +83,8 @@ def main() -> int:
         f"rounds, load {load_average()}; ratio = conv time / bmm time (> 1: the matrix product faster); train = "
         "forward + backward (input and weight gradients)"
     )
-    table = markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
-    print(head + "\n\n" + table)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_projection_torch{torch.__version__.split('+')[0]}_{cpu_isa()}"
-    Path(f"{stem}.md").write_text(f"Command: python {' '.join(sys.argv)}\n\n{head}\n\n{table}\n")
-    write_csv(f"{stem}.csv", COLUMNS, rows)
+    print(save_table(stem, "python " + " ".join(sys.argv), head, COLUMNS, rows))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gsanet.tables import compact, csv_text, fixed, markdown_table, mean_std, si, write_csv
+from gsanet.tables import compact, csv_text, fixed, markdown_table, mean_std, save_table, si, write_csv
 
 
 def test_markdown_table_escapes_pipes() -> None:
@@ -28,3 +28,11 @@ def test_numbers() -> None:
     ]  # fmt: skip
     assert mean_std(82.1667, 2.2546, 3) == "82.17 ± 2.25 (n=3)"
     assert mean_std(70.0, None, 1, [1, 2]) == "70.00 (n=1), missing seeds [1, 2]"
+
+
+def test_save_table_writes_markdown_with_its_command_and_csv(tmp_path: Path) -> None:
+    rows = [{"a": 1, "b": "x|y"}, {"a": 2.5, "b": "z"}]
+    text = save_table(tmp_path / "sub" / "t_1.2.3", "python make.py --n 2", "head line", ["a", "b"], rows)
+    assert text == "head line\n\n| a | b |\n|---|---|\n| 1 | x/y |\n| 2.5 | z |"
+    assert (tmp_path / "sub" / "t_1.2.3.md").read_text() == f"Command: python make.py --n 2\n\n{text}\n"
+    assert (tmp_path / "sub" / "t_1.2.3.csv").read_text().splitlines() == ["a,b", "1,x|y", "2.5,z"]
