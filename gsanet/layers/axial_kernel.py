@@ -346,8 +346,7 @@ def prefer_kernel(variant: str, size: int, precision: str = "fp32") -> bool:
     if (variant, precision) not in MEASURED:
         return False
     largest, machines = MEASURED[variant, precision]
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
-    return size <= largest and machine in machines
+    return size <= largest and _machine() in machines
 
 
 @contextlib.contextmanager
@@ -369,6 +368,32 @@ def _recorded() -> bool:
     return tracing or torch.utils._python_dispatch._get_current_dispatch_mode() is not None
 
 
+def _machine() -> str:
+    """This machine's architecture under one name per kind (``x86_64``, ``aarch64``)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def _dispatch() -> tuple[str, bool] | None:
+    """The build the extension's operators would run and whether this thread forces them (``kernel_enabled(True)``),
+    or None where they must not run: operations recorded (:func:`_recorded`), the kernel turned off
+    (``GSANET_FUSED_AXIAL=0``, ``kernel_enabled(False)``), or a bad ``GSANET_KERNEL_ISA`` or ``GSANET_FUSED_AXIAL``
+    (logged once; the plain path runs)."""
+    if _recorded():
+        return None
+    try:
+        variant, setting = selected_variant(), fused_axial_setting()
+    except ValueError as e:
+        if not _warned:
+            _warned.append(str(e))
+            _LOGGER.warning("%s; using the batched-GEMM path", e)
+        return None
+    override = (_override.__dict__.get("stack") or [None])[-1]
+    if setting == "0" or override is False:
+        return None
+    return variant, override is True
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the kernel may and should run on these inputs, ``(B, h, C, L, S)`` tensors along their last axis:
     CPU, one floating dtype (float32/64, bfloat16/float16), eager mode (no tracing, compiling, export or dispatch
@@ -376,22 +401,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     GEMM path at this axis length and precision (:func:`prefer_kernel`)."""
     if any(t.device.type != "cpu" or t.dtype != tensors[0].dtype for t in tensors) or tensors[0].dtype not in _DTYPES:
         return False
-    if _recorded():
+    dispatch = _dispatch()
+    if dispatch is None:
         return False
-    try:
-        variant = selected_variant()
-        fused_axial_setting()
-    except ValueError as e:  # a bad GSANET_KERNEL_ISA or GSANET_FUSED_AXIAL: said once, then the GEMM path
-        if not _warned:
-            _warned.append(str(e))
-            _LOGGER.warning("%s; using the batched-GEMM path", e)
-        return False
+    variant, forced = dispatch
     size = tensors[0].shape[-1] if tensors[0].dim() else 0
-    stack = _override.__dict__.get("stack") or [None]
-    if stack[-1] is False:
-        return False
     precision = PRECISION_OF[tensors[0].dtype]
-    return (stack[-1] is True or prefer_kernel(variant, size, precision)) and available(variant)
+    return (forced or prefer_kernel(variant, size, precision)) and available(variant)
 
 
 def forward_normalized(
@@ -435,17 +451,13 @@ def pool_usable(x: torch.Tensor) -> bool:
     mode, the kernel not turned off (``GSANET_FUSED_AXIAL=0``, :func:`kernel_enabled`), an x86 build available
     (every x86 build was measured faster than ATen's pool, forward and backward, float32 and bfloat16:
     ``scripts/bench_pool.py``)."""
-    if x.device.type != "cpu" or x.dtype not in _DTYPES or not x.is_contiguous() or x.numel() == 0 or _recorded():
+    if x.device.type != "cpu" or x.dtype not in _DTYPES or not x.is_contiguous() or x.numel() == 0:
         return False
-    try:
-        variant, setting = selected_variant(), fused_axial_setting()
-    except ValueError:  # a bad setting: said by usable() once; the ATen pool runs
+    dispatch = _dispatch()
+    if dispatch is None:
         return False
-    stack = _override.__dict__.get("stack") or [None]
-    if setting == "0" or stack[-1] is False:
-        return False
-    machine = {"amd64": "x86_64"}.get(platform.machine().lower(), platform.machine().lower())
-    return (machine == "x86_64" or stack[-1] is True or setting == "1") and available(variant)
+    variant, forced = dispatch
+    return (forced or fused_axial_setting() == "1" or _machine() == "x86_64") and available(variant)
 
 
 class Pool2(torch.autograd.Function):
@@ -459,8 +471,8 @@ class Pool2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, variant: str | None = None) -> torch.Tensor:
         out = x.new_empty(*x.shape[:-2], (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
-        ops(variant).pool2(x, out)
         ctx.ops, ctx.shape = ops(variant), x.shape
+        ctx.ops.pool2(x, out)
         return out
 
     @staticmethod

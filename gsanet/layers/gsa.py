@@ -293,13 +293,21 @@ class GlobalSelfAttention(RelPosModule):
             return torch.bmm(context_t, q)
         return torch.baddbmm(out, context_t.to(out.dtype), q.to(out.dtype))
 
-    def _axis_pass(self, q: torch.Tensor, values: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
+    def _axis_pass(
+        self,
+        q: torch.Tensor,
+        values: torch.Tensor,
+        table: torch.Tensor | None,
+        norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """One axial positional layer along the last spatial axis.
 
         Args:
             q: queries ``(B, h, dk, L, S)``, attending along S (L is the other axis).
             values: ``(B, h, dv, L, S)``.
             table: relative embeddings, or None for uniform averaging over the span.
+            norm: a per-channel ``(scale, shift)`` (``_folded_norm``) the kernel applies to the values as it loads
+                them; only where ``_folded_norm`` gave one, so the kernel takes the pass.
 
         Returns:
             ``(B, h, dv, L, S)``: ``out[..., x] = sum_x' w[x, x'] values[..., x']``.
@@ -309,8 +317,10 @@ class GlobalSelfAttention(RelPosModule):
             if axial_ops.plain_graph():  # export, trace, compile, torch.func: sizes symbolic
                 keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, gather=True, **self.size_policy())
                 return axial_ops.axial_matmul(q, values, keys)
-            if axial_kernel.usable(q, values):  # the table is cast to their dtype
+            if norm is not None or axial_kernel.usable(q, values):  # the table is cast to their dtype
                 rows = head_rows(table, S, self.heads, pos_span=span, dtype=q.dtype, **self.size_policy())
+                if norm is not None:  # the values normalised as the kernel loads them (inference)
+                    return axial_kernel.forward_normalized(q, values, rows, *norm)
                 return FusedAxialRelPosAttention.apply(q, values, rows)
             keys = head_keys(table, S, self.heads, pos_span=span, dtype=q.dtype, **self.size_policy())
             return AxialRelPosAttention.apply(q, values, keys)
@@ -328,9 +338,8 @@ class GlobalSelfAttention(RelPosModule):
         # column-only layer: each column (fixed w) attends along H
         col = self._axis_pass(q.transpose(-1, -2), v.transpose(-1, -2), self.rel_col).transpose(-1, -2)
         folded = self._folded_norm(q, col)
-        if folded is not None:  # inference: Z = BN(F_col) applied by the row pass as it loads F_col
-            rows = head_rows(self.rel_row, W, h, pos_span=self.pos_span, dtype=q.dtype, **self.size_policy())
-            return axial_kernel.forward_normalized(q, col, rows, *folded)
+        if folded is not None:  # inference: Z = BN(F_col) applied by the row pass's kernel as it loads F_col
+            return self._axis_pass(q, col, self.rel_row, norm=folded)
         z = self.norm(col.reshape(B, h * dv, H, W)).view(B, h, dv, H, W)  # Z = BN(F_col)
         # row-only layer on Z with the same queries: each row (fixed h) attends along W
         return self._axis_pass(q, z, self.rel_row)  # (B, h, dv, H, W)
