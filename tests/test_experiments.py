@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gsanet.config import resolve_config
+from gsanet.errors import ConfigError
 from gsanet.experiments import cli as exp_cli
 from gsanet.experiments import results, runner, tables
 from gsanet.experiments.plans import (
@@ -256,6 +257,8 @@ run.mkdir(parents=True)
 (run / "command.txt").write_text("2026-01-01T00:00:00 gsanet train " + " ".join(args) + "\\n")
 summary = dict(model=cfg["model"], epochs=cfg["epochs"], epochs_planned=cfg["epochs"], finished=True, params=1,
                val_top1=80.0 + cfg["seed"], val_top5=99.0, train_seconds=1.0)
+if cfg.get("final_test"):
+    summary.update(test_top1=70.0 + cfg["seed"], test_top5=98.0, test_images=10)
 (run / "summary.json").write_text(json.dumps(summary))
 sys.exit(1 if cfg["name"] == os.environ.get("FAKE_FAIL") else 0)
 """
@@ -503,10 +506,11 @@ def test_study_exits_nonzero_when_a_run_fails(
     script, _ = fake_python
     conv = Variant("conv_resnet26_tiny", "conv_resnet26_tiny", "conv")
     gsa = Variant("gsa_resnet26_tiny", "gsa_resnet26_tiny", "gsa")
-    tiny = plans.Study("study", "Tiny", (gsa, conv), grid=((1e-3, 0.0),), holdout=16, sweep_epochs=1, sweep_seed=0,
-                       final_seeds=(0, 1), reference="conv_resnet26_tiny")  # fmt: skip
+    tiny = plans.Study("study", "Tiny", (gsa, conv), lrs=(1e-3,), wds=(0.0,), holdout=16, sweep_epochs=1,
+                       sweep_subset=16, sweep_seed=0, final_seeds=(0, 1), sizes=(16,),
+                       reference="conv_resnet26_tiny")  # fmt: skip
     monkeypatch.setattr(plans, "study_plan", lambda: tiny)
-    monkeypatch.setenv("FAKE_FAIL", "gsa_resnet26_tiny-s1")  # writes a finished run, then exits 1
+    monkeypatch.setenv("FAKE_FAIL", "gsa_resnet26_tiny_n16-s1")  # writes a finished run, then exits 1
     argv = ["study", "--config", str(RECIPE), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     assert exp_cli.main([*argv, "--python", str(script), "--no-macs"]) == 1
 
@@ -643,3 +647,20 @@ def test_bad_out_is_refused_before_any_training(
     assert exp_cli.main([*argv, "--no-macs"]) == 2
     assert "--out" in capsys.readouterr().err
     assert not calls.exists() and not (tmp_path / "runs").exists()
+
+
+def test_export_copies_a_finished_run_once_and_never_overwrites(tmp_path: Path) -> None:
+    spec = RunSpec(compare_plan().variants[0], 0, "fashion-mnist", tmp_path / "runs")
+    _fake_run(spec, 80.0, RECIPE)
+    (spec.run_dir / "checkpoints").mkdir()
+    (spec.run_dir / "checkpoints" / "last.safetensors").write_bytes(b"weights")
+    (spec.run_dir / "loss.png").write_bytes(b"png")
+    copy = runner.export_run(spec, tmp_path / "results")
+    assert copy == tmp_path / "results" / "fashion-mnist" / spec.name
+    assert sorted(p.name for p in copy.iterdir()) == ["command.txt", "config.yaml", "summary.json"]
+    assert runner.export_run(spec, tmp_path / "results") is None  # already there, identical
+    (spec.run_dir / "summary.json").write_text((spec.run_dir / "summary.json").read_text().replace("80.0", "81.0"))
+    with pytest.raises(ConfigError, match="already holds another copy"):
+        runner.export_run(spec, tmp_path / "results")
+    assert '"val_top1": 80.0' in (copy / "summary.json").read_text()  # the first copy is left alone
+    assert not list((tmp_path / "results" / "fashion-mnist").glob(".*partial"))

@@ -241,6 +241,35 @@ def test_eval_command(trained_run: tuple[Path, str], tmp_path: Path, capsys: pyt
     assert (last.parent / "last-confusion.png").exists() and (last.parent / "last-eval.json").exists()
 
 
+def test_final_test_evaluates_the_test_split_once_after_the_last_epoch(
+    fmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--holdout validates on held-out training images every epoch; --final-test then scores the final weights on
+    the test split, exactly as ``gsanet eval`` does, and a run stopped early or killed before the test gets it on
+    --resume."""
+    args = tiny_args(fmnist, tmp_path, "tested", "--holdout", "16", "--final-test", "--epochs", "2")
+    code, out, _ = train([*args, "--stop-after", "1"], capsys)
+    assert code == 0 and "final test" not in out  # the schedule is not finished: no test yet
+    code, out, _ = train(["--resume", str(tmp_path / "tested"), "--no-progress"], capsys)
+    assert code == 0 and out.count("final test top-1") == 1
+    run = tmp_path / "tested"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_images"] == 32 and summary["finished"]  # the fake set's 32 test images, not the 16 held out
+    assert eval_cli.main(["--checkpoint", str(run / "checkpoints" / "last.safetensors"), "--out", str(tmp_path / "e"),
+                          "--no-progress", "--data", "fashion-mnist", "--data-dir", str(fmnist)]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "e" / "last-eval.json").read_text())
+    assert report["images"] == 32
+    assert summary["test_top1"] == pytest.approx(report["top1"])
+    assert summary["test_loss"] == pytest.approx(report["loss"])
+    capsys.readouterr()
+    # killed between the last epoch and the test: the summary is missing; --resume runs no epoch, only the test
+    (run / "summary.json").unlink()
+    code, out, _ = train(["--resume", str(run), "--no-progress"], capsys)
+    assert code == 0 and "epoch 2/2" not in out and "final test top-1" in out
+    assert json.loads((run / "summary.json").read_text())["test_top1"] == pytest.approx(summary["test_top1"])
+    _fails(tiny_args(fmnist, tmp_path, "untested", "--final-test"), capsys, "final_test needs holdout")
+
+
 # ------------------------------------------------------------------------------------------------------ bad input
 def _fails(args: list[str], capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
     code, _, err = train(args, capsys)

@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="compute threads per run (OMP_NUM_THREADS); default: 1 when --jobs > 1, else torch's choice",
     )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="copy each run once it is finished (or found finished) to DIR/<data>/<name>, without checkpoints, "
+        "plots or event files: what the tables need (--table-only --runs DIR writes them from the copies), e.g. to "
+        "commit each finished run of a long experiment",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands; train nothing")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs (default: report them)")
     p.add_argument("--table-only", action="store_true", help="only write the tables from the finished runs")

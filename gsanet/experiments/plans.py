@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class Variant:
     """One row of an experiment table: a model, its arguments, and what it stands for.
@@ -387,36 +386,88 @@ PLANS = {"compare": compare_plan, "ablations": ablations_plan}
 
 @dataclass(frozen=True)
 class Study:
-    """The converged comparison: hyper-parameters chosen per model family on a held-out split, then seeds.
+    """The converged comparison: hyper-parameters chosen per model family on a held-out split, then seeds at several
+    training-set sizes.
 
     Protocol: ``holdout`` images of the training set are held out (fixed, :func:`gsanet.train.data.create_datasets`);
-    every family trains once per ``grid`` point (learning rate, weight decay) on the rest with ``sweep_epochs``
-    epochs, and is scored by its final held-out top-1; the best point is then trained with ``final_seeds`` on the
-    training set (held-out images included) with the recipe's full schedule and evaluated on the test set. The
-    test set is never used for a choice. Every family gets the same grid, the same sweep budget and the same final
-    schedule.
+    every family trains once per grid point (learning rate, weight decay) on ``sweep_subset`` of the rest for
+    ``sweep_epochs`` epochs, and is scored by its final held-out top-1. The grid starts as ``lrs`` x ``wds`` and is
+    extended along ``lr_ladder`` / ``wd_ladder`` (:meth:`extend`) for every family alike while any family's choice
+    lies on its edge. The best point is then trained with ``final_seeds`` on ``sizes`` images of the non-held-out
+    training set (the recipe's schedule), validated on the held-out split after every epoch (the curves) and
+    evaluated on the test set once, after the last epoch. The test set is never used for a choice. Every family gets
+    the same grid, the same sweep budget and the same final schedules.
 
     Attributes:
         name: Table stem (``study``).
         title: Title of the report.
         families: The compared models.
-        grid: ``(lr, weight_decay)`` points of the sweep.
+        lrs: Learning rates of the first grid (consecutive values of ``lr_ladder``).
+        wds: Weight decays of the first grid (consecutive values of ``wd_ladder``).
         holdout: Size of the held-out validation split.
         sweep_epochs: Epochs of a sweep run (shorter than the final schedule: the sweep ranks, it does not converge).
+        sweep_subset: Training images of a sweep run (from the non-held-out images).
         sweep_seed: Seed of the sweep runs.
         final_seeds: Seeds of the final runs.
+        sizes: Training-set sizes of the final runs (images of the non-held-out training set; the largest is the
+            whole of it).
         reference: Key of the family the others are compared with.
+        lr_ladder: Learning rates the grid may grow to, ascending (``lrs`` when empty: no extension).
+        wd_ladder: Weight decays the grid may grow to, ascending (``wds`` when empty).
     """
 
     name: str
     title: str
     families: tuple[Variant, ...]
-    grid: tuple[tuple[float, float], ...]
+    lrs: tuple[float, ...]
+    wds: tuple[float, ...]
     holdout: int
     sweep_epochs: int
+    sweep_subset: int
     sweep_seed: int
     final_seeds: tuple[int, ...]
+    sizes: tuple[int, ...]
     reference: str
+    lr_ladder: tuple[float, ...] = ()
+    wd_ladder: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for axis, ladder in ((self.lrs, self.ladder("lr")), (self.wds, self.ladder("wd"))):
+            if list(ladder) != sorted(set(ladder)) or not axis:
+                raise ValueError(f"a study's ladder must ascend without repeats and its grid be non-empty: {ladder}")
+            start = ladder.index(axis[0]) if axis[0] in ladder else -1
+            if start < 0 or tuple(ladder[start : start + len(axis)]) != tuple(axis):
+                raise ValueError(f"the first grid {axis} is not a run of consecutive values of the ladder {ladder}")
+        if not self.sizes or list(self.sizes) != sorted(set(self.sizes)):
+            raise ValueError(f"a study's sizes must ascend without repeats: {self.sizes}")
+
+    def ladder(self, axis: str) -> tuple[float, ...]:
+        """The values axis ``lr`` or ``wd`` may take."""
+        if axis == "lr":
+            return self.lr_ladder or self.lrs
+        return self.wd_ladder or self.wds
+
+    @property
+    def first_grid(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The grid's axes before any extension."""
+        return tuple(self.lrs), tuple(self.wds)
+
+    def extend(
+        self, axes: tuple[tuple[float, ...], tuple[float, ...]], chosen: Sequence[tuple[float, float]]
+    ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The grid grown by one ladder step beyond every edge a chosen ``(lr, weight decay)`` lies on; None when no
+        choice lies on an edge the ladders can extend (the grid brackets every choice, or the ladders end there)."""
+        grown = []
+        for values, ladder, picked in ((axes[0], self.ladder("lr"), [c[0] for c in chosen]),
+                                       (axes[1], self.ladder("wd"), [c[1] for c in chosen])):  # fmt: skip
+            lo, hi = ladder.index(values[0]), ladder.index(values[-1])
+            if values[0] in picked and lo > 0:
+                lo -= 1
+            if values[-1] in picked and hi < len(ladder) - 1:
+                hi += 1
+            grown.append(tuple(ladder[lo : hi + 1]))
+        new = (grown[0], grown[1])
+        return None if new == tuple(axes) else new
 
     def family(self, key: str) -> Variant:
         """The family with this key."""
@@ -426,7 +477,7 @@ class Study:
         raise KeyError(f"study has no family {key!r}")
 
     def sweep_variant(self, family: Variant, lr: float, weight_decay: float) -> Variant:
-        """The sweep run of ``family`` at one grid point (held-out validation, sweep epochs)."""
+        """The sweep run of ``family`` at one grid point (held-out validation, sweep epochs and images)."""
         return Variant(
             f"sweep_{family.key}_lr{lr:g}_wd{weight_decay:g}",
             family.model,
@@ -434,35 +485,42 @@ class Study:
             model_kwargs=family.model_kwargs,
             train_args={
                 **family.train_args, "lr": lr, "weight_decay": weight_decay, "holdout": self.holdout,
-                "epochs": self.sweep_epochs,
+                "epochs": self.sweep_epochs, "train_subset": self.sweep_subset,
             },
             factor=family.key,
             setting=f"lr={lr:g} wd={weight_decay:g}",
-            cost=family.cost * self.sweep_epochs,
+            cost=family.cost * self.sweep_epochs * self.sweep_subset / 5000,
             seeds=(self.sweep_seed,),
         )  # fmt: skip
 
-    def final_variant(self, family: Variant, lr: float, weight_decay: float) -> Variant:
-        """The final runs of ``family`` with the chosen hyper-parameters (test-set evaluation, full schedule)."""
+    def final_variant(self, family: Variant, lr: float, weight_decay: float, size: int) -> Variant:
+        """The final runs of ``family`` on ``size`` training images with the chosen hyper-parameters (held-out curve
+        per epoch, one test evaluation at the end, the recipe's schedule)."""
         return Variant(
-            family.key,
+            f"{family.key}_n{size}",
             family.model,
-            family.label,
+            f"{family.label}, {size:,} training images",
             model_kwargs=family.model_kwargs,
-            train_args={**family.train_args, "lr": lr, "weight_decay": weight_decay},
+            train_args={
+                **family.train_args, "lr": lr, "weight_decay": weight_decay, "holdout": self.holdout,
+                "train_subset": size, "final_test": True,
+            },
             factor=family.factor,
             setting=family.setting,
             note=family.note,
-            cost=family.cost * 20,  # the final schedule is longer than the sweep's and evaluates on the test set
+            cost=family.cost * 2.5 * size / 1000,  # the recipe's epochs over size images, plus the held-out curve
             seeds=self.final_seeds,
-        )
+        )  # fmt: skip
 
 
 def study_plan() -> Study:
-    """GSA-ResNet-26 tiny, the hybrid with GSA in stages 3-4, and the conv ResNet-26 tiny, tuned and seeded.
+    """GSA-ResNet-26 tiny, the hybrid with GSA in stages 3-4, and the conv ResNet-26 tiny, tuned and seeded at 5,000,
+    20,000 and all 55,000 non-held-out Fashion-MNIST training images.
 
-    timm's attention peers are left out: at 28x28 their stride-32 layouts leave 2x2 and 1x1 maps to attend over
-    (and HaloNet cannot tile them), so they would test their stems, not attention (see :func:`compare_plan`).
+    The grid starts at the earlier study's 2 x 2 (lr {2e-3, 6e-3} x weight decay {0.01, 0.1}) and grows by a factor 3
+    in learning rate and 10 in weight decay wherever a choice lies on its edge. timm's attention peers are left out:
+    at 28x28 their stride-32 layouts leave 2x2 and 1x1 maps to attend over (and HaloNet cannot tile them), so they
+    would test their stems, not attention (see :func:`compare_plan`).
     """
     hybrid = Variant(
         "gsa_resnet26_tiny_last2",
@@ -476,11 +534,16 @@ def study_plan() -> Study:
         "study",
         "Converged comparison: GSA-ResNet vs. its convolutional ResNet, tuned per family",
         (_GSA, hybrid, _CONV),
-        grid=((2e-3, 0.01), (2e-3, 0.1), (6e-3, 0.01), (6e-3, 0.1)),
+        lrs=(2e-3, 6e-3),
+        wds=(0.01, 0.1),
+        lr_ladder=(2.2e-4, 6.7e-4, 2e-3, 6e-3, 1.8e-2, 5.4e-2, 0.16),
+        wd_ladder=(1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0),
         holdout=5000,
         sweep_epochs=4,
+        sweep_subset=5000,
         sweep_seed=0,
         final_seeds=(0, 1, 2),
+        sizes=(5000, 20000, 55000),
         reference="conv_resnet26_tiny",
     )
 

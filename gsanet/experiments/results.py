@@ -25,7 +25,6 @@ from .runner import run_status
 __all__ = ["DamagedRunError", "Row", "aggregate", "measured_split", "run_command"]
 
 
-
 class DamagedRunError(UserError):
     """A finished run directory a table would count is damaged; the message names it and what is wrong."""
 
@@ -34,6 +33,9 @@ def measured_split(config: Mapping[str, Any]) -> str:
     """What a run's accuracies measured, from its ``config.yaml``: the held-out split, a ``val_subset`` of the
     test set, or the full test set (with its size for a built-in dataset)."""
     holdout, subset, data = config.get("holdout"), config.get("val_subset"), str(config.get("data", ""))
+    if holdout and config.get("final_test"):
+        size = f" ({DATASETS[data].test_images:,} images)" if data in DATASETS else ""
+        return f"the full test set{size}, once after the last epoch"
     if holdout:
         held = f"a held-out split of {holdout:,} training images"
         return f"a fixed {subset:,}-image subset of {held}" if subset and subset < holdout else held
@@ -52,7 +54,8 @@ class Row:
         variant: The plan entry.
         data: Dataset.
         seeds: Seeds planned.
-        top1: Final test top-1 (%) of each finished seed, in seed order.
+        top1: Final test top-1 (%) of each finished seed, in seed order (the validation split's after the last epoch;
+            with ``final_test``, the one test evaluation after it).
         top5: Final test top-5 (%) of each finished seed.
         train_seconds: Training time (train + per-epoch evaluation) of each finished seed.
         params: Parameters (from the runs' summaries, else counted).
@@ -152,8 +155,10 @@ def aggregate(
                     row.missing.append(seed)
                     continue
                 s = status.summary
-                row.top1.append(float(s.val_top1))
-                row.top5.append(float(s.val_top5) if s.val_top5 is not None else math.nan)
+                tested = bool(status.config.get("final_test"))  # the test evaluation, not the held-out split's
+                top1, top5 = (s.test_top1, s.test_top5) if tested else (s.val_top1, s.val_top5)
+                row.top1.append(float(top1))
+                row.top5.append(float(top5) if top5 is not None else math.nan)
                 row.train_seconds.append(float(s.train_seconds))
                 row.params = int(s.params) if s.params is not None else row.params
                 row.run_dirs.append(str(spec.run_dir))

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,12 +56,14 @@ from .plans import RunSpec, data_slug
 __all__ = [
     "CHILD_LAUNCHER",
     "COMMANDS_FILE",
+    "EXPORTED_FILES",
     "RUN_LOCK_FILE",
     "RunStatus",
     "RunnerContext",
     "child_env",
     "execute_run",
     "expected_config",
+    "export_run",
     "interrupted",
     "invocations",
     "owned_children",
@@ -158,6 +161,12 @@ def _check_finished(run_dir: Path, config: dict[str, Any] | None, summary: RunSu
     _percent("summary.json val_top1", summary.val_top1)
     if summary.val_top5 is not None:
         _percent("summary.json val_top5", summary.val_top5)
+    if config.get("final_test"):
+        if summary.test_top1 is None:
+            raise _Damaged("config.yaml asks for a final test but summary.json has no test_top1")
+        _percent("summary.json test_top1", summary.test_top1)
+        if summary.test_top5 is not None:
+            _percent("summary.json test_top5", summary.test_top5)
     seconds = summary.train_seconds
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
         raise _Damaged(f"summary.json train_seconds {seconds!r} is not a finite number of seconds")
@@ -400,41 +409,105 @@ def owned_children(ctx: RunnerContext) -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+EXPORTED_FILES = ("command.txt", "config.yaml", "experiment.json", "metrics.csv", "summary.json")
+"""What ``--export`` copies of a finished run: everything the tables read, no checkpoint, plot or event file."""
+
+
+def export_run(spec: RunSpec, root: str | Path) -> Path | None:
+    """Copy a finished run's :data:`EXPORTED_FILES` (and its log) to ``root/<data>/<name>``, e.g. into ``results/``
+    to be committed; return the copy, or None when an identical copy is already there.
+
+    The copy is written beside its place and renamed into it, so that the folder appears whole or not at all.
+    ``experiment_commands.txt`` of the dataset is copied too, so that the report from the copies names the commands.
+
+    Raises:
+        ConfigError: A different copy of the run is already there (it is left alone: a finished run is not rewritten).
+    """
+    source = spec.run_dir
+    folder = Path(root) / data_slug(spec.data)
+    target = folder / spec.name
+    files = [name for name in EXPORTED_FILES if (source / name).is_file()]
+    if target.exists():
+        if all((target / n).is_file() and (target / n).read_bytes() == (source / n).read_bytes() for n in files):
+            return None
+        raise ConfigError(
+            f"--export: {target} already holds another copy of {spec.name}; it is left alone: move it away or export "
+            "somewhere else"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{spec.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir()
+    for name in files:
+        shutil.copy2(source / name, partial / name)
+    os.replace(partial, target)
+    log = spec.out / "logs" / f"{spec.name}.log"
+    if log.is_file():
+        (folder / "logs").mkdir(exist_ok=True)
+        shutil.copy2(log, folder / "logs" / log.name)
+    commands = spec.out / COMMANDS_FILE
+    if commands.is_file():
+        shutil.copy2(commands, folder / COMMANDS_FILE)
+    return target
+
+
+def _export(spec: RunSpec, ctx: RunnerContext, status: RunStatus) -> RunStatus:
+    """``--export``: copy a done run (once); a refused copy turns the run's state into a failure naming why."""
+    root = getattr(ctx.args, "export", None)
+    if not root or status.state != "done":
+        return status
+    try:
+        copied = export_run(spec, root)
+    except (ConfigError, OSError) as e:
+        say(ctx, f"FAILED export of {spec.name}: {e}")
+        return RunStatus("failed", f"finished, but not exported: {e}", status.summary, status.config)
+    if copied is not None:
+        say(ctx, f"export {spec.name} -> {copied}")
+    return status
+
+
 def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
-    """Train one run unless it is done, locked elsewhere, conflicting, or interrupted without ``--resume``."""
+    """Train one run unless it is done, locked elsewhere, conflicting, or interrupted without ``--resume``; with
+    ``--export``, copy it once it is done (:func:`export_run`)."""
     if ctx.stop.is_set():
         return RunStatus("todo", "not started (interrupted)")
     with run_lock(spec) as locked:
         if not locked:
             return RunStatus("todo", "running in another gsanet experiment process (locked); skipped")
-        status = run_status(spec, expected_config(spec, ctx))
-        if status.state in ("done", "conflict", "damaged"):
-            return status
-        resume = _resume_or_restart(spec, ctx, status) if status.state == "partial" else False
-        if isinstance(resume, RunStatus):
-            return resume
-        command = train_command(spec, ctx, resume)
-        log_path = spec.out / "logs" / f"{spec.name}.log"
-        say(ctx, f"{'resume' if resume else 'start '} {spec.name} ({spec.data})  log: {log_path}")
-        start = time.time()
-        code = _train(command, log_path, ctx)
-        wall = time.time() - start
-        status = run_status(spec, expected_config(spec, ctx))
-        if code != 0 or status.state != "done":
-            status = RunStatus("failed", f"exit code {code} after {wall:.0f} s; see {log_path}", status.summary)
-            say(ctx, f"FAILED {spec.name}: {status.detail}")
-            return status
-        record = {
-            "command": shlex.join(command),
-            "wall_seconds": wall,
-            "threads": ctx.env.get("OMP_NUM_THREADS", "default"),
-            "jobs": ctx.args.jobs,
-            "finished_at": datetime.now().isoformat(timespec="seconds"),
-        }
-        with open(spec.run_dir / "experiment.json", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        say(ctx, f"done   {spec.name}: validation top-1 {status.summary.val_top1:.2f}%  ({wall:.0f} s)")
+        return _export(spec, ctx, _execute_locked(spec, ctx))
+
+
+def _execute_locked(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
+    """Train one run (its lock held): see :func:`execute_run`."""
+    status = run_status(spec, expected_config(spec, ctx))
+    if status.state in ("done", "conflict", "damaged"):
         return status
+    resume = _resume_or_restart(spec, ctx, status) if status.state == "partial" else False
+    if isinstance(resume, RunStatus):
+        return resume
+    command = train_command(spec, ctx, resume)
+    log_path = spec.out / "logs" / f"{spec.name}.log"
+    say(ctx, f"{'resume' if resume else 'start '} {spec.name} ({spec.data})  log: {log_path}")
+    start = time.time()
+    code = _train(command, log_path, ctx)
+    wall = time.time() - start
+    status = run_status(spec, expected_config(spec, ctx))
+    if code != 0 or status.state != "done":
+        status = RunStatus("failed", f"exit code {code} after {wall:.0f} s; see {log_path}", status.summary)
+        say(ctx, f"FAILED {spec.name}: {status.detail}")
+        return status
+    record = {
+        "command": shlex.join(command),
+        "wall_seconds": wall,
+        "threads": ctx.env.get("OMP_NUM_THREADS", "default"),
+        "jobs": ctx.args.jobs,
+        "finished_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    with open(spec.run_dir / "experiment.json", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    say(ctx, f"done   {spec.name}: validation top-1 {status.summary.val_top1:.2f}%  ({wall:.0f} s)")
+    return status
 
 
 def interrupted(error: KeyboardInterrupt) -> int:

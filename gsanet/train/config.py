@@ -41,6 +41,7 @@ DEFAULT_MAX_PARAMS = 1_000_000_000
 MAX_WORKERS = 256
 """Most loader worker processes a config may ask for; at run time they are also bounded by the usable CPUs."""
 
+
 def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
@@ -75,6 +76,11 @@ class TrainConfig:
         "validate on a fixed held-out split of this many training images (never trained on) instead of the "
         "dataset's test/val split; train_subset is then taken from the remaining training images",
         default=None,
+    )
+    final_test: bool = _help(
+        "after the last epoch, evaluate the final weights once on the dataset's test split and record test_top1/"
+        "test_top5/test_loss in summary.json (needs --holdout: without it the validation split is the test set)",
+        default=False,
     )
     workers: int = _help("data loader worker processes per training process", default=0)
     augment: bool = _help(
@@ -127,6 +133,11 @@ class TrainConfig:
         for key in ("train_subset", "val_subset", "holdout"):
             if getattr(self, key) is not None:
                 _check_min(key, getattr(self, key), 1)
+        if self.final_test and self.holdout is None:
+            raise ConfigError(
+                "final_test needs holdout: without a held-out split the validation split already is the test set, "
+                "evaluated after every epoch; add --holdout N or drop --final-test"
+            )
         if self.img_size is not None:
             _check_range("img_size", self.img_size, 1, MAX_IMG_SIZE)
         for key in ("lr", "warmup_lr", "min_lr", "warmup_epochs", "weight_decay", "momentum", "mixup", "cutmix"):

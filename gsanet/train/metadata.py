@@ -273,7 +273,8 @@ class RunSummary:
     """``summary.json``: what a run ended with (a field is None when the run or an older file does not have it).
 
     ``val_*`` are the last epoch's validation metrics of the weights the run selects on (``weights``: ``ema`` or
-    ``model``); ``best_*`` the best epoch by top-1; ``checkpoints`` and ``plots`` map names to file paths.
+    ``model``); ``best_*`` the best epoch by top-1; ``test_*`` the one evaluation of the final weights on the test
+    split (``--final-test``, with ``--holdout``); ``checkpoints`` and ``plots`` map names to file paths.
     """
 
     model: str | None = None
@@ -291,6 +292,10 @@ class RunSummary:
     train_seconds: float | None = None
     images_per_s: float | None = None
     eval_images_per_s: float | None = None
+    test_top1: float | None = None
+    test_top5: float | None = None
+    test_loss: float | None = None
+    test_images: int | None = None
     world_size: int | None = None
     device: str | None = None
     amp: str | None = None

@@ -898,13 +898,54 @@ def _summary(run: TrainingRun) -> RunSummary:
     )
 
 
+def final_test(run: TrainingRun) -> dict[str, Any] | None:
+    """``--final-test``: the final weights (the EMA's when the run selects on it) evaluated once on the dataset's test
+    split, after the last epoch; None when not asked for or the schedule is not finished (``--stop-after``).
+
+    Every process takes part (under DDP each evaluates its shard). The held-out split of ``--holdout`` is never part
+    of the test split, so the test set is seen exactly once, here.
+
+    Raises:
+        DataError: The test split is missing or unreadable.
+    """
+    cfg = run.cfg
+    if not cfg.final_test or len(run.progress.history) < cfg.epochs:
+        return None
+    datasets, _ = create_datasets(
+        cfg.data, cfg.data_dir, splits=("val",), download=False, img_size=cfg.img_size, model_name=cfg.model,
+        augment=False, seed=cfg.seed, class_names=run.data.info.class_names,
+    )  # fmt: skip
+    loader = create_loader(
+        datasets["val"], cfg.batch_size, train=False, ctx=run.ctx, seed=cfg.seed, workers=cfg.workers
+    )
+    model = run.state.model_ema.module if run.state.model_ema is not None else run.state.model
+    stats = evaluate(
+        model, loader, run.ctx.device, num_classes=run.data.info.num_classes, ctx=run.ctx,
+        amp_dtype=run.state.amp_dtype, channels_last=cfg.channels_last, progress=cfg.progress and run.ctx.is_main,
+        desc="test",
+    )  # fmt: skip
+    if run.ctx.is_main:
+        print(
+            f"final test top-1 {stats['top1']:.2f}%  top-5 {stats['top5']:.2f}%  loss {stats['loss']:.4f}  "
+            f"({int(stats['count'])} test images, evaluated once)",
+            flush=True,
+        )
+    return stats
+
+
 def finish(run: TrainingRun) -> RunSummary:
     """Rank 0 (after at least one epoch): draw the curves and write ``summary.json``; return the summary.
+
+    With ``--final-test`` every process first evaluates the final weights on the test split (:func:`final_test`).
 
     Raises:
         CheckpointError: The plots or the summary cannot be written.
     """
     summary = _summary(run)
+    test = final_test(run)
+    if test is not None:
+        summary.test_top1, summary.test_top5 = float(test["top1"]), float(test["top5"])
+        summary.test_loss, summary.test_images = float(test["loss"]), int(test["count"])
     if run.ctx.is_main and run.progress.history:
         try:
             title = f"{run.cfg.model} on {Path(run.data.info.name).name}"
