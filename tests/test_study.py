@@ -120,7 +120,8 @@ def _finish(spec: RunSpec, top1: float, *, test: float | None = None) -> None:
     (spec.run_dir / "config.yaml").write_text(yaml.safe_dump(vars(cfg), sort_keys=False))
     (spec.run_dir / "command.txt").write_text(f"2026-01-01T00:00:00 gsanet train {' '.join(spec.train_args(RECIPE))}\n")
     summary = {"model": spec.variant.model, "epochs": cfg.epochs, "epochs_planned": cfg.epochs, "finished": True,
-               "val_top1": top1, "val_top5": 99.0, "params": 1234, "train_seconds": 10.0}  # fmt: skip
+               "val_top1": top1, "val_top5": 99.0, "params": 1234, "train_seconds": 600.0, "images_per_s": 100.0,
+               "eval_images_per_s": 500.0}  # fmt: skip
     if test is not None:
         summary.update(test_top1=test, test_top5=99.5)
     (spec.run_dir / "summary.json").write_text(json.dumps(summary))
@@ -168,6 +169,10 @@ def test_sweep_state_replays_the_grid_from_the_run_directories(tmp_path: Path) -
     assert "## Accuracy against training-set size" in report
     assert "-1.00 [" in report  # every GSA family is a point below the reference at every size
     assert "+2.00 points over the last two epochs" in report and "still rising" in report
+    # the time plan: 10 epochs of 5,000 images at 100 img/s and of the 5,000 held out at 500, then 10,000 test images
+    assert study_mod.estimated_minutes(study, 10, 5000, (100.0, 500.0), 10000) == pytest.approx(620 / 60)
+    assert "| `gsa_resnet26_tiny` | 100 / 500 | 10, measured 10 |" in report
+    assert "need about 0.0 CPU-hours more" in report  # every final run is finished
     with open(out / "study_sizes.csv") as f:
         sizes = list(csv.DictReader(f))
     assert len(sizes) == 9 and {r["train_images"] for r in sizes} == {"5000", "20000", "55000"}

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gsanet.datasets import DATASETS
 from gsanet.tables import csv_text, markdown_table, mean_std
-from gsanet.train.rundir import RunDir
+from gsanet.train.rundir import RunDir, read_summary
 
 from .plans import Plan, RunSpec, Study, Variant, data_slug
 from .results import Row, aggregate
@@ -67,6 +68,7 @@ __all__ = [
     "SweepState",
     "choose",
     "collect",
+    "estimated_minutes",
     "final_specs",
     "run_study",
     "study_command",
@@ -656,6 +658,59 @@ def _flatness(results: Sequence[FamilyResult], size: int) -> list[str]:
     return lines
 
 
+def _throughput(rows: Sequence[Row]) -> tuple[float, float] | None:
+    """Median training and evaluation images per second of a family's finished sweep runs (None without any)."""
+    train, evaluate = [], []
+    for row in rows:
+        for run_dir in row.run_dirs:
+            summary = read_summary(run_dir)
+            if summary is not None and summary.images_per_s and summary.eval_images_per_s:
+                train.append(summary.images_per_s)
+                evaluate.append(summary.eval_images_per_s)
+    return (statistics.median(train), statistics.median(evaluate)) if train else None
+
+
+def estimated_minutes(study: Study, epochs: int, size: int, speed: tuple[float, float], test_images: int) -> float:
+    """The predicted length of one final run: ``epochs`` passes over ``size`` images and over the held-out split,
+    then the test set once, at the family's sweep throughput (one thread per run, as the sweep ran)."""
+    train, evaluate = speed
+    return (epochs * (size / train + study.holdout / evaluate) + test_images / evaluate) / 60
+
+
+def _cost_lines(study: Study, results: Sequence[FamilyResult], recipe: Mapping[str, Any], data: str) -> list[str]:
+    """The time plan: per family and size, the predicted minutes of a final run (from the sweep's throughput) beside
+    the measured ones, and the CPU-hours the unfinished final runs still need."""
+    epochs = int(recipe.get("epochs") or 0)
+    spec = DATASETS.get(data)
+    test_images = spec.test_images if spec is not None else 0
+    table, left = [], 0.0
+    for r in results:
+        speed = _throughput(r.sweep)
+        if speed is None:
+            continue
+        cells = [f"`{r.family.model}`", f"{speed[0]:.0f} / {speed[1]:.0f}"]
+        for size in study.sizes:
+            guess = estimated_minutes(study, epochs, size, speed, test_images)
+            row = r.final.get(size)
+            done = f", measured {row.mean_seconds / 60:.0f}" if row is not None and row.train_seconds else ""
+            cells.append(f"{guess:.0f}{done}")
+            unfinished = len(study.final_seeds) - (row.n if row is not None else 0)
+            left += unfinished * guess / 60
+        table.append(cells)
+    if not table:
+        return []
+    cols = ["model", "img/s train / eval (sweep median)", *(f"min per run, {size:,} images" for size in study.sizes)]
+    return [
+        "## Time plan", "",
+        "Predicted minutes of one final run on one CPU thread (the recipe's epochs over the training images and the "
+        "held-out split, then the test set once, at the throughput the family's sweep runs measured), beside the "
+        "measured mean of the finished runs (training plus held-out evaluation; the test evaluation is not in it).",
+        "", markdown_table(cols, table), "",
+        f"The unfinished final runs need about {left:.1f} CPU-hours more (two at a time on a 2-core machine: "
+        f"{left / 2:.1f} hours).", "",
+    ]  # fmt: skip
+
+
 def _report_lines(
     study: Study,
     state: SweepState,
@@ -727,7 +782,8 @@ def _report_lines(
         f"only. Plots: `{stem}_curves.png` (held-out top-1 per epoch), `{stem}_time.png` (against training time); "
         f"per-seed data: `{stem}_runs.csv`, `{stem}_curves.csv`."
     )
-    lines += ["", "## Sweep (held-out split)", ""]
+    lines += ["", *_cost_lines(study, results, recipe, data)]
+    lines += ["## Sweep (held-out split)", ""]
     rounds = "; ".join(f"{i + 1}. {_axes_text(axes)}" for i, axes in enumerate(state.rounds))
     lines += [f"Grids swept, in order: {rounds}.", ""]
     table = []
