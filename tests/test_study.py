@@ -171,7 +171,7 @@ def test_sweep_state_replays_the_grid_from_the_run_directories(tmp_path: Path) -
     assert "+2.00 points over the last two epochs" in report and "still rising" in report
     # the time plan: 10 epochs of 5,000 images at 100 img/s and of the 5,000 held out at 500, then 10,000 test images
     assert study_mod.estimated_minutes(study, 10, 5000, (100.0, 500.0), 10000) == pytest.approx(620 / 60)
-    assert "| `gsa_resnet26_tiny` | 100 / 500 | 10, measured 10 |" in report
+    assert "| `gsa_resnet26_tiny` | 100 / 500 (final runs) | 10, measured 10 |" in report
     assert "need about 0.0 CPU-hours more" in report  # every final run is finished
     with open(out / "study_sizes.csv") as f:
         sizes = list(csv.DictReader(f))

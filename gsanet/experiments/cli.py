@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare, ablations, all (both; shared runs run once), or study (the converged comparison: "
         "hyper-parameters chosen per family on a held-out split, then seeds; gsanet/experiments/study.py)",
     )
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds of every variant (default: compare 0 1 2, ablations 0)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of every variant (default: 0 1 2)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     per_data = ", ".join(f"{k}: {v.recipe}" for k, v in DATASETS.items())
     add_config_flag(

@@ -659,7 +659,7 @@ def _flatness(results: Sequence[FamilyResult], size: int) -> list[str]:
 
 
 def _throughput(rows: Sequence[Row]) -> tuple[float, float] | None:
-    """Median training and evaluation images per second of a family's finished sweep runs (None without any)."""
+    """Median training and evaluation images per second over the finished runs of ``rows`` (None without any)."""
     train, evaluate = [], []
     for row in rows:
         for run_dir in row.run_dirs:
@@ -685,10 +685,12 @@ def _cost_lines(study: Study, results: Sequence[FamilyResult], recipe: Mapping[s
     test_images = spec.test_images if spec is not None else 0
     table, left = [], 0.0
     for r in results:
-        speed = _throughput(r.sweep)
+        finals = [row for row in r.final.values() if row.n]  # this study's own runs, when there are some
+        speed = _throughput(finals) or _throughput(r.sweep)
         if speed is None:
             continue
-        cells = [f"`{r.family.model}`", f"{speed[0]:.0f} / {speed[1]:.0f}"]
+        source = "final runs" if finals else "sweep"
+        cells = [f"`{r.family.model}`", f"{speed[0]:.0f} / {speed[1]:.0f} ({source})"]
         for size in study.sizes:
             guess = estimated_minutes(study, epochs, size, speed, test_images)
             row = r.final.get(size)
@@ -699,12 +701,13 @@ def _cost_lines(study: Study, results: Sequence[FamilyResult], recipe: Mapping[s
         table.append(cells)
     if not table:
         return []
-    cols = ["model", "img/s train / eval (sweep median)", *(f"min per run, {size:,} images" for size in study.sizes)]
+    cols = ["model", "img/s train / eval (median)", *(f"min per run, {size:,} images" for size in study.sizes)]
     return [
         "## Time plan", "",
         "Predicted minutes of one final run on one CPU thread (the recipe's epochs over the training images and the "
-        "held-out split, then the test set once, at the throughput the family's sweep runs measured), beside the "
-        "measured mean of the finished runs (training plus held-out evaluation; the test evaluation is not in it).",
+        "held-out split, then the test set once, at the median throughput of the family's finished final runs, or "
+        "of its sweep runs before there are any), beside the measured mean of the finished runs (training plus "
+        "held-out evaluation; the test evaluation is not in it).",
         "", markdown_table(cols, table), "",
         f"The unfinished final runs need about {left:.1f} CPU-hours more (two at a time on a 2-core machine: "
         f"{left / 2:.1f} hours).", "",
