@@ -221,8 +221,8 @@ def run_study(study: Study, data: str, ctx: RunnerContext) -> list[tuple[RunSpec
             if len(state.rounds) > 1 and state.axes not in announced:
                 announced.add(state.axes)
                 say(ctx, f"a choice lies on the grid's edge: the grid grows to {_axes_text(state.axes)}")
-            if not state.complete:
-                todo = fresh([s for states in state.states.values() for s, st in states if st.state != "done"])
+            if not state.complete:  # finished runs too: they return at once, and --export copies them
+                todo = fresh([s for states in state.states.values() for s, _ in states])
                 if not todo and not pending:  # a sweep run failed or is locked elsewhere: no choice
                     gave_up = True
                     say(ctx, "the sweep is incomplete (a run failed or is busy): the final runs wait for the next "
