@@ -30,14 +30,19 @@ done
 repo="$(git -C "${dirs[0]}" rev-parse --show-toplevel)" || { echo "commit_runs.sh: ${dirs[0]} is not in a git repository" >&2; exit 2; }
 
 commit_once() {
-    git -C "$repo" add -- "${dirs[@]}" 2>/dev/null || return 0
-    local new
-    new="$(git -C "$repo" diff --cached --name-only -- "${dirs[@]}" | grep '/summary.json$' | xargs -r -n1 dirname | xargs -r -n1 basename | sort -u | tr '\n' ' ')"
-    if git -C "$repo" diff --cached --quiet -- "${dirs[@]}"; then
+    local d present=()
+    for d in "${dirs[@]}"; do  # an empty folder matches nothing git knows: leave it out
+        [[ -n "$(ls -A "$d" 2>/dev/null)" ]] && present+=("$d")
+    done
+    [[ ${#present[@]} -eq 0 ]] && return 0
+    git -C "$repo" add -A -- "${present[@]}" || return 0
+    if git -C "$repo" diff --cached --quiet -- "${present[@]}"; then
         return 0
     fi
+    local new
+    new="$(git -C "$repo" diff --cached --name-only -- "${present[@]}" | grep '/summary.json$' | xargs -r -n1 dirname | xargs -r -n1 basename | sort -u | tr '\n' ' ')"
     local message="Finished runs: ${new:-logs and recorded commands}"
-    git -C "$repo" commit -q -m "${message% }" -- "${dirs[@]}" && echo "$(date +%T) committed: ${message% }"
+    git -C "$repo" commit -q -m "${message% }" -- "${present[@]}" && echo "$(date +%T) committed: ${message% }"
 }
 
 if [[ $once -eq 1 ]]; then
