@@ -36,6 +36,7 @@ from .test_data import write_fake_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "experiment_fmnist.yaml"
+STUDY_RECIPE = REPO / "configs" / "study_fmnist.yaml"
 
 
 def _tiny_recipe(tmp_path: Path, **overrides: object) -> Path:
@@ -664,3 +665,27 @@ def test_export_copies_a_finished_run_once_and_never_overwrites(tmp_path: Path) 
         runner.export_run(spec, tmp_path / "results")
     assert '"val_top1": 80.0' in (copy / "summary.json").read_text()  # the first copy is left alone
     assert not list((tmp_path / "results" / "fashion-mnist").glob(".*partial"))
+
+
+def test_a_diverged_run_is_an_outcome_the_sweep_never_chooses(tmp_path: Path) -> None:
+    """A run whose summary says the training diverged is neither done nor resumed: the runner leaves it, and the
+    study's sweep never chooses it but can still choose among the other points."""
+    from gsanet.experiments import study as study_mod
+    from gsanet.experiments.plans import study_plan
+
+    study = study_plan()
+    runs = tmp_path / "runs"
+    specs = study_mod.sweep_specs(study, "fashion-mnist", runs)[study.families[0].key]
+    for i, spec in enumerate(specs):
+        _fake_run(spec, 70.0 + i, STUDY_RECIPE)
+    last = specs[-1]
+    summary = json.loads((last.run_dir / "summary.json").read_text())
+    summary.update(finished=False, epochs=1, val_top1=99.0, diverged="the training loss is nan at epoch 2, step 1")
+    (last.run_dir / "summary.json").write_text(json.dumps(summary))
+    recipe = yaml.safe_load(STUDY_RECIPE.read_text())
+    status = runner.run_status(last, last.expected_config(recipe, None))
+    assert status.state == "diverged" and "loss is nan" in status.detail
+    choice, _ = study_mod.choose(study, study.families[0], "fashion-mnist", runs, recipe)
+    assert choice is not None and (choice.lr, choice.weight_decay) == tuple(
+        specs[-2].variant.train_args[k] for k in ("lr", "weight_decay")
+    )  # the best finished point, not the diverged one whose last epoch looked best

@@ -349,6 +349,9 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(
     last = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.safetensors")
     assert last.meta["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last.model_state.values() if v.is_floating_point())
+    # the summary records the divergence (an experiment counts it as an outcome, not a run to retry)
+    summary = read_summary(tmp_path / "nan")
+    assert summary.finished is False and summary.epochs == 1 and "loss is nan at epoch 2" in summary.diverged
 
 
 def test_eval_bad_input(trained_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

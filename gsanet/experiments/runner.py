@@ -93,7 +93,8 @@ class RunStatus:
     """Where a run stands.
 
     Attributes:
-        state: ``done``, ``todo``, ``partial`` (interrupted; resumable if it has a checkpoint), ``conflict`` (its
+        state: ``done``, ``todo``, ``partial`` (interrupted; resumable if it has a checkpoint), ``diverged`` (the
+            training stopped on NaN or infinity: an outcome, never retried; ``summary.json`` says so), ``conflict`` (its
             config differs from the plan's), ``damaged`` (a file of it is unreadable or holds impossible values),
             ``busy`` (another process writes it) or ``failed`` (set by the runner: its train command failed or was
             killed).
@@ -212,6 +213,8 @@ def run_status(spec: RunSpec, expected: Mapping[str, Any]) -> RunStatus:
         )
     if summary is not None and summary.finished:
         return RunStatus("done", f"top-1 {summary.val_top1}", summary, config)
+    if summary is not None and summary.diverged:
+        return RunStatus("diverged", f"the training diverged: {summary.diverged}", summary, config)
     detail = (
         "interrupted after a checkpoint" if _checkpoint(spec).is_file() else "interrupted before its first checkpoint"
     )
@@ -414,8 +417,8 @@ EXPORTED_FILES = ("command.txt", "config.yaml", "experiment.json", "metrics.csv"
 
 
 def export_run(spec: RunSpec, root: str | Path) -> Path | None:
-    """Copy a finished run's :data:`EXPORTED_FILES` (and its log) to ``root/<data>/<name>``, e.g. into ``results/``
-    to be committed; return the copy, or None when an identical copy is already there.
+    """Copy a finished (or diverged) run's :data:`EXPORTED_FILES` (and its log) to ``root/<data>/<name>``, e.g. into
+    ``results/`` to be committed; return the copy, or None when an identical copy is already there.
 
     The copy is written beside its place and renamed into it, so that the folder appears whole or not at all.
     ``experiment_commands.txt`` of the dataset is copied too, so that the report from the copies names the commands.
@@ -453,9 +456,10 @@ def export_run(spec: RunSpec, root: str | Path) -> Path | None:
 
 
 def _export(spec: RunSpec, ctx: RunnerContext, status: RunStatus) -> RunStatus:
-    """``--export``: copy a done run (once); a refused copy turns the run's state into a failure naming why."""
+    """``--export``: copy a done or diverged run (once); a refused copy turns the run's state into a failure that
+    names why."""
     root = getattr(ctx.args, "export", None)
-    if not root or status.state != "done":
+    if not root or status.state not in ("done", "diverged"):
         return status
     try:
         copied = export_run(spec, root)
@@ -481,7 +485,7 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
 def _execute_locked(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
     """Train one run (its lock held): see :func:`execute_run`."""
     status = run_status(spec, expected_config(spec, ctx))
-    if status.state in ("done", "conflict", "damaged"):
+    if status.state in ("done", "diverged", "conflict", "damaged"):
         return status
     resume = _resume_or_restart(spec, ctx, status) if status.state == "partial" else False
     if isinstance(resume, RunStatus):
@@ -493,6 +497,9 @@ def _execute_locked(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
     code = _train(command, log_path, ctx)
     wall = time.time() - start
     status = run_status(spec, expected_config(spec, ctx))
+    if status.state == "diverged":
+        say(ctx, f"DIVERGED {spec.name}: {status.summary.diverged} ({wall:.0f} s; kept as an outcome, not retried)")
+        return status
     if code != 0 or status.state != "done":
         status = RunStatus("failed", f"exit code {code} after {wall:.0f} s; see {log_path}", status.summary)
         say(ctx, f"FAILED {spec.name}: {status.detail}")

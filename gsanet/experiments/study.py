@@ -131,14 +131,16 @@ def choose(
     recipe: Mapping[str, Any],
     axes: Axes | None = None,
 ) -> tuple[Choice | None, list[tuple[RunSpec, RunStatus]]]:
-    """The family's best point of the grid ``axes`` once every sweep run of it is finished (else None), and the
-    sweep's states."""
+    """The family's best point of the grid ``axes`` once every sweep run of it is finished or diverged (else None;
+    also None when every point diverged), and the sweep's states."""
     specs = sweep_specs(study, data, runs, axes)[family.key]
     states = [(spec, run_status(spec, _expected(spec, recipe))) for spec in specs]
-    if any(status.state != "done" for _, status in states):
+    if any(status.state not in ("done", "diverged") for _, status in states):
         return None, states
     best = None
-    for spec, status in states:  # grid order: the earlier point wins a tie
+    for spec, status in states:  # grid order: the earlier point wins a tie; a diverged point is never chosen
+        if status.state == "diverged":
+            continue
         top1 = float(status.summary.val_top1)
         if best is None or top1 > best.holdout_top1:
             args = spec.variant.train_args
@@ -263,6 +265,7 @@ class FamilyResult:
         choice: The chosen point (None while the sweep is incomplete).
         final: Per training-set size, the final runs over seeds (``top1`` = test top-1); empty without a choice.
         curves: Per size and finished final seed, its per-epoch ``(epoch, held-out top-1, cumulative seconds)``.
+        diverged: Keys of the sweep points whose training diverged (never chosen).
     """
 
     family: Variant
@@ -270,6 +273,7 @@ class FamilyResult:
     choice: Choice | None
     final: dict[int, Row] = field(default_factory=dict)
     curves: dict[int, dict[int, Curve]] = field(default_factory=dict)
+    diverged: set[str] = field(default_factory=set)
 
 
 def _metrics(run_dir: Path) -> Curve:
@@ -291,7 +295,8 @@ def collect(
         sweep_plan = Plan("sweep", "", tuple(s.variant for s in specs), (study.sweep_seed,), specs[0].variant.key)
         sweep = aggregate(sweep_plan, data, runs, None, recipe, None, macs=False)
         choice = state.choices[family.key] if state.complete else None
-        result = FamilyResult(family, sweep, choice)
+        diverged = {spec.variant.key for spec, status in state.states[family.key] if status.state == "diverged"}
+        result = FamilyResult(family, sweep, choice, diverged=diverged)
         if choice is not None:
             for size in study.sizes:
                 variant = study.final_variant(family, choice.lr, choice.weight_decay, size)
@@ -387,6 +392,7 @@ def _sweep_rows(results: Sequence[FamilyResult], study: Study) -> list[dict[str,
                     "seed": study.sweep_seed,
                     "holdout_top1": f"{row.top1[0]:.2f}" if row.top1 else "",
                     "train_seconds": f"{row.train_seconds[0]:.1f}" if row.train_seconds else "",
+                    "diverged": "yes" if row.variant.key in r.diverged else "",
                     "chosen": "yes" if chosen else "",
                     "run_dir": row.run_dirs[0] if row.run_dirs else "",
                 }  # fmt: skip
@@ -573,7 +579,7 @@ def write_report(
         "sizes": (_sizes_rows(study, results), ["model", "train_images", "n", "test_top1_mean", "test_top1_std",
                   "per_seed", "diff_vs_reference", "ci95_low", "ci95_high", "welch_p", "train_minutes_mean"]),
         "sweep": (_sweep_rows(results, study), ["model", "key", "lr", "weight_decay", "epochs", "train_images",
-                  "holdout", "seed", "holdout_top1", "train_seconds", "chosen", "run_dir"]),
+                  "holdout", "seed", "holdout_top1", "train_seconds", "diverged", "chosen", "run_dir"]),
         "curves": (_curve_rows(results), ["model", "train_images", "seed", "epoch", "holdout_top1", "train_seconds"]),
     }  # fmt: skip
     paths = []
@@ -794,7 +800,7 @@ def _report_lines(
         for row in r.sweep:
             args = row.variant.train_args
             chosen = r.choice is not None and (r.choice.lr, r.choice.weight_decay) == (args["lr"], args["weight_decay"])
-            top1 = f"{row.top1[0]:.2f}" if row.top1 else "not finished"
+            top1 = f"{row.top1[0]:.2f}" if row.top1 else "diverged" if row.variant.key in r.diverged else "not finished"
             table.append(
                 [f"`{r.family.model}`", f"{args['lr']:g}", f"{args['weight_decay']:g}", top1, "**chosen**" * chosen]
             )
@@ -864,7 +870,9 @@ def study_command(args: Any, argv: Sequence[str], datasets: Sequence[str], ctx: 
             except KeyboardInterrupt as e:
                 return interrupted(e)
             for spec, status in results:
-                if status.state != "done":  # failed, killed, busy, damaged: never counted, the study is not complete
+                if status.state == "diverged":  # an outcome: a sweep point is never chosen, a final seed is missing
+                    print(f"diverged: {spec.run_dir}: {status.detail}", file=sys.stderr)
+                elif status.state != "done":  # failed, killed, busy, damaged: never counted, the study is not complete
                     complete = False
                     print(f"{status.state}: {spec.run_dir}: {status.detail}", file=sys.stderr)
         recipe_path, _ = ctx.recipes[data]

@@ -274,7 +274,8 @@ class RunSummary:
 
     ``val_*`` are the last epoch's validation metrics of the weights the run selects on (``weights``: ``ema`` or
     ``model``); ``best_*`` the best epoch by top-1; ``test_*`` the one evaluation of the final weights on the test
-    split (``--final-test``, with ``--holdout``); ``checkpoints`` and ``plots`` map names to file paths.
+    split (``--final-test``, with ``--holdout``); ``diverged`` the error of a run the training's divergence
+    stopped (NaN or infinity; ``finished`` is then false); ``checkpoints`` and ``plots`` map names to file paths.
     """
 
     model: str | None = None
@@ -296,6 +297,7 @@ class RunSummary:
     test_top5: float | None = None
     test_loss: float | None = None
     test_images: int | None = None
+    diverged: str | None = None
     world_size: int | None = None
     device: str | None = None
     amp: str | None = None

@@ -248,7 +248,11 @@ def run_training(args: argparse.Namespace, argv: Sequence[str]) -> RunSummary:
         restore_progress(run)
         wrap_model(run)
         open_run(run)
-        fit(run)
+        try:
+            fit(run)
+        except NonFiniteLossError as e:
+            record_divergence(run, e)
+            raise
         return finish(run)
     except KeyboardInterrupt as e:
         e.run_dir = run.run_dir if run is not None else None
@@ -896,6 +900,21 @@ def _summary(run: TrainingRun) -> RunSummary:
         checkpoints={"last": str(paths.last), "best": str(paths.best)},
         metrics_csv=str(paths.metrics),
     )
+
+
+def record_divergence(run: TrainingRun, error: NonFiniteLossError) -> None:
+    """Rank 0: write ``summary.json`` for a run the divergence stopped (``finished`` false, ``diverged`` = the
+    error), so that an experiment counts it as an outcome (a hyper-parameter that diverges) rather than a run to
+    retry. Nothing of the diverged epoch is in it; the last good checkpoint stays."""
+    if not run.ctx.is_main:
+        return
+    summary = _summary(run)
+    summary.finished = False
+    summary.diverged = str(error).split("\n")[0]
+    try:
+        write_summary(summary, run.paths.summary)
+    except OSError as e:  # the divergence is the error to report; a summary that cannot be written is secondary
+        _logger.warning("cannot write %s: %s", run.paths.summary, e)
 
 
 def final_test(run: TrainingRun) -> dict[str, Any] | None:
