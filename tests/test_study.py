@@ -194,7 +194,9 @@ def _tiny_study() -> Study:
     )  # fmt: skip
 
 
-def test_study_end_to_end_on_fake_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_study_end_to_end_on_fake_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The real ``gsanet train`` runs: sweep, choice by held-out top-1, final seeds at two sizes with one test
     evaluation each, every finished run exported, then the report from the runs and, identically, from the copies."""
     data = write_fake_fashion_mnist(tmp_path / "data", n_train=48, n_val=16)
@@ -247,6 +249,16 @@ def test_study_end_to_end_on_fake_data(tmp_path: Path, monkeypatch: pytest.Monke
         return text.replace(str(export), "RUNS").replace(str(runs), "RUNS")
 
     assert same((copied / "study.md").read_text()) == same(report)
+    # a new machine: an empty runs directory continues from the committed copies and trains nothing
+    capsys.readouterr()
+    fresh = tmp_path / "fresh"
+    assert exp_cli.main(["study", "--config", str(recipe), "--runs", str(fresh), "--out", str(tmp_path / "again"),
+                         "--no-macs", "--jobs", "2", "--export", str(export)]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "start " not in said and said.count("found ") == len(copies)
+    assert same((tmp_path / "again" / "study.md").read_text()).split("Commands that ran")[0] == same(report).split(
+        "Commands that ran"
+    )[0]
 
 
 def test_choice_ignores_an_incomplete_sweep(tmp_path: Path) -> None:

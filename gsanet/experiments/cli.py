@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="copy each run once it is finished (or found finished) to DIR/<data>/<name>, without checkpoints, "
         "plots or event files: what the tables need (--table-only --runs DIR writes them from the copies), e.g. to "
-        "commit each finished run of a long experiment",
+        "commit each finished run of a long experiment; a run missing from --runs but finished in DIR is taken from "
+        "DIR instead of trained again (a new machine continues from the committed runs)",
     )
     p.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands; train nothing")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs (default: report them)")

@@ -64,6 +64,7 @@ __all__ = [
     "execute_run",
     "expected_config",
     "export_run",
+    "import_run",
     "interrupted",
     "invocations",
     "owned_children",
@@ -449,10 +450,41 @@ def export_run(spec: RunSpec, root: str | Path) -> Path | None:
     if log.is_file():
         (folder / "logs").mkdir(exist_ok=True)
         shutil.copy2(log, folder / "logs" / log.name)
-    commands = spec.out / COMMANDS_FILE
-    if commands.is_file():
-        shutil.copy2(commands, folder / COMMANDS_FILE)
+    _merge_lines(spec.out / COMMANDS_FILE, folder / COMMANDS_FILE)
     return target
+
+
+def _merge_lines(source: Path, target: Path) -> None:
+    """Append to ``target`` the lines of ``source`` it lacks (recorded commands of several machines and sessions)."""
+    if not source.is_file():
+        return
+    have = target.read_text().splitlines() if target.is_file() else []
+    new = [line for line in source.read_text().splitlines() if line.strip() and line not in have]
+    if new:
+        target.write_text("".join(f"{line}\n" for line in [*have, *new]))
+
+
+def import_run(spec: RunSpec, root: str | Path) -> bool:
+    """Bring an exported copy of a run (:func:`export_run`) back into an empty place in the runs directory, so that a
+    new machine or a fresh ``--runs`` continues from the committed runs instead of training them again; return
+    whether it did. Only a copy of a finished or diverged run is taken; the place must not exist."""
+    copy = Path(root) / data_slug(spec.data) / spec.name
+    if spec.run_dir.exists() or not copy.is_dir():
+        return False
+    try:
+        summary = read_summary(copy)
+    except CheckpointError:
+        return False
+    if summary is None or not (summary.finished or summary.diverged):
+        return False
+    spec.out.mkdir(parents=True, exist_ok=True)
+    partial = spec.out / f".{spec.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(copy, partial)
+    os.replace(partial, spec.run_dir)
+    _merge_lines(copy.parent / COMMANDS_FILE, spec.out / COMMANDS_FILE)
+    return True
 
 
 def _export(spec: RunSpec, ctx: RunnerContext, status: RunStatus) -> RunStatus:
@@ -473,7 +505,8 @@ def _export(spec: RunSpec, ctx: RunnerContext, status: RunStatus) -> RunStatus:
 
 def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
     """Train one run unless it is done, locked elsewhere, conflicting, or interrupted without ``--resume``; with
-    ``--export``, copy it once it is done (:func:`export_run`)."""
+    ``--export DIR``, take a finished copy from DIR instead of training when the runs directory lacks the run
+    (:func:`import_run`), and copy the run to DIR once it is done (:func:`export_run`)."""
     if ctx.stop.is_set():
         return RunStatus("todo", "not started (interrupted)")
     with run_lock(spec) as locked:
@@ -484,6 +517,9 @@ def execute_run(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
 
 def _execute_locked(spec: RunSpec, ctx: RunnerContext) -> RunStatus:
     """Train one run (its lock held): see :func:`execute_run`."""
+    root = getattr(ctx.args, "export", None)
+    if root and import_run(spec, root):
+        say(ctx, f"found  {spec.name} in {root}: taken as it was committed, not trained again")
     status = run_status(spec, expected_config(spec, ctx))
     if status.state in ("done", "diverged", "conflict", "damaged"):
         return status
