@@ -238,7 +238,8 @@ def run_study(study: Study, data: str, ctx: RunnerContext) -> list[tuple[RunSpec
             for family in study.families:
                 for spec in final_specs(study, family, state.choices[family.key], data, runs):
                     by_size[spec.variant.train_args["train_subset"]].append(spec)
-            finals.extend(by_size[size] for size in study.sizes)
+            swept = [s for states in state.states.values() for s, _ in states]  # to export any not yet copied
+            finals.extend([swept, *(by_size[size] for size in study.sizes)])
             chosen = True
         if len(pending) >= max(1, ctx.args.jobs):
             return []
