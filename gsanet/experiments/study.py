@@ -506,6 +506,8 @@ def _plots(study: Study, results: Sequence[FamilyResult], out: Path, stem: str, 
             got = arrays(r.curves.get(size, {}))
             if got is not None:
                 band(ax, np.arange(1, got[0].shape[1] + 1), got[0], f"{r.family.model} (n={len(got[0])})")
+        if not ax.get_legend_handles_labels()[0]:
+            ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_title(f"{size:,} training images")
         ax.set_xlabel("epoch")
         ax.set_ylabel("held-out top-1 (%)")
@@ -536,18 +538,20 @@ def _plots(study: Study, results: Sequence[FamilyResult], out: Path, stem: str, 
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for r in results:
+    for i, r in enumerate(results):
         points = [(size, row) for size, row in r.final.items() if row.n]
         if not points:
             continue
-        x = np.array([size for size, _ in points])
+        x = np.array([size for size, _ in points]) * 1.04 ** (i - (len(results) - 1) / 2)  # side by side
         mean = np.array([row.mean for _, row in points])
         low = mean - np.array([min(row.top1) for _, row in points])
         high = np.array([max(row.top1) for _, row in points]) - mean
         label = f"{r.family.model} (n per size: {', '.join(str(row.n) for _, row in points)})"
         ax.errorbar(x, mean, yerr=[low, high], marker="o", capsize=3, label=label)
     ax.set_xscale("log")
+    ax.set_xlim(study.sizes[0] / 1.5, study.sizes[-1] * 1.5)
     ax.set_xticks(list(study.sizes), [f"{size:,}" for size in study.sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{title}: accuracy against data")
