@@ -20,19 +20,19 @@ bash scripts/commit_runs.sh results/study_runs results/ablation_runs &
 committer=$!
 trap 'kill $committer 2>/dev/null; wait $committer 2>/dev/null' EXIT
 status=0
+# run_part PLAN EXPORT_DIR REPORT_FILES...: train (continuing), rewrite the report from the committed copies, commit it
+run_part() {
+    local plan="$1" export="$2"
+    shift 2
+    .venv/bin/gsanet experiment "$plan" --jobs 2 --resume --export "$export" --out results || status=$?
+    .venv/bin/gsanet experiment "$plan" --table-only --runs "$export" --out results
+    git add -- "$@"
+    git commit -q -m "$plan report from the committed run directories" -- "$@" || true
+}
 if [[ "$what" != ablations ]]; then
-    .venv/bin/gsanet experiment study --jobs 2 --resume --export results/study_runs --out results || status=$?
-    .venv/bin/gsanet experiment study --table-only --runs results/study_runs --out results
-    git add results/study.md results/study_*.csv results/study_*.png
-    git commit -q -m "Study report from the committed run directories" -- results/study.md results/study_*.csv \
-        results/study_*.png || true
+    run_part study results/study_runs results/study.md results/study_*.csv results/study_*.png
 fi
 if [[ "$what" != study ]]; then
-    .venv/bin/gsanet experiment ablations --seeds 0 1 2 --jobs 2 --resume --export results/ablation_runs \
-        --out results || status=$?
-    .venv/bin/gsanet experiment ablations --seeds 0 1 2 --table-only --runs results/ablation_runs --out results
-    git add results/experiment_ablations.md results/experiment_ablations.csv
-    git commit -q -m "Ablation table from the committed run directories" -- results/experiment_ablations.md \
-        results/experiment_ablations.csv || true
+    run_part ablations results/ablation_runs results/experiment_ablations.md results/experiment_ablations.csv
 fi
 exit $status

@@ -421,8 +421,8 @@ def export_run(spec: RunSpec, root: str | Path) -> Path | None:
     """Copy a finished (or diverged) run's :data:`EXPORTED_FILES` (and its log) to ``root/<data>/<name>``, e.g. into
     ``results/`` to be committed; return the copy, or None when an identical copy is already there.
 
-    The copy is written beside its place and renamed into it, so that the folder appears whole or not at all.
-    ``experiment_commands.txt`` of the dataset is copied too, so that the report from the copies names the commands.
+    The folder appears whole or not at all (:func:`_copy_whole`). The dataset's ``experiment_commands.txt`` is merged
+    in too, so that the report from the copies names the commands.
 
     Raises:
         ConfigError: A different copy of the run is already there (it is left alone: a finished run is not rewritten).
@@ -438,20 +438,26 @@ def export_run(spec: RunSpec, root: str | Path) -> Path | None:
             f"--export: {target} already holds another copy of {spec.name}; it is left alone: move it away or export "
             "somewhere else"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{spec.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
-    for name in files:
-        shutil.copy2(source / name, partial / name)
-    os.replace(partial, target)
+    _copy_whole(source, target, files)
     log = spec.out / "logs" / f"{spec.name}.log"
     if log.is_file():
         (folder / "logs").mkdir(exist_ok=True)
         shutil.copy2(log, folder / "logs" / log.name)
     _merge_lines(spec.out / COMMANDS_FILE, folder / COMMANDS_FILE)
     return target
+
+
+def _copy_whole(source: Path, target: Path, files: Sequence[str]) -> None:
+    """Copy the ``files`` of folder ``source`` into a new folder ``target``: written beside it under a hidden name,
+    then renamed into place, so that ``target`` appears whole or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir()
+    for name in files:
+        shutil.copy2(source / name, partial / name)
+    os.replace(partial, target)
 
 
 def _merge_lines(source: Path, target: Path) -> None:
@@ -477,12 +483,7 @@ def import_run(spec: RunSpec, root: str | Path) -> bool:
         return False
     if summary is None or not (summary.finished or summary.diverged):
         return False
-    spec.out.mkdir(parents=True, exist_ok=True)
-    partial = spec.out / f".{spec.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    shutil.copytree(copy, partial)
-    os.replace(partial, spec.run_dir)
+    _copy_whole(copy, spec.run_dir, [p.name for p in copy.iterdir() if p.is_file()])
     _merge_lines(copy.parent / COMMANDS_FILE, spec.out / COMMANDS_FILE)
     return True
 

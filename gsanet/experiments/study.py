@@ -223,8 +223,9 @@ def run_study(study: Study, data: str, ctx: RunnerContext) -> list[tuple[RunSpec
             if len(state.rounds) > 1 and state.axes not in announced:
                 announced.add(state.axes)
                 say(ctx, f"a choice lies on the grid's edge: the grid grows to {_axes_text(state.axes)}")
+            swept = [s for states in state.states.values() for s, _ in states]
             if not state.complete:  # finished runs too: they return at once, and --export copies them
-                todo = fresh([s for states in state.states.values() for s, _ in states])
+                todo = fresh(swept)
                 if not todo and not pending:  # a sweep run failed or is locked elsewhere: no choice
                     gave_up = True
                     say(ctx, "the sweep is incomplete (a run failed or is busy): the final runs wait for the next "
@@ -238,8 +239,7 @@ def run_study(study: Study, data: str, ctx: RunnerContext) -> list[tuple[RunSpec
             for family in study.families:
                 for spec in final_specs(study, family, state.choices[family.key], data, runs):
                     by_size[spec.variant.train_args["train_subset"]].append(spec)
-            swept = [s for states in state.states.values() for s, _ in states]  # to export any not yet copied
-            finals.extend([swept, *(by_size[size] for size in study.sizes)])
+            finals.extend([swept, *(by_size[size] for size in study.sizes)])  # the sweep: to export any not yet copied
             chosen = True
         if len(pending) >= max(1, ctx.args.jobs):
             return []
@@ -304,10 +304,9 @@ def collect(
                 plan = Plan("final", "", (variant,), study.final_seeds, variant.key)
                 row = aggregate(plan, data, runs, None, recipe, None, macs=macs)[0]
                 result.final[size] = row
+                run_dirs = {seed: RunSpec(variant, seed, data, Path(runs)).run_dir for seed in study.final_seeds}
                 result.curves[size] = {
-                    seed: _metrics(RunSpec(variant, seed, data, Path(runs)).run_dir)
-                    for seed in study.final_seeds
-                    if str(RunSpec(variant, seed, data, Path(runs)).run_dir) in row.run_dirs
+                    seed: _metrics(run_dir) for seed, run_dir in run_dirs.items() if str(run_dir) in row.run_dirs
                 }
         results.append(result)
     return state, results
@@ -375,12 +374,18 @@ def _sizes_rows(study: Study, results: Sequence[FamilyResult]) -> list[dict[str,
     return rows
 
 
+def _is_chosen(r: FamilyResult, row: Row) -> bool:
+    """Whether the sweep point ``row`` is the family's choice."""
+    args = row.variant.train_args
+    return r.choice is not None and (r.choice.lr, r.choice.weight_decay) == (args["lr"], args["weight_decay"])
+
+
 def _sweep_rows(results: Sequence[FamilyResult], study: Study) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         for row in r.sweep:
             args = row.variant.train_args
-            chosen = r.choice is not None and (r.choice.lr, r.choice.weight_decay) == (args["lr"], args["weight_decay"])
+            chosen = _is_chosen(r, row)
             rows.append(
                 {
                     "model": r.family.model,
@@ -453,7 +458,7 @@ def verdict(results: Sequence[FamilyResult], study: Study, size: int) -> str:
         if mine is None or theirs is None or not mine.n or not theirs.n:
             sentences.append(f"No verdict yet for {r.family.model}: its or the reference's runs are unfinished.")
             continue
-        w = welch(mine.top1, theirs.top1)
+        w = _comparison(study, results, r, size)
         if w is None:
             sentences.append(
                 f"No verdict yet for {r.family.model}: {mine.mean:.2f}% (n={mine.n}) vs {theirs.mean:.2f}% "
@@ -804,7 +809,7 @@ def _report_lines(
     for r in results:
         for row in r.sweep:
             args = row.variant.train_args
-            chosen = r.choice is not None and (r.choice.lr, r.choice.weight_decay) == (args["lr"], args["weight_decay"])
+            chosen = _is_chosen(r, row)
             top1 = f"{row.top1[0]:.2f}" if row.top1 else "diverged" if row.variant.key in r.diverged else "not finished"
             table.append(
                 [f"`{r.family.model}`", f"{args['lr']:g}", f"{args['weight_decay']:g}", top1, "**chosen**" * chosen]

@@ -374,11 +374,11 @@ def _machine() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
-def _dispatch() -> tuple[str, bool] | None:
-    """The build the extension's operators would run and whether this thread forces them (``kernel_enabled(True)``),
-    or None where they must not run: operations recorded (:func:`_recorded`), the kernel turned off
-    (``GSANET_FUSED_AXIAL=0``, ``kernel_enabled(False)``), or a bad ``GSANET_KERNEL_ISA`` or ``GSANET_FUSED_AXIAL``
-    (logged once; the plain path runs)."""
+def _dispatch() -> tuple[str, bool, str] | None:
+    """The build the extension's operators would run, whether this thread forces them (``kernel_enabled(True)``) and
+    the ``GSANET_FUSED_AXIAL`` setting; or None where they must not run: operations recorded (:func:`_recorded`), the
+    kernel turned off (``GSANET_FUSED_AXIAL=0``, ``kernel_enabled(False)``), or a bad ``GSANET_KERNEL_ISA`` or
+    ``GSANET_FUSED_AXIAL`` (logged once; the plain path runs)."""
     if _recorded():
         return None
     try:
@@ -391,7 +391,7 @@ def _dispatch() -> tuple[str, bool] | None:
     override = (_override.__dict__.get("stack") or [None])[-1]
     if setting == "0" or override is False:
         return None
-    return variant, override is True
+    return variant, override is True, setting
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -404,7 +404,7 @@ def usable(*tensors: torch.Tensor) -> bool:
     dispatch = _dispatch()
     if dispatch is None:
         return False
-    variant, forced = dispatch
+    variant, forced, _ = dispatch
     size = tensors[0].shape[-1] if tensors[0].dim() else 0
     precision = PRECISION_OF[tensors[0].dtype]
     return (forced or prefer_kernel(variant, size, precision)) and available(variant)
@@ -456,8 +456,8 @@ def pool_usable(x: torch.Tensor) -> bool:
     dispatch = _dispatch()
     if dispatch is None:
         return False
-    variant, forced = dispatch
-    return (forced or fused_axial_setting() == "1" or _machine() == "x86_64") and available(variant)
+    variant, forced, setting = dispatch
+    return (forced or setting == "1" or _machine() == "x86_64") and available(variant)
 
 
 class Pool2(torch.autograd.Function):
